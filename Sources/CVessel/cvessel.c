@@ -1,0 +1,208 @@
+#define _GNU_SOURCE
+#include "cvessel.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/sched.h>
+#include <linux/openat2.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+#ifndef TIOCGPTPEER
+#define TIOCGPTPEER _IO('T', 0x41)
+#endif
+
+// A static Swift binary resolves /proc/self/exe before main; as PID 1 of a fresh initrd /proc is not
+// mounted yet, so mount it here, earlier than the Swift runtime. Only when /proc is really missing:
+// the container-init helper is PID 1 of its own pid namespace too, but sees the host's /proc.
+__attribute__((constructor(101))) static void vessel_pid1_early(void) {
+    if (getpid() != 1 || access("/proc/self/exe", F_OK) == 0)
+        return;
+    mkdir("/proc", 0555);
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+static pid_t raw_clone3(uint64_t flags, uint64_t exit_signal) {
+    struct clone_args args;
+    memset(&args, 0, sizeof(args));
+    args.flags = flags;
+    args.exit_signal = exit_signal;
+    long rc = syscall(SYS_clone3, &args, sizeof(args));
+    if (rc < 0 && errno == ENOSYS && flags == 0)
+        return fork();
+    return (pid_t)rc;
+}
+
+void vessel_cloexec_from(int from) {
+    if (syscall(SYS_close_range, (unsigned)from, ~0U, CLOSE_RANGE_CLOEXEC) == 0)
+        return;
+    // Kernels before 5.11: walk the possible fd numbers.
+    long max = sysconf(_SC_OPEN_MAX);
+    for (int fd = from; fd < max && fd < 65536; fd++) {
+        int fl = fcntl(fd, F_GETFD);
+        if (fl >= 0)
+            fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+    }
+}
+
+// Runs in the cloned child: async-signal-safe calls only.
+static void spawn_child(int exe_fd, const char *path, char *const argv[], char *const envp[],
+                        const struct vessel_fd_map *fds, int nfds, int errpipe) {
+    sigset_t all;
+    sigemptyset(&all);
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &all, NULL);
+
+    int base = 3;
+    for (int i = 0; i < nfds; i++)
+        if (fds[i].dst >= base)
+            base = fds[i].dst + 1;
+    // Move everything we still need above every destination before the dup2s can clobber it.
+    errpipe = fcntl(errpipe, F_DUPFD_CLOEXEC, base);
+    if (exe_fd >= 0)
+        exe_fd = fcntl(exe_fd, F_DUPFD_CLOEXEC, base);
+    int tmp[nfds > 0 ? nfds : 1];
+    for (int i = 0; i < nfds; i++)
+        tmp[i] = fcntl(fds[i].src, F_DUPFD_CLOEXEC, base);
+    for (int i = 0; i < nfds; i++) {
+        if (tmp[i] < 0 || dup2(tmp[i], fds[i].dst) < 0)
+            goto fail;
+    }
+    vessel_cloexec_from(base);
+    if (exe_fd >= 0)
+        syscall(SYS_execveat, exe_fd, "", argv, envp, AT_EMPTY_PATH);
+    else
+        execve(path, argv, envp);
+fail:;
+    int err = errno;
+    while (write(errpipe, &err, sizeof(err)) < 0 && errno == EINTR) {
+    }
+    _exit(127);
+}
+
+pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
+                   const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno) {
+    int pipefd[2];
+    *exec_errno = 0;
+    if (pipe2(pipefd, O_CLOEXEC) < 0)
+        return -errno;
+    pid_t pid = raw_clone3(clone_flags, SIGCHLD);
+    if (pid == 0) {
+        close(pipefd[0]);
+        spawn_child(exe_fd, path, argv, envp, fds, nfds, pipefd[1]);
+    }
+    int saved = errno;
+    close(pipefd[1]);
+    if (pid < 0) {
+        close(pipefd[0]);
+        return -saved;
+    }
+    int err = 0;
+    ssize_t n;
+    do {
+        n = read(pipefd[0], &err, sizeof(err));
+    } while (n < 0 && errno == EINTR);
+    close(pipefd[0]);
+    if (n == sizeof(err))
+        *exec_errno = err;
+    return pid;
+}
+
+pid_t vessel_clone_parent(void) {
+    // clone3 requires exit_signal 0 with CLONE_PARENT; the child inherits our own exit signal (SIGCHLD).
+    return raw_clone3(CLONE_PARENT, 0);
+}
+
+int vessel_pivot_root(const char *new_root, const char *put_old) {
+    return (int)syscall(SYS_pivot_root, new_root, put_old);
+}
+
+int vessel_setns(int fd, int nstype) { return setns(fd, nstype); }
+int vessel_unshare(int flags) { return unshare(flags); }
+int vessel_sethostname(const char *name, size_t len) { return sethostname(name, len); }
+int vessel_setgroups(size_t n, const gid_t *groups) { return setgroups(n, groups); }
+int vessel_set_ctty(int fd) { return ioctl(fd, TIOCSCTTY, 0); }
+
+int vessel_set_winsize(int fd, uint16_t rows, uint16_t cols) {
+    struct winsize ws = {.ws_row = rows, .ws_col = cols};
+    return ioctl(fd, TIOCSWINSZ, &ws);
+}
+
+int vessel_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
+int vessel_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
+
+int vessel_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
+    struct open_how how;
+    memset(&how, 0, sizeof(how));
+    how.flags = flags;
+    how.mode = mode;
+    how.resolve = resolve;
+    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+}
+
+int vessel_openpty(int *master, int *slave) {
+    int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (m < 0)
+        return -errno;
+    if (unlockpt(m) < 0)
+        goto fail;
+    // TIOCGPTPEER opens the slave of this very master, immune to /dev/pts path games.
+    int s = ioctl(m, TIOCGPTPEER, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (s < 0) {
+        char name[64];
+        if (ptsname_r(m, name, sizeof(name)) != 0)
+            goto fail;
+        s = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (s < 0)
+            goto fail;
+    }
+    *master = m;
+    *slave = s;
+    return 0;
+fail:;
+    int err = errno;
+    close(m);
+    return -err;
+}
+
+int vessel_execveat(int fd, char *const argv[], char *const envp[]) {
+    return (int)syscall(SYS_execveat, fd, "", argv, envp, AT_EMPTY_PATH);
+}
+
+pid_t vessel_reap_one(int nohang, int *status) {
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    int rc;
+    do {
+        rc = waitid(P_ALL, 0, &info, WEXITED | (nohang ? WNOHANG : 0));
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0)
+        return -errno;
+    if (info.si_pid == 0)
+        return 0;
+    *status = info.si_code == CLD_EXITED ? info.si_status : 128 + info.si_status;
+    return info.si_pid;
+}
+
+int vessel_reboot_poweroff(void) {
+    sync();
+    return reboot(RB_POWER_OFF);
+}
+
+int vessel_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }

@@ -1,0 +1,61 @@
+#ifndef CVESSEL_H
+#define CVESSEL_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// One fd to install in the child: `src` becomes `dst` (without close-on-exec).
+struct vessel_fd_map {
+    int src;
+    int dst;
+};
+
+/// Creates a child with clone3(`clone_flags` | SIGCHLD), optionally in new namespaces, and executes
+/// `exe_fd` (execveat AT_EMPTY_PATH) or, when exe_fd < 0, `path`. Only async-signal-safe C runs in the
+/// child, so this is safe from a multi-threaded process. Every fd not in `fds` is closed on exec and
+/// all signal dispositions and the signal mask are reset.
+/// Returns the child's pid (or -errno when clone failed); an exec failure is stored in *exec_errno, read from a
+/// close-on-exec pipe as posix_spawn does; the failed child is then reaped by the caller's reaper.
+pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
+                   const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno);
+
+/// fork() whose child becomes a child of our parent (CLONE_PARENT): the exec helper uses it so that
+/// exec'd processes are children of the agent, which reaps them. Returns like fork.
+pid_t vessel_clone_parent(void);
+
+int vessel_pivot_root(const char *new_root, const char *put_old);
+int vessel_setns(int fd, int nstype);
+int vessel_unshare(int flags);
+int vessel_sethostname(const char *name, size_t len);
+int vessel_setgroups(size_t n, const gid_t *groups);
+int vessel_set_ctty(int fd);
+int vessel_set_winsize(int fd, uint16_t rows, uint16_t cols);
+int vessel_set_child_subreaper(void);
+int vessel_set_pdeathsig(int sig);
+/// openat2(2) with a resolve mask (RESOLVE_BENEATH = 0x08, RESOLVE_IN_ROOT = 0x10, RESOLVE_NO_SYMLINKS = 0x04,
+/// RESOLVE_NO_MAGICLINKS = 0x02). Returns an fd or -1 with errno.
+int vessel_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
+/// Opens a new pty master (O_RDWR|O_NOCTTY|O_CLOEXEC) and its slave; returns 0 or -errno.
+int vessel_openpty(int *master, int *slave);
+int vessel_execveat(int fd, char *const argv[], char *const envp[]);
+/// Sets every fd >= `from` close-on-exec (close_range with CLOSE_RANGE_CLOEXEC, or a /proc walk).
+void vessel_cloexec_from(int from);
+/// waitid(P_ALL, WEXITED): returns the pid and stores a shell-style status (code, or 128+signal).
+/// Returns 0 when nothing is ready (WNOHANG), -errno on error.
+pid_t vessel_reap_one(int nohang, int *status);
+int vessel_reboot_poweroff(void);
+int vessel_pipe2(int fds[2], int flags);
+
+/// GNU-only open flags the Swift Glibc module does not export (same values on x86_64 and arm64).
+#define VESSEL_O_PATH 010000000
+
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

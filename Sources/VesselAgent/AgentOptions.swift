@@ -1,0 +1,46 @@
+/// How the agent runs: from the command line on a host, from `agent.*` kernel options in a guest.
+public struct AgentOptions: Sendable {
+    public enum ServerAddress: Sendable, Equatable {
+        case unix(String)
+        case vsock(port: UInt32)
+    }
+
+    public var serverAddress = ServerAddress.vsock(port: 1024)
+    /// The sandbox's run area: CopyFile writes only below it.
+    public var runDirectory = "/run/kata-containers"
+    public var logLevel = "info"
+    /// Host mode: an ordinary process on someone's machine, not the guest's init; refuses what
+    /// would change the host (the clock).
+    public var hostMode = true
+
+    public init() {}
+
+    /// `unix:///path/agent.sock` or `vsock://-1:1024`, as Kata's `agent.server_addr`.
+    public static func parseServerAddress(_ text: String) throws -> ServerAddress {
+        if text.hasPrefix("unix://") {
+            let path = String(text.dropFirst("unix://".count))
+            guard path.hasPrefix("/") else { throw AgentError.invalidArgument("server address \(text): unix path must be absolute") }
+            return .unix(path)
+        }
+        if text.hasPrefix("vsock://"), let colon = text.lastIndex(of: ":"), let port = UInt32(text[text.index(after: colon)...]) {
+            return .vsock(port: port)
+        }
+        throw AgentError.invalidArgument("server address \(text): expected unix:///path or vsock://-1:PORT")
+    }
+
+    /// Parses `--server-addr X --run-dir X --log-level X`.
+    public static func parse(_ arguments: [String]) throws -> AgentOptions {
+        var options = AgentOptions()
+        var rest = arguments[...]
+        while let flag = rest.popFirst() {
+            guard let value = rest.popFirst() else { throw AgentError.invalidArgument("\(flag) needs a value") }
+            switch flag {
+            case "--server-addr": options.serverAddress = try parseServerAddress(value)
+            case "--run-dir": options.runDirectory = value
+            case "--log-level": options.logLevel = value
+            default: throw AgentError.invalidArgument("unknown option \(flag)")
+            }
+        }
+        return options
+    }
+}

@@ -1,0 +1,99 @@
+import CVessel
+import SwiftProtobuf
+import VesselLinux
+import VesselProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The agent binary re-executed as a helper: single-threaded from its first instruction, so it may
+/// setns(), pivot_root() and fork, which the multi-threaded agent must never do.
+/// fd 0-2: the process's stdio, fd 3: the sync socket to the agent, fd 4...: namespace fds (exec).
+public enum Helper {
+    public static let argument = "__vessel-helper"
+    static let syncFD: Int32 = 3
+    static let firstNamespaceFD: Int32 = 4
+
+    public enum Mode: String {
+        case initContainer = "init"
+        case exec = "exec"
+    }
+
+    /// Entry point when argv[1] == `argument`; never returns.
+    public static func main(mode: String) -> Never {
+        // Everything but stdio must vanish at exec, including the sync socket: its EOF tells the
+        // agent that exec succeeded.
+        vessel_cloexec_from(3)
+        do {
+            guard let bytes = try Linux.receiveMessage(syncFD) else { exit(1) }
+            let config = try Vessel_HelperConfig(serializedBytes: bytes)
+            switch Mode(rawValue: mode) {
+            case .initContainer: try runInit(config)
+            case .exec: try runExec(config)
+            case nil: throw LinuxError(stage: "helper mode \(mode)", errno: EINVAL)
+            }
+        } catch let error as LinuxError {
+            report(.error(error))
+            exit(1)
+        } catch {
+            report(.error(LinuxError(stage: "helper config", errno: EINVAL, detail: "\(error)")))
+            exit(1)
+        }
+    }
+
+    private static func runInit(_ config: Vessel_HelperConfig) throws -> Never {
+        try RootfsSetup(spec: config.spec).run()
+        report(.ready)
+        // The start message is an empty frame; EOF means the agent went away: give up quietly.
+        guard let start = try Linux.receiveMessage(syncFD), start.isEmpty else { exit(1) }
+        try ProcessLaunch(process: config.process).exec()
+    }
+
+    private static func runExec(_ config: Vessel_HelperConfig) throws -> Never {
+        // Mount last: after it, paths resolve inside the container; the fds are all open already.
+        let order = config.namespaces.enumerated().sorted { a, b in
+            (a.element == "mnt" ? 1 : 0) < (b.element == "mnt" ? 1 : 0)
+        }
+        for (index, name) in order {
+            try sys("setns", name) { vessel_setns(firstNamespaceFD + Int32(index), 0) }
+        }
+        // setns(pid) only applies to children; CLONE_PARENT makes the process the agent's child.
+        let pid = vessel_clone_parent()
+        if pid < 0 { throw LinuxError(stage: "clone") }
+        if pid == 0 {
+            do {
+                try ProcessLaunch(process: config.process).exec()
+            } catch let error as LinuxError {
+                report(.error(error))
+            } catch {}
+            _exit(127)
+        }
+        report(.pid(pid))
+        exit(0)
+    }
+
+    enum Report {
+        case ready
+        case pid(pid_t)
+        case error(LinuxError)
+    }
+
+    static func report(_ report: Report) {
+        var message = Vessel_HelperReport()
+        switch report {
+        case .ready:
+            message.kind = .ready
+        case .pid(let pid):
+            message.kind = .pid
+            message.pid = pid
+        case .error(let error):
+            message.kind = .error
+            message.stage = error.stage
+            message.errno = error.errno
+            message.detail = error.detail
+        }
+        if let bytes: [UInt8] = try? message.serializedBytes() {
+            try? Linux.sendMessage(syncFD, bytes)
+        }
+    }
+}

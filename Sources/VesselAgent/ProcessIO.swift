@@ -1,0 +1,172 @@
+import CVessel
+import NIOCore
+import NIOPosix
+import VesselLinux
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Serves ReadStdout/ReadStderr from a pipe or pty master without a thread per stream: reads are
+/// pulled (autoRead off) only while a request waits, so a client that stops reading back-pressures
+/// the container process through the pipe instead of growing a buffer here.
+final class StreamReader: ChannelInboundHandler, @unchecked Sendable {
+    // @unchecked: every stored property is touched only on `eventLoop`.
+    typealias InboundIn = ByteBuffer
+
+    private var buffer = ByteBuffer()
+    private var eof = false
+    private var pending: [(max: Int, promise: EventLoopPromise<[UInt8]>)] = []
+    private var context: ChannelHandlerContext?
+    let eventLoop: any EventLoop
+
+    init(eventLoop: any EventLoop) {
+        self.eventLoop = eventLoop
+    }
+
+    /// Up to `max` bytes; empty at EOF.
+    func read(max: Int) -> EventLoopFuture<[UInt8]> {
+        eventLoop.flatSubmit {
+            let promise = self.eventLoop.makePromise(of: [UInt8].self)
+            self.pending.append((max, promise))
+            self.satisfy()
+            return promise.futureResult
+        }
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { finish() }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        buffer.writeBuffer(&incoming)
+        satisfy()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case ChannelEvent.inputClosed = event { finish() }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) { finish() }
+
+    // A pty master answers EIO once the last slave fd closed: that is its EOF.
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        finish()
+        context.close(promise: nil)
+    }
+
+    private func finish() {
+        eof = true
+        satisfy()
+    }
+
+    private func satisfy() {
+        while let request = pending.first, buffer.readableBytes > 0 || eof {
+            pending.removeFirst()
+            let n = min(request.max, buffer.readableBytes)
+            request.promise.succeed(buffer.readBytes(length: n) ?? [])
+        }
+        buffer.discardReadBytes()
+        if !pending.isEmpty, !eof { context?.read() }
+    }
+}
+
+/// The agent's ends of one process's stdio: pipes, or a pty master for all three.
+final class ProcessIO: Sendable {
+    private let stdinChannel: (any Channel)?
+    private let stdoutReader: StreamReader
+    private let stdoutChannel: any Channel
+    private let stderr: (reader: StreamReader, channel: any Channel)?
+    let terminal: Bool
+    /// The pty master, still owned by its channel; only for ioctls.
+    private let masterFD: Int32
+
+    /// The fds the child gets as 0, 1, 2, to close in the agent once the child has them.
+    struct ChildEnds {
+        var stdin: Int32, stdout: Int32, stderr: Int32
+        func close() { for fd in Set([stdin, stdout, stderr]) { Linux.close(fd) } }
+    }
+
+    /// Creates the pipes (or pty) and wraps the agent's ends in NIO channels.
+    static func make(terminal: Bool, group: any EventLoopGroup) async throws -> (ProcessIO, ChildEnds) {
+        if terminal {
+            let (master, slave) = try Linux.openPTY()
+            do {
+                let (reader, channel) = try await readerChannel(group) { $0.takingOwnershipOfDescriptor(inputOutput: master) }
+                let io = ProcessIO(stdin: channel, stdout: (reader, channel), stderr: nil, terminal: true, masterFD: master)
+                return (io, ChildEnds(stdin: slave, stdout: slave, stderr: slave))
+            } catch {
+                Linux.close(master)
+                Linux.close(slave)
+                throw error
+            }
+        }
+        let stdin = try Linux.pipe(), stdout = try Linux.pipe(), stderr = try Linux.pipe()
+        let child = ChildEnds(stdin: stdin.read, stdout: stdout.write, stderr: stderr.write)
+        do {
+            let out = try await readerChannel(group) { $0.takingOwnershipOfDescriptor(input: stdout.read) }
+            let err = try await readerChannel(group) { $0.takingOwnershipOfDescriptor(input: stderr.read) }
+            let input = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: stdin.write).get()
+            return (ProcessIO(stdin: input, stdout: out, stderr: err, terminal: false, masterFD: -1), child)
+        } catch {
+            child.close()
+            throw error
+        }
+    }
+
+    private static func readerChannel(_ group: any EventLoopGroup,
+                                      _ open: (NIOPipeBootstrap) -> EventLoopFuture<any Channel>) async throws -> (StreamReader, any Channel) {
+        let loop = group.next()
+        let reader = StreamReader(eventLoop: loop)
+        let bootstrap = NIOPipeBootstrap(group: loop)
+            .channelOption(.autoRead, value: false)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .channelInitializer { $0.pipeline.addHandler(reader) }
+        return (reader, try await open(bootstrap).get())
+    }
+
+    private init(stdin: (any Channel)?, stdout: (StreamReader, any Channel), stderr: (StreamReader, any Channel)?,
+                 terminal: Bool, masterFD: Int32) {
+        self.stdinChannel = stdin
+        self.stdoutReader = stdout.0
+        self.stdoutChannel = stdout.1
+        self.stderr = stderr
+        self.terminal = terminal
+        self.masterFD = masterFD
+    }
+
+    func readStdout(max: Int) async throws -> [UInt8] {
+        try await stdoutReader.read(max: max).get()
+    }
+
+    /// With a terminal stderr is merged into the pty: report EOF at once.
+    func readStderr(max: Int) async throws -> [UInt8] {
+        guard let stderr else { return [] }
+        return try await stderr.reader.read(max: max).get()
+    }
+
+    func writeStdin(_ bytes: [UInt8]) async throws -> Int {
+        guard let stdinChannel, stdinChannel.isActive else { throw AgentError.failedPrecondition("stdin is closed") }
+        try await stdinChannel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
+        return bytes.count
+    }
+
+    /// A pty has no half-close: send the terminal's EOF character, as a user typing ^D would.
+    func closeStdin() async throws {
+        if terminal {
+            _ = try await writeStdin([0x04])
+        } else {
+            try await stdinChannel?.close()
+        }
+    }
+
+    func resize(rows: UInt16, columns: UInt16) throws {
+        guard terminal else { throw AgentError.failedPrecondition("process has no terminal") }
+        try sys("TIOCSWINSZ") { vessel_set_winsize(masterFD, rows, columns) }
+    }
+
+    func close() async {
+        for channel in [stdinChannel, stdoutChannel, stderr?.channel].compactMap({ $0 }) {
+            try? await channel.close()
+        }
+    }
+}

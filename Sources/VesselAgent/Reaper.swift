@@ -1,0 +1,134 @@
+import CVessel
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Reaps every child of the agent on one dedicated thread and hands exit statuses to whoever waits
+/// for that pid. The agent is PID 1 in the guest, so orphans land here too; a process can also exit
+/// before its spawner registered it (the exec helper reports the pid after the fact), which is why
+/// statuses of unregistered pids are kept for a while.
+public final class Reaper: Sendable {
+    private struct Entry {
+        var status: Int32?
+        var waiters: [CheckedContinuation<Int32, Never>] = []
+    }
+
+    private struct State {
+        var watched: [pid_t: Entry] = [:]
+        var unclaimed: [pid_t: Int32] = [:]
+        var unclaimedOrder: [pid_t] = []
+        var spawnGeneration = 0
+    }
+
+    private static let unclaimedLimit = 4096
+    private let state = Mutex(State())
+    // The reaper thread sleeps on this when there are no children (waitid answers ECHILD).
+    private let wakeup = Condition()
+
+    public static let shared = Reaper()
+
+    private init() {
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(self).toOpaque()
+        pthread_create(&thread, nil, { arg in
+            let reaper = Unmanaged<Reaper>.fromOpaque(arg!).takeRetainedValue()
+            reaper.loop()
+            return nil
+        }, box)
+        pthread_detach(thread)
+    }
+
+    /// Starts tracking `pid`; call right after creating the child, before anyone waits for it.
+    public func watch(_ pid: pid_t) {
+        state.withLock { s in
+            var entry = Entry()
+            if let status = s.unclaimed.removeValue(forKey: pid) {
+                entry.status = status
+                s.unclaimedOrder.removeAll { $0 == pid }
+            }
+            s.watched[pid] = entry
+            s.spawnGeneration += 1
+        }
+        wakeup.signal()
+    }
+
+    /// The shell-style exit status (code, or 128+signal), once the process has been reaped.
+    public func wait(_ pid: pid_t) async -> Int32 {
+        await withCheckedContinuation { (cont: CheckedContinuation<Int32, Never>) in
+            let ready: Int32? = state.withLock { s in
+                guard var entry = s.watched[pid] else { return 0 - 1 }
+                if let status = entry.status { return status }
+                entry.waiters.append(cont)
+                s.watched[pid] = entry
+                return nil
+            }
+            if let ready { cont.resume(returning: ready) }
+        }
+    }
+
+    public func exitStatus(_ pid: pid_t) -> Int32? {
+        state.withLock { $0.watched[pid]?.status }
+    }
+
+    /// Stops tracking a pid whose exit nobody needs any more.
+    public func forget(_ pid: pid_t) {
+        state.withLock { _ = $0.watched.removeValue(forKey: pid) }
+    }
+
+    private func loop() {
+        while true {
+            let generation = state.withLock { $0.spawnGeneration }
+            var status: Int32 = 0
+            let pid = vessel_reap_one(0, &status)
+            if pid > 0 {
+                deliver(pid, status)
+            } else if pid == -ECHILD {
+                wakeup.wait { state.withLock { $0.spawnGeneration } != generation }
+            }
+        }
+    }
+
+    private func deliver(_ pid: pid_t, _ status: Int32) {
+        let waiters: [CheckedContinuation<Int32, Never>] = state.withLock { s in
+            guard var entry = s.watched[pid] else {
+                s.unclaimed[pid] = status
+                s.unclaimedOrder.append(pid)
+                if s.unclaimedOrder.count > Self.unclaimedLimit {
+                    s.unclaimed.removeValue(forKey: s.unclaimedOrder.removeFirst())
+                }
+                return []
+            }
+            entry.status = status
+            let waiting = entry.waiters
+            entry.waiters = []
+            s.watched[pid] = entry
+            return waiting
+        }
+        for waiter in waiters { waiter.resume(returning: status) }
+    }
+}
+
+/// A minimal condition variable for the reaper thread (pthread, since it lives outside Swift concurrency).
+// @unchecked: the pthread objects are only used through their own locking protocol.
+final class Condition: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+
+    init() {
+        pthread_mutex_init(mutex, nil)
+        pthread_cond_init(cond, nil)
+    }
+
+    func signal() {
+        pthread_mutex_lock(mutex)
+        pthread_cond_broadcast(cond)
+        pthread_mutex_unlock(mutex)
+    }
+
+    func wait(until ready: () -> Bool) {
+        pthread_mutex_lock(mutex)
+        while !ready() { pthread_cond_wait(cond, mutex) }
+        pthread_mutex_unlock(mutex)
+    }
+}

@@ -1,0 +1,259 @@
+import Logging
+import NIOCore
+import NIOPosix
+import VesselLinux
+import VesselProtocol
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A container in this sandbox. Lives inside the `Sandbox` actor only.
+final class Container {
+    enum Phase { case created, running, paused }
+
+    let id: String
+    let initProcess: ContainerProcess
+    var execs: [String: ContainerProcess] = [:]
+    /// Opened from /proc/<init>/ns while init is our unreaped child, so they always name its namespaces.
+    let namespaceFDs: [(name: String, fd: Int32)]
+    var syncFD: Int32
+    var phase = Phase.created
+    let cgroup: Cgroup?
+
+    init(id: String, initProcess: ContainerProcess, namespaceFDs: [(name: String, fd: Int32)], syncFD: Int32, cgroup: Cgroup?) {
+        self.id = id
+        self.initProcess = initProcess
+        self.namespaceFDs = namespaceFDs
+        self.syncFD = syncFD
+        self.cgroup = cgroup
+    }
+
+    var processes: [ContainerProcess] { [initProcess] + execs.values }
+    var stopped: Bool { initProcess.exitStatus != nil }
+
+    func process(_ execID: String) throws -> ContainerProcess {
+        if execID.isEmpty || execID == id { return initProcess }
+        guard let process = execs[execID] else {
+            throw AgentError.notFound("process \(execID) not found in container \(id)")
+        }
+        return process
+    }
+
+    /// Pids to signal for "all processes": everything in the container's pid namespace (found by
+    /// the namespace inode, so descendants we never spawned are included) plus what we track.
+    func allPids() -> [pid_t] {
+        var pids = Set(processes.filter { $0.exitStatus == nil }.map(\.pid))
+        guard let nsFD = namespaceFDs.first(where: { $0.name == "pid" })?.fd else { return Array(pids) }
+        var own = stat()
+        guard fstat(nsFD, &own) == 0 else { return Array(pids) }
+        var agentNS = stat()
+        if stat("/proc/self/ns/pid", &agentNS) == 0 && agentNS.st_ino == own.st_ino { return Array(pids) }
+        guard let dir = opendir("/proc") else { return Array(pids) }
+        defer { closedir(dir) }
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard let pid = pid_t(name) else { continue }
+            var ns = stat()
+            if stat("/proc/\(pid)/ns/pid", &ns) == 0 && ns.st_ino == own.st_ino && ns.st_dev == own.st_dev {
+                pids.insert(pid)
+            }
+        }
+        return Array(pids)
+    }
+
+    /// Closes what the agent holds for the container; the stdio channels close separately (async).
+    func release() {
+        for process in processes { Reaper.shared.forget(process.pid) }
+        for (_, fd) in namespaceFDs { Linux.close(fd) }
+        Linux.close(syncFD)
+        syncFD = -1
+        cgroup?.remove()
+    }
+}
+
+/// All state of the agent: one sandbox with its containers. Validation shared by the RPCs is here;
+/// the ttrpc handlers in AgentService stay thin.
+public actor Sandbox {
+    let options: AgentOptions
+    let launcher: Launcher
+    let logger: Logger
+    let cgroupLayout: Cgroup.Layout?
+    var sandboxID = ""
+    var hostname = ""
+    var containers: [String: Container] = [:]
+    /// Ids being created: the actor is re-entered while a create awaits its helper.
+    var creating: Set<String> = []
+
+    init(options: AgentOptions, launcher: Launcher, logger: Logger) {
+        self.options = options
+        self.launcher = launcher
+        self.logger = logger
+        self.cgroupLayout = Cgroup.detect()
+        if cgroupLayout == nil {
+            logger.warning("no usable cgroup hierarchy: limits, stats and pause are not available")
+        }
+    }
+
+    // MARK: sandbox
+
+    func createSandbox(_ request: Grpc_CreateSandboxRequest) throws {
+        guard sandboxID.isEmpty else { throw AgentError.alreadyExists("sandbox \(sandboxID) already exists") }
+        sandboxID = request.sandboxID.isEmpty ? "sandbox" : request.sandboxID
+        hostname = request.hostname
+    }
+
+    func destroySandbox() async {
+        for id in containers.keys { try? await removeContainer(id, timeout: 0) }
+        sandboxID = ""
+    }
+
+    // MARK: containers
+
+    func createContainer(_ request: Grpc_CreateContainerRequest) async throws {
+        let id = request.containerID
+        try Validation.containerID(id)
+        guard containers[id] == nil, !creating.contains(id) else {
+            throw AgentError.alreadyExists("container \(id) already exists")
+        }
+        let namespaces = try Validation.spec(request.oci)
+        creating.insert(id)
+        defer { creating.remove(id) }
+
+        var spec = request.oci
+        if spec.hostname.isEmpty && namespaces.contains(.uts) { spec.hostname = hostname }
+        if cgroupLayout == nil, spec.mounts.contains(where: { $0.type.hasPrefix("cgroup") }) {
+            logger.info("container \(id): no cgroup v2 here, cgroup mounts skipped")
+        }
+        let flags = namespaces.reduce(UInt64(0)) { $0 | $1.cloneFlag }
+        let (initProcess, syncFD) = try await launcher.createInit(spec: spec, namespaces: flags)
+        do {
+            let cgroup = try cgroupLayout.map { try Cgroup.create($0, relative: "vessel/\(sandboxID.isEmpty ? "agent" : sandboxID)/\(id)") }
+            try cgroup?.add(initProcess.pid)
+            let names = ["ipc", "uts", "net", "pid", "mnt"]
+            let fds = try names.map { ($0, try Linux.open("/proc/\(initProcess.pid)/ns/\($0)", O_RDONLY)) }
+            containers[id] = Container(id: id, initProcess: initProcess, namespaceFDs: fds, syncFD: syncFD, cgroup: cgroup)
+        } catch {
+            try? Linux.kill(initProcess.pid, SIGKILL)
+            _ = await initProcess.wait()
+            Linux.close(syncFD)
+            await initProcess.io.close()
+            throw error
+        }
+    }
+
+    func startContainer(_ id: String) async throws {
+        let container = try self.container(id)
+        guard container.phase == .created, container.syncFD >= 0 else {
+            throw AgentError.failedPrecondition("container \(id) is not in the created state")
+        }
+        let fd = container.syncFD
+        container.syncFD = -1
+        container.phase = .running
+        try await launcher.start(syncFD: fd)
+    }
+
+    func removeContainer(_ id: String, timeout: UInt32) async throws {
+        let container = try self.container(id)
+        for pid in container.allPids() { kill(pid, SIGKILL) }
+        // A frozen process cannot die: thaw after the kill is queued.
+        if container.phase == .paused { try? container.cgroup?.freeze(false) }
+        let processes = container.processes
+        let waitAll: @Sendable () async -> Void = { for process in processes { _ = await process.wait() } }
+        if timeout > 0 {
+            let finished = await withTaskGroup(of: Bool.self) { group in
+                group.addTask { await waitAll(); return true }
+                group.addTask { try? await Task.sleep(for: .seconds(Int(timeout))); return false }
+                let first = await group.next()!
+                group.cancelAll()
+                return first
+            }
+            if !finished {
+                throw AgentError(kind: .deadlineExceeded, message: "container \(id): processes still alive after \(timeout)s")
+            }
+        } else {
+            await waitAll()
+        }
+        containers.removeValue(forKey: id)
+        container.release()
+        for process in processes { await process.io.close() }
+    }
+
+    func execProcess(_ request: Grpc_ExecProcessRequest) async throws {
+        let container = try self.container(request.containerID)
+        try Validation.execID(request.execID)
+        guard container.execs[request.execID] == nil, request.execID != container.id else {
+            throw AgentError.alreadyExists("exec id \(request.execID) already exists in container \(container.id)")
+        }
+        guard container.phase == .running, !container.stopped else {
+            throw AgentError.failedPrecondition("container \(container.id) is not running")
+        }
+        try Validation.process(request.process, field: "process")
+        let process = try await launcher.exec(execID: request.execID, process: request.process,
+                                              namespaceFDs: container.namespaceFDs)
+        container.execs[request.execID] = process
+    }
+
+    func signalProcess(_ request: Grpc_SignalProcessRequest) throws {
+        let container = try self.container(request.containerID)
+        guard request.signal > 0 && request.signal < 65 else {
+            throw AgentError.invalidArgument("signal \(request.signal) is not a valid signal number")
+        }
+        let pids = request.execID.isEmpty ? container.allPids() : [try container.process(request.execID).pid]
+        for pid in pids where Reaper.shared.exitStatus(pid) == nil {
+            // ESRCH: it died meanwhile, which is what the caller wanted anyway.
+            if kill(pid, Int32(request.signal)) != 0 && errno != ESRCH {
+                throw AgentError(LinuxError(stage: "kill", detail: "\(pid)"))
+            }
+        }
+    }
+
+    func process(_ containerID: String, _ execID: String) throws -> ContainerProcess {
+        try container(containerID).process(execID)
+    }
+
+    func stats(_ id: String) throws -> Grpc_StatsContainerResponse {
+        let container = try self.container(id)
+        guard let cgroup = container.cgroup else {
+            throw AgentError.failedPrecondition("container \(id): no cgroups on this machine, no stats")
+        }
+        var response = Grpc_StatsContainerResponse()
+        response.cgroupStats = cgroup.stats()
+        response.networkStats = NetworkStats.read(pid: container.initProcess.pid)
+        return response
+    }
+
+    func setPaused(_ id: String, _ paused: Bool) throws {
+        let container = try self.container(id)
+        guard let cgroup = container.cgroup else {
+            throw AgentError.failedPrecondition("container \(id): no freezer cgroup on this machine")
+        }
+        guard container.phase == (paused ? .running : .paused) else {
+            throw AgentError.failedPrecondition("container \(id) is not \(paused ? "running" : "paused")")
+        }
+        try cgroup.freeze(paused)
+        container.phase = paused ? .paused : .running
+    }
+
+    private func container(_ id: String) throws -> Container {
+        guard let container = containers[id] else { throw AgentError.notFound("container \(id) not found") }
+        return container
+    }
+}
+
+enum NetworkStats {
+    /// /proc/PID/net/dev of the container's init: its network namespace's interfaces.
+    static func read(pid: pid_t) -> [Grpc_NetworkStats] {
+        guard let text = try? Linux.readFile("/proc/\(pid)/net/dev") else { return [] }
+        return text.split(separator: "\n").dropFirst(2).compactMap { line in
+            let parts = line.split(separator: ":", maxSplits: 1)
+            guard parts.count == 2 else { return nil }
+            let n = parts[1].split(separator: " ").compactMap { UInt64($0) }
+            guard n.count >= 12 else { return nil }
+            var s = Grpc_NetworkStats()
+            s.name = parts[0].trimmed
+            (s.rxBytes, s.rxPackets, s.rxErrors, s.rxDropped) = (n[0], n[1], n[2], n[3])
+            (s.txBytes, s.txPackets, s.txErrors, s.txDropped) = (n[8], n[9], n[10], n[11])
+            return s
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import VesselLinux
+import VesselProtocol
+
+/// Checks shared by the RPCs: each failure names the request field that is wrong.
+enum Validation {
+    static func containerID(_ id: String) throws {
+        try identifier(id, field: "container_id")
+    }
+
+    static func execID(_ id: String) throws {
+        try identifier(id, field: "exec_id")
+    }
+
+    /// Ids become path components (cgroups, /run): a safe alphabet, like runc's.
+    private static func identifier(_ id: String, field: String) throws {
+        let allowed = id.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x2d || c == 0x5f || c == 0x2e
+        }
+        guard !id.isEmpty, id.utf8.count <= 128, allowed, id != ".", id != ".." else {
+            throw AgentError.invalidArgument("\(field) \"\(id)\" is invalid: use 1-128 of [A-Za-z0-9_.-]")
+        }
+    }
+
+    /// Returns the namespaces to create. A mount namespace is always created: pivot_root in the
+    /// agent's own namespace would take the agent's root away.
+    static func spec(_ spec: Grpc_Spec) throws -> Set<Namespace> {
+        guard spec.hasProcess else { throw AgentError.invalidArgument("OCI.process is missing") }
+        try process(spec.process, field: "OCI.process")
+        let root = spec.root.path
+        guard root.hasPrefix("/") else {
+            throw AgentError.invalidArgument("OCI.root.path \"\(root)\" must be an absolute path")
+        }
+        guard Linux.isDirectory(root) else {
+            throw AgentError.notFound("OCI.root.path \(root): no such directory")
+        }
+        var namespaces: Set<Namespace> = [.mount]
+        for (index, entry) in spec.linux.namespaces.enumerated() {
+            guard let namespace = Namespace(oci: entry.type) else {
+                throw AgentError.invalidArgument("OCI.linux.namespaces[\(index)].type \"\(entry.type)\" is not a namespace type")
+            }
+            if namespace == .user {
+                throw AgentError.invalidArgument("OCI.linux.namespaces[\(index)]: user namespaces are not supported")
+            }
+            // A path means "join the sandbox's": inside the VM the containers already share it.
+            if entry.path.isEmpty { namespaces.insert(namespace) }
+        }
+        for (index, mount) in spec.mounts.enumerated() {
+            guard mount.destination.hasPrefix("/") else {
+                throw AgentError.invalidArgument("OCI.mounts[\(index)].destination \"\(mount.destination)\" must be absolute")
+            }
+            if mount.destination.split(separator: "/").contains("..") {
+                throw AgentError.invalidArgument("OCI.mounts[\(index)].destination \"\(mount.destination)\" escapes the rootfs with '..'")
+            }
+        }
+        return namespaces
+    }
+
+    static func process(_ process: Grpc_Process, field: String) throws {
+        guard let first = process.args.first, !first.isEmpty else {
+            throw AgentError.invalidArgument("\(field).args is empty")
+        }
+        if !process.cwd.isEmpty && !process.cwd.hasPrefix("/") {
+            throw AgentError.invalidArgument("\(field).cwd \"\(process.cwd)\" must be absolute")
+        }
+    }
+}

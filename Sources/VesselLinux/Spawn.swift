@@ -1,0 +1,68 @@
+import CVessel
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Namespace flags shared by clone, unshare and setns.
+public enum Namespace: String, CaseIterable, Sendable {
+    case mount, pid, uts, ipc, network, cgroup, user
+
+    public var cloneFlag: UInt64 {
+        switch self {
+        case .mount: 0x0002_0000
+        case .uts: 0x0400_0000
+        case .ipc: 0x0800_0000
+        case .pid: 0x2000_0000
+        case .network: 0x4000_0000
+        case .cgroup: 0x0200_0000
+        case .user: 0x1000_0000
+        }
+    }
+
+    /// The name under /proc/PID/ns/.
+    public var procName: String {
+        switch self {
+        case .mount: "mnt"
+        case .network: "net"
+        default: rawValue
+        }
+    }
+
+    /// OCI's `linux.namespaces[].type` names.
+    public init?(oci: String) {
+        switch oci {
+        case "mount": self = .mount
+        case "pid": self = .pid
+        case "uts": self = .uts
+        case "ipc": self = .ipc
+        case "network": self = .network
+        case "cgroup": self = .cgroup
+        case "user": self = .user
+        default: return nil
+        }
+    }
+}
+
+public struct SpawnResult: Sendable {
+    public var pid: pid_t
+    /// Non-zero when the child could not exec; the child then exits 127 and must still be reaped.
+    public var execErrno: Int32
+}
+
+/// fork+exec done in C (no Swift runs in the child), with new namespaces from `namespaces`.
+public func spawn(exeFD: Int32, path: String = "", arguments: [String], environment: [String],
+                  fds: [(src: Int32, dst: Int32)], namespaces: UInt64 = 0) throws(LinuxError) -> SpawnResult {
+    let argv = CStringArray(arguments)
+    let envp = CStringArray(environment)
+    let map = fds.map { vessel_fd_map(src: $0.src, dst: $0.dst) }
+    var execErrno: Int32 = 0
+    let pid = argv.withPointer { a in
+        envp.withPointer { e in
+            map.withUnsafeBufferPointer { m in
+                vessel_spawn(exeFD, path, a, e, m.baseAddress, Int32(m.count), namespaces, &execErrno)
+            }
+        }
+    }
+    if pid < 0 { throw LinuxError(stage: "clone", errno: -pid) }
+    return SpawnResult(pid: pid, execErrno: execErrno)
+}

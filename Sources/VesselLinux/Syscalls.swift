@@ -1,0 +1,143 @@
+import CVessel
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public enum Linux {
+    public static func close(_ fd: Int32) {
+        if fd >= 0 { _ = Glibc.close(fd) }
+    }
+
+    /// A pipe whose both ends are close-on-exec; the spawn routine decides what the child keeps.
+    public static func pipe() throws(LinuxError) -> (read: Int32, write: Int32) {
+        var fds: [Int32] = [-1, -1]
+        try sys("pipe2") { vessel_pipe2(&fds, O_CLOEXEC) }
+        return (fds[0], fds[1])
+    }
+
+    public static func socketPair() throws(LinuxError) -> (Int32, Int32) {
+        var fds: [Int32] = [-1, -1]
+        try sys("socketpair") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
+        return (fds[0], fds[1])
+    }
+
+    public static func openPTY() throws(LinuxError) -> (master: Int32, slave: Int32) {
+        var master: Int32 = -1, slave: Int32 = -1
+        let rc = vessel_openpty(&master, &slave)
+        if rc < 0 { throw LinuxError(stage: "openpty", errno: -rc) }
+        return (master, slave)
+    }
+
+    public static func open(_ path: String, _ flags: Int32, _ mode: mode_t = 0) throws(LinuxError) -> Int32 {
+        try sys("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
+    }
+
+    public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws(LinuxError) {
+        var offset = 0
+        while offset < bytes.count {
+            let n = try sys("write") {
+                bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            }
+            offset += n
+        }
+    }
+
+    /// Reads exactly `count` bytes; returns nil on EOF before the first byte.
+    public static func readExactly(_ fd: Int32, _ count: Int) throws(LinuxError) -> [UInt8]? {
+        var buffer = [UInt8](repeating: 0, count: count)
+        var offset = 0
+        while offset < count {
+            let n = try sys("read") {
+                buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + offset, count - offset) }
+            }
+            if n == 0 {
+                if offset == 0 { return nil }
+                throw LinuxError(stage: "read", errno: EPIPE, detail: "(short message)")
+            }
+            offset += n
+        }
+        return buffer
+    }
+
+    /// Reads a whole small file (procfs, sysfs, cgroupfs).
+    public static func readFile(_ path: String) throws(LinuxError) -> String {
+        let fd = try open(path, O_RDONLY)
+        defer { close(fd) }
+        var out = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = try sys("read", path) { chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) } }
+            if n == 0 { break }
+            out.append(contentsOf: chunk[0..<n])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    public static func writeFile(_ path: String, _ text: String) throws(LinuxError) {
+        let fd = try open(path, O_WRONLY)
+        defer { close(fd) }
+        try writeAll(fd, Array(text.utf8))
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        access(path, F_OK) == 0
+    }
+
+    public static func isDirectory(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR
+    }
+
+    public static func mkdirAll(_ path: String, mode: mode_t = 0o755) throws(LinuxError) {
+        var current = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            current += "/" + component
+            if mkdir(current, mode) != 0 && Glibc.errno != EEXIST {
+                throw LinuxError(stage: "mkdir", detail: current)
+            }
+        }
+    }
+
+    public static func mount(_ source: String, _ target: String, _ type: String?, _ flags: UInt, _ data: String?) throws(LinuxError) {
+        try sys("mount", "\(type ?? "bind") on \(target)") { Glibc.mount(source, target, type, flags, data) }
+    }
+
+    public static func kill(_ pid: pid_t, _ signal: Int32) throws(LinuxError) {
+        try sys("kill", "\(pid)") { Glibc.kill(pid, signal) }
+    }
+
+    /// Writes a length-prefixed message on a stream socket (helper <-> agent).
+    public static func sendMessage(_ fd: Int32, _ bytes: [UInt8]) throws(LinuxError) {
+        let n = UInt32(bytes.count)
+        try writeAll(fd, [UInt8(n >> 24), UInt8((n >> 16) & 0xff), UInt8((n >> 8) & 0xff), UInt8(n & 0xff)] + bytes)
+    }
+
+    /// Reads one length-prefixed message; nil on a clean EOF.
+    public static func receiveMessage(_ fd: Int32, limit: Int = 16 << 20) throws(LinuxError) -> [UInt8]? {
+        guard let header = try readExactly(fd, 4) else { return nil }
+        let n = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
+        if n > limit { throw LinuxError(stage: "receive message", errno: EMSGSIZE) }
+        if n == 0 { return [] }
+        guard let body = try readExactly(fd, n) else { throw LinuxError(stage: "receive message", errno: EPIPE) }
+        return body
+    }
+
+    public static var pageSize: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
+}
+
+/// Converts Swift strings to a NULL-terminated C string array that lives as long as the value.
+public final class CStringArray {
+    public let pointers: [UnsafeMutablePointer<CChar>?]
+
+    public init(_ strings: [String]) {
+        pointers = strings.map { strdup($0) } + [nil]
+    }
+
+    deinit {
+        for p in pointers { free(p) }
+    }
+
+    public func withPointer<R>(_ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) throws -> R) rethrows -> R {
+        try pointers.withUnsafeBufferPointer { try body($0.baseAddress!) }
+    }
+}

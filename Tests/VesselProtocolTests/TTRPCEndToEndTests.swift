@@ -1,0 +1,278 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import SwiftProtobuf
+import Testing
+@testable import VesselProtocol
+
+/// Real client and server over a Unix socket in a temporary directory.
+@Suite("ttrpc over a Unix socket", .timeLimit(.minutes(1)))
+struct TTRPCEndToEndTests {
+    private struct Fixture {
+        let group: MultiThreadedEventLoopGroup
+        let server: TTRPCServer
+        let client: TTRPCClient
+        let recorder: Recorder
+        let directory: String
+        let socketPath: String
+
+        func tearDown() async throws {
+            await self.client.close()
+            await self.server.close()
+            try await self.group.shutdownGracefully()
+            try? FileManager.default.removeItem(atPath: self.directory)
+        }
+    }
+
+    private func withFixture(_ body: (Fixture) async throws -> Void) async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let recorder = Recorder()
+        let directory = try makeTemporaryDirectory()
+        let socketPath = directory + "/ttrpc.sock"
+        let server = TTRPCServer(services: [makeTestService(recorder)], group: group)
+        try await server.bind(unixPath: socketPath)
+        let client = try await TTRPCClient.connect(unixPath: socketPath, group: group)
+        let fixture = Fixture(
+            group: group,
+            server: server,
+            client: client,
+            recorder: recorder,
+            directory: directory,
+            socketPath: socketPath
+        )
+        do {
+            try await body(fixture)
+        } catch {
+            try? await fixture.tearDown()
+            throw error
+        }
+        try await fixture.tearDown()
+    }
+
+    private func expectCode(_ code: TTRPCCode, _ body: () async throws -> Void) async {
+        do {
+            try await body()
+            Issue.record("expected \(code), call succeeded")
+        } catch let error as TTRPCError {
+            #expect(error.code == code, "\(error)")
+        } catch {
+            Issue.record("expected TTRPCError \(code), got \(error)")
+        }
+    }
+
+    @Test func echoRoundTrip() async throws {
+        try await self.withFixture { f in
+            let reply = try await f.client.call(
+                service: "test.Service",
+                method: "Echo",
+                request: Google_Protobuf_StringValue("hello"),
+                as: Google_Protobuf_StringValue.self
+            )
+            #expect(reply.value == "hello")
+        }
+    }
+
+    @Test func manyConcurrentCallsAreMatchedByStreamID() async throws {
+        try await self.withFixture { f in
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<200 {
+                    group.addTask {
+                        let reply: Google_Protobuf_StringValue = try await f.client.call(
+                            service: "test.Service",
+                            method: i % 2 == 0 ? "Echo" : "Slow",
+                            request: Google_Protobuf_StringValue(i % 2 == 0 ? "\(i)" : "\(i % 7)")
+                        )
+                        #expect(reply.value == (i % 2 == 0 ? "\(i)" : "\(i % 7)"))
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test func slowCallDoesNotBlockFastCall() async throws {
+        try await self.withFixture { f in
+            async let slow: Google_Protobuf_StringValue = f.client.call(
+                service: "test.Service",
+                method: "Slow",
+                request: Google_Protobuf_StringValue("1500")
+            )
+            #expect(await f.recorder.waitFor("slow started 1500"))
+            let clock = ContinuousClock()
+            let start = clock.now
+            let fast: Google_Protobuf_StringValue = try await f.client.call(
+                service: "test.Service",
+                method: "Echo",
+                request: Google_Protobuf_StringValue("fast")
+            )
+            #expect(fast.value == "fast")
+            #expect(clock.now - start < .milliseconds(1000))
+            #expect(!f.recorder.contains("slow finished 1500"))
+            #expect(try await slow.value == "1500")
+        }
+    }
+
+    @Test func timeoutGivesDeadlineExceededAndCancelsServerHandler() async throws {
+        try await self.withFixture { f in
+            let clock = ContinuousClock()
+            let start = clock.now
+            await self.expectCode(.deadlineExceeded) {
+                let _: Google_Protobuf_StringValue = try await f.client.call(
+                    service: "test.Service",
+                    method: "Slow",
+                    request: Google_Protobuf_StringValue("30000"),
+                    timeout: .milliseconds(200)
+                )
+            }
+            #expect(clock.now - start < .seconds(5))
+            // The request carried timeout_nano, so the server cancels its handler too.
+            #expect(await f.recorder.waitFor("slow cancelled 30000"))
+            // A late server-side DeadlineExceeded for the abandoned stream must not confuse later calls.
+            let reply: Google_Protobuf_StringValue = try await f.client.call(
+                service: "test.Service",
+                method: "Echo",
+                request: Google_Protobuf_StringValue("after")
+            )
+            #expect(reply.value == "after")
+        }
+    }
+
+    @Test func serverErrorsArriveAsTTRPCError() async throws {
+        try await self.withFixture { f in
+            await self.expectCode(.notFound) {
+                let _: Google_Protobuf_Empty = try await f.client.call(
+                    service: "test.Service",
+                    method: "Fail",
+                    request: Google_Protobuf_Empty()
+                )
+            }
+            await self.expectCode(.unimplemented) {
+                let _: Google_Protobuf_Empty = try await f.client.call(
+                    service: "test.Service",
+                    method: "Missing",
+                    request: Google_Protobuf_Empty()
+                )
+            }
+            await self.expectCode(.unimplemented) {
+                let _: Google_Protobuf_Empty = try await f.client.call(
+                    service: "other.Service",
+                    method: "Echo",
+                    request: Google_Protobuf_Empty()
+                )
+            }
+            await self.expectCode(.resourceExhausted) {
+                let _: Google_Protobuf_StringValue = try await f.client.call(
+                    service: "test.Service",
+                    method: "Big",
+                    request: Google_Protobuf_Empty()
+                )
+            }
+        }
+    }
+
+    @Test func tooLargeRequestFailsLocallyWithoutBreakingConnection() async throws {
+        try await self.withFixture { f in
+            await self.expectCode(.resourceExhausted) {
+                let _: Google_Protobuf_StringValue = try await f.client.call(
+                    service: "test.Service",
+                    method: "Echo",
+                    request: Google_Protobuf_StringValue(String(repeating: "y", count: TTRPCFrame.maxPayloadLength))
+                )
+            }
+            let reply: Google_Protobuf_StringValue = try await f.client.call(
+                service: "test.Service",
+                method: "Echo",
+                request: Google_Protobuf_StringValue("fine")
+            )
+            #expect(reply.value == "fine")
+        }
+    }
+
+    @Test func cancellingTheCallerFailsWithCancelled() async throws {
+        try await self.withFixture { f in
+            let call = Task {
+                let _: Google_Protobuf_StringValue = try await f.client.call(
+                    service: "test.Service",
+                    method: "Slow",
+                    request: Google_Protobuf_StringValue("20000")
+                )
+            }
+            #expect(await f.recorder.waitFor("slow started 20000"))
+            call.cancel()
+            await self.expectCode(.cancelled) { try await call.value }
+        }
+    }
+
+    @Test func serverCloseFailsPendingAndLaterCallsWithUnavailable() async throws {
+        try await self.withFixture { f in
+            let pending = Task {
+                let _: Google_Protobuf_StringValue = try await f.client.call(
+                    service: "test.Service",
+                    method: "Slow",
+                    request: Google_Protobuf_StringValue("20001")
+                )
+            }
+            #expect(await f.recorder.waitFor("slow started 20001"))
+            await f.server.close()
+            await self.expectCode(.unavailable) { try await pending.value }
+            #expect(await f.recorder.waitFor("slow cancelled 20001"))
+            await self.expectCode(.unavailable) {
+                let _: Google_Protobuf_Empty = try await f.client.call(
+                    service: "test.Service",
+                    method: "Echo",
+                    request: Google_Protobuf_Empty()
+                )
+            }
+            // The listener is gone too.
+            await #expect(throws: (any Error).self) {
+                _ = try await TTRPCClient.connect(unixPath: f.socketPath, group: f.group)
+            }
+        }
+    }
+
+    @Test func bindReplacesStaleSocketFile() async throws {
+        try await self.withFixture { f in
+            await f.server.close()
+            // The closed listener leaves its socket file behind; a new server must still bind.
+            let again = TTRPCServer(services: [makeTestService(f.recorder)], group: f.group)
+            try await again.bind(unixPath: f.socketPath)
+            let client = try await TTRPCClient.connect(unixPath: f.socketPath, group: f.group)
+            let reply: Google_Protobuf_StringValue = try await client.call(
+                service: "test.Service",
+                method: "Echo",
+                request: Google_Protobuf_StringValue("again")
+            )
+            #expect(reply.value == "again")
+            await client.close()
+            await again.close()
+        }
+    }
+
+    @Test func connectedSocketClient() async throws {
+        try await self.withFixture { f in
+            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+            #expect(fd >= 0)
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                let path = Array(f.socketPath.utf8)
+                raw.copyBytes(from: path)
+                raw[path.count] = 0
+            }
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
+            #expect(rc == 0)
+            let client = try await TTRPCClient.connect(connectedSocket: fd, group: f.group)
+            let reply: Google_Protobuf_StringValue = try await client.call(
+                service: "test.Service",
+                method: "Echo",
+                request: Google_Protobuf_StringValue("fd")
+            )
+            #expect(reply.value == "fd")
+            await client.close()
+        }
+    }
+}
