@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import PackageDescription
 
 // Arrows point one way: CVessel -> VesselLinux -> VesselProtocol -> VesselAgent -> vessel-agent.
@@ -7,10 +7,12 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "vessel-agent", targets: ["vessel-agent"]),
+        .executable(name: "vessel-dev", targets: ["vessel-dev"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
-        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+        // No default traits: BinaryDelimitedStreams imports all of Foundation (34 MB of ICU data in a static agent).
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0", traits: []),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
     ],
     targets: [
@@ -40,6 +42,24 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "vessel-agent", dependencies: ["VesselAgent"]),
+        // Host side: typed agent calls, shared by the runtime, the shim, tests and benchmarks.
+        .target(
+            name: "VesselAgentClient",
+            dependencies: [
+                "VesselProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        // Development only: a local host-mode agent with a busybox rootfs (tests, demo, bench).
+        .target(
+            name: "VesselDevSupport",
+            dependencies: [
+                "VesselAgentClient", "VesselProtocol",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(name: "vessel-dev", dependencies: ["VesselDevSupport", "VesselAgentClient", "VesselProtocol"]),
         .testTarget(
             name: "VesselProtocolTests",
             dependencies: [
@@ -53,10 +73,7 @@ let package = Package(
         .testTarget(
             name: "VesselAgentTests",
             dependencies: [
-                "VesselAgent", "VesselProtocol", "VesselLinux",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                "VesselAgentClient", "VesselDevSupport", "VesselProtocol",
             ]
         ),
     ],

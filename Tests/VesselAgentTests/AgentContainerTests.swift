@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VesselDevSupport
 import VesselProtocol
 
 /// The agent as a root process on this host, over a Unix socket, with busybox containers.
@@ -8,65 +9,63 @@ struct AgentContainerTests {
     @Test func echoReachesStdoutAndExitsZero() async throws {
         try await withAgent { agent in
             try await agent.run("echo", ["echo", "hello from vessel"])
-            #expect(try await agent.readAll("echo") == "hello from vessel\n")
-            #expect(try await agent.wait("echo") == 0)
-            try await agent.remove("echo")
+            #expect(try await agent.output("echo") == "hello from vessel\n")
+            #expect(try await agent.client.wait("echo") == 0)
+            try await agent.client.removeContainer("echo")
         }
     }
 
     @Test func exitCodesAndSignalDeath() async throws {
         try await withAgent { agent in
             try await agent.run("three", ["sh", "-c", "exit 3"])
-            #expect(try await agent.wait("three") == 3)
+            #expect(try await agent.client.wait("three") == 3)
             try await agent.run("zero", ["true"])
-            #expect(try await agent.wait("zero") == 0)
+            #expect(try await agent.client.wait("zero") == 0)
             try await agent.run("killed", ["sleep", "1000"])
-            try await agent.kill("killed", "", signal: 9)
-            #expect(try await agent.wait("killed") == 128 + 9)
+            try await agent.client.signal("killed", "", signal: 9)
+            #expect(try await agent.client.wait("killed") == 128 + 9)
             // Waiting twice gives the same answer: the status is kept for every waiter.
-            #expect(try await agent.wait("killed") == 128 + 9)
+            #expect(try await agent.client.wait("killed") == 128 + 9)
         }
     }
 
     @Test func stdinRoundTripWithCloseStdin() async throws {
         try await withAgent { agent in
             try await agent.run("cat", ["cat"])
-            try await agent.writeStdin("cat", "ping\n")
-            try await agent.writeStdin("cat", "pong\n")
-            _ = try await agent.call("CloseStdin", Grpc_CloseStdinRequest.with { $0.containerID = "cat" })
-            #expect(try await agent.readAll("cat") == "ping\npong\n")
-            #expect(try await agent.wait("cat") == 0)
+            try await agent.write("cat", "ping\n")
+            try await agent.write("cat", "pong\n")
+            try await agent.client.closeStdin("cat")
+            #expect(try await agent.output("cat") == "ping\npong\n")
+            #expect(try await agent.client.wait("cat") == 0)
         }
     }
 
     @Test func stderrIsSeparate() async throws {
         try await withAgent { agent in
             try await agent.run("err", ["sh", "-c", "echo out; echo err >&2; exit 4"])
-            #expect(try await agent.readAll("err", stderr: true) == "err\n")
-            #expect(try await agent.readAll("err") == "out\n")
-            #expect(try await agent.wait("err") == 4)
+            #expect(try await agent.output("err", stderr: true) == "err\n")
+            #expect(try await agent.output("err") == "out\n")
+            #expect(try await agent.client.wait("err") == 4)
         }
     }
 
     @Test func terminalSizeAndCtrlC() async throws {
         try await withAgent { agent in
             try await agent.create("tty", ["sh", "-c", "read line; stty size; echo got:$line"], terminal: true)
-            _ = try await agent.call("TtyWinResize", Grpc_TtyWinResizeRequest.with {
-                $0.containerID = "tty"; $0.row = 42; $0.column = 101
-            })
-            try await agent.start("tty")
-            try await agent.writeStdin("tty", "hi\r")
+            try await agent.client.resize("tty", rows: 42, columns: 101)
+            try await agent.client.startContainer("tty")
+            try await agent.write("tty", "hi\r")
             let output = try await agent.read("tty", until: "got:hi")
             #expect(output.contains("42 101"), "\(output)")
             #expect(output.contains("got:hi"), "\(output)")
-            #expect(try await agent.wait("tty") == 0)
+            #expect(try await agent.client.wait("tty") == 0)
 
             // ^C from the terminal reaches the foreground process (an exec: PID 1 ignores SIGINT).
             try await agent.run("ctl", ["sleep", "1000"])
             try await agent.exec("ctl", "fg", ["sleep", "999"], terminal: true)
             try await Task.sleep(for: .milliseconds(200))
-            try await agent.writeStdin("ctl", exec: "fg", "\u{3}")
-            #expect(try await agent.wait("ctl", "fg") == 128 + 2)
+            try await agent.write("ctl", exec: "fg", "\u{3}")
+            #expect(try await agent.client.wait("ctl", "fg") == 128 + 2)
         }
     }
 
@@ -74,15 +73,15 @@ struct AgentContainerTests {
         try await withAgent { agent in
             try await agent.run("host", ["sleep", "1000"])
             try await agent.exec("host", "e1", ["sh", "-c", "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; id -u"])
-            let output = try await agent.readAll("host", "e1")
+            let output = try await agent.output("host", "e1")
             #expect(output == "vessel-test\nsleep 1000 \n0\n", "\(output)")
-            #expect(try await agent.wait("host", "e1") == 0)
+            #expect(try await agent.client.wait("host", "e1") == 0)
             try await agent.exec("host", "e2", ["sh", "-c", "exit 6"])
-            #expect(try await agent.wait("host", "e2") == 6)
+            #expect(try await agent.client.wait("host", "e2") == 6)
             await expectError(.alreadyExists, containing: "e2") { try await agent.exec("host", "e2", ["true"]) }
             await expectError(.notFound, containing: "nope") { try await agent.exec("host", "e3", ["nope"]) }
-            try await agent.kill("host", "", signal: 9)
-            #expect(try await agent.wait("host") == 137)
+            try await agent.client.signal("host", "", signal: 9)
+            #expect(try await agent.client.wait("host") == 137)
         }
     }
 
@@ -90,9 +89,9 @@ struct AgentContainerTests {
         try await withAgent { agent in
             try await agent.run("sig", ["sh", "-c", "trap 'exit 5' TERM; while :; do sleep 0.05; done"])
             try await agent.exec("sig", "child", ["sleep", "777"])
-            try await agent.kill("sig", "", signal: 15)
-            #expect(try await agent.wait("sig") == 5)
-            #expect(try await agent.wait("sig", "child") == 128 + 15)
+            try await agent.client.signal("sig", "", signal: 15)
+            #expect(try await agent.client.wait("sig") == 5)
+            #expect(try await agent.client.wait("sig", "child") == 128 + 15)
         }
     }
 
@@ -100,14 +99,14 @@ struct AgentContainerTests {
         try await withAgent { agent in
             try await agent.create("a", ["sleep", "1000"], hostname: "alpha")
             try await agent.create("b", ["sleep", "1000"], hostname: "beta")
-            try await agent.start("a")
-            try await agent.start("b")
+            try await agent.client.startContainer("a")
+            try await agent.client.startContainer("b")
             try await agent.exec("a", "h", ["hostname"])
             try await agent.exec("b", "h", ["hostname"])
-            #expect(try await agent.readAll("a", "h") == "alpha\n")
-            #expect(try await agent.readAll("b", "h") == "beta\n")
-            try await agent.remove("a")
-            try await agent.remove("b")
+            #expect(try await agent.output("a", "h") == "alpha\n")
+            #expect(try await agent.output("b", "h") == "beta\n")
+            try await agent.client.removeContainer("a")
+            try await agent.client.removeContainer("b")
         }
     }
 
@@ -116,49 +115,46 @@ struct AgentContainerTests {
             let marker = "4242\(Int.random(in: 1000...9999))"
             try await agent.run("gone", ["sleep", marker])
             try await agent.exec("gone", "also", ["sleep", marker])
-            #expect(AgentHarness.pids(withArgument: marker).count == 2)
+            #expect(pids(withArgument: marker).count == 2)
             try await agent.create("never-started", ["sleep", marker])
-            try await agent.remove("gone")
-            try await agent.remove("never-started")
-            #expect(AgentHarness.pids(withArgument: marker).isEmpty)
+            try await agent.client.removeContainer("gone")
+            try await agent.client.removeContainer("never-started")
+            #expect(pids(withArgument: marker).isEmpty)
             #expect(agent.leftoverMounts().isEmpty, "\(agent.leftoverMounts())")
-            await expectError(.notFound, containing: "gone") { try await agent.remove("gone") }
+            await expectError(.notFound, containing: "gone") { try await agent.client.removeContainer("gone") }
         }
     }
 
     @Test func badRequestsGetClearErrorsAndTheAgentKeepsServing() async throws {
         try await withAgent { agent in
-            await expectError(.notFound, containing: "container ghost not found") { try await agent.start("ghost") }
-            await expectError(.notFound, containing: "ghost") { _ = try await agent.wait("ghost") }
+            await expectError(.notFound, containing: "container ghost not found") { try await agent.client.startContainer("ghost") }
+            await expectError(.notFound, containing: "ghost") { _ = try await agent.client.wait("ghost") }
             try await agent.run("dup", ["sleep", "1000"])
             await expectError(.alreadyExists, containing: "container dup already exists") { try await agent.create("dup", ["true"]) }
             await expectError(.notFound, containing: "root.path") {
-                _ = try await agent.call("CreateContainer", Grpc_CreateContainerRequest.with {
-                    $0.containerID = "noroot"
-                    $0.oci = AgentHarness.spec(root: agent.rootfs + "-missing", args: ["true"])
-                })
+                var spec = agent.spec(["true"])
+                spec.root.path += "-missing"
+                try await agent.client.createContainer("noroot", spec: spec)
             }
             await expectError(.invalidArgument, containing: "args is empty") { try await agent.create("noargs", []) }
             await expectError(.invalidArgument, containing: "container_id") { try await agent.create("../x", ["true"]) }
             await expectError(.invalidArgument, containing: "namespaces[0].type") {
-                var spec = AgentHarness.spec(root: agent.rootfs, args: ["true"])
+                var spec = agent.spec(["true"])
                 spec.linux.namespaces = [.with { $0.type = "bogus" }]
-                _ = try await agent.call("CreateContainer", Grpc_CreateContainerRequest.with { $0.containerID = "badns"; $0.oci = spec })
+                try await agent.client.createContainer("badns", spec: spec)
             }
             await expectError(.invalidArgument, containing: "destination") {
-                var spec = AgentHarness.spec(root: agent.rootfs, args: ["true"])
+                var spec = agent.spec(["true"])
                 spec.mounts.append(.with { $0.destination = "/../../escape"; $0.type = "tmpfs"; $0.source = "tmpfs" })
-                _ = try await agent.call("CreateContainer", Grpc_CreateContainerRequest.with { $0.containerID = "escape"; $0.oci = spec })
+                try await agent.client.createContainer("escape", spec: spec)
             }
             try await agent.create("badexec", ["/no/such/binary"])
-            await expectError(.notFound, containing: "/no/such/binary") { try await agent.start("badexec") }
-            await expectError(.failedPrecondition, containing: "not in the created state") { try await agent.start("dup") }
+            await expectError(.notFound, containing: "/no/such/binary") { try await agent.client.startContainer("badexec") }
+            await expectError(.failedPrecondition, containing: "not in the created state") { try await agent.client.startContainer("dup") }
             // Still serving.
-            let health = try await agent.client.call(service: "grpc.Health", method: "Check", request: Grpc_CheckRequest(),
-                                                     as: Grpc_HealthCheckResponse.self)
-            #expect(health.status == .serving)
-            try await agent.remove("dup")
-            try await agent.remove("badexec")
+            #expect(try await agent.client.check().status == .serving)
+            try await agent.client.removeContainer("dup")
+            try await agent.client.removeContainer("badexec")
             #expect(agent.leftoverMounts().isEmpty)
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VesselDevSupport
 import VesselProtocol
 
 /// RPCs around the containers: files, clock, details, stats, freezer.
@@ -9,7 +10,7 @@ struct AgentServiceTests {
         try await withAgent { agent in
             let target = agent.runDir + "/sandbox/etc/hosts"
             for (offset, chunk) in [(Int64(0), "127.0.0.1 "), (Int64(10), "localhost\n")] {
-                _ = try await agent.call("CopyFile", Grpc_CopyFileRequest.with {
+                _ = try await agent.client.call("CopyFile", Grpc_CopyFileRequest.with {
                     $0.path = target; $0.fileSize = 20; $0.fileMode = 0o100644; $0.dirMode = 0o750
                     $0.offset = offset; $0.data = Data(chunk.utf8)
                 })
@@ -17,17 +18,17 @@ struct AgentServiceTests {
             #expect(try String(contentsOfFile: target, encoding: .utf8) == "127.0.0.1 localhost\n")
 
             await expectError(.invalidArgument, containing: "outside") {
-                _ = try await agent.call("CopyFile", Grpc_CopyFileRequest.with { $0.path = "/tmp/vessel-evil"; $0.data = Data("x".utf8) })
+                _ = try await agent.client.call("CopyFile", Grpc_CopyFileRequest.with { $0.path = "/tmp/vessel-evil"; $0.data = Data("x".utf8) })
             }
             await expectError(.invalidArgument, containing: "..") {
-                _ = try await agent.call("CopyFile", Grpc_CopyFileRequest.with { $0.path = agent.runDir + "/../evil"; $0.data = Data("x".utf8) })
+                _ = try await agent.client.call("CopyFile", Grpc_CopyFileRequest.with { $0.path = agent.runDir + "/../evil"; $0.data = Data("x".utf8) })
             }
             // A symlink planted inside the area that points out of it must not be followed.
             let outside = agent.directory.appendingPathComponent("outside").path
             try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
             try FileManager.default.createSymbolicLink(atPath: agent.runDir + "/link", withDestinationPath: outside)
             await expectError(.invalidArgument, containing: "link") {
-                _ = try await agent.call("CopyFile", Grpc_CopyFileRequest.with { $0.path = agent.runDir + "/link/evil"; $0.data = Data("x".utf8) })
+                _ = try await agent.client.call("CopyFile", Grpc_CopyFileRequest.with { $0.path = agent.runDir + "/link/evil"; $0.data = Data("x".utf8) })
             }
             #expect(!FileManager.default.fileExists(atPath: outside + "/evil"))
         }
@@ -36,14 +37,13 @@ struct AgentServiceTests {
     @Test func hostModeRefusesTheClockAndReportsDetails() async throws {
         try await withAgent { agent in
             await expectError(.failedPrecondition, containing: "host mode") {
-                _ = try await agent.call("SetGuestDateTime", Grpc_SetGuestDateTimeRequest.with { $0.sec = 0 })
+                _ = try await agent.client.call("SetGuestDateTime", Grpc_SetGuestDateTimeRequest.with { $0.sec = 0 })
             }
-            let details = try await agent.call("GetGuestDetails", Grpc_GuestDetailsRequest.with { $0.memBlockSize = true },
+            let details = try await agent.client.call("GetGuestDetails", Grpc_GuestDetailsRequest.with { $0.memBlockSize = true },
                                                as: Grpc_GuestDetailsResponse.self)
             #expect(!details.agentDetails.version.isEmpty)
             #expect(details.agentDetails.initDaemon == false)
-            let version = try await agent.client.call(service: "grpc.Health", method: "Version", request: Grpc_CheckRequest(),
-                                                      as: Grpc_VersionCheckResponse.self)
+            let version = try await agent.client.version()
             #expect(version.agentVersion == details.agentDetails.version)
         }
     }
@@ -52,24 +52,24 @@ struct AgentServiceTests {
         try await withAgent { agent in
             try await agent.run("busy", ["sh", "-c", "i=0; while :; do i=$((i+1)); done"])
             try await Task.sleep(for: .milliseconds(300))
-            let stats = try await agent.call("StatsContainer", Grpc_StatsContainerRequest.with { $0.containerID = "busy" },
+            let stats = try await agent.client.call("StatsContainer", Grpc_StatsContainerRequest.with { $0.containerID = "busy" },
                                              as: Grpc_StatsContainerResponse.self)
             #expect(stats.cgroupStats.cpuStats.cpuUsage.totalUsage > 0)
             #expect(stats.cgroupStats.memoryStats.usage.usage > 0)
             #expect(stats.cgroupStats.pidsStats.current >= 1)
 
-            _ = try await agent.call("PauseContainer", Grpc_PauseContainerRequest.with { $0.containerID = "busy" })
-            let frozen = try await agent.call("StatsContainer", Grpc_StatsContainerRequest.with { $0.containerID = "busy" },
+            _ = try await agent.client.call("PauseContainer", Grpc_PauseContainerRequest.with { $0.containerID = "busy" })
+            let frozen = try await agent.client.call("StatsContainer", Grpc_StatsContainerRequest.with { $0.containerID = "busy" },
                                               as: Grpc_StatsContainerResponse.self).cgroupStats.cpuStats.cpuUsage.totalUsage
             try await Task.sleep(for: .milliseconds(300))
-            let later = try await agent.call("StatsContainer", Grpc_StatsContainerRequest.with { $0.containerID = "busy" },
+            let later = try await agent.client.call("StatsContainer", Grpc_StatsContainerRequest.with { $0.containerID = "busy" },
                                              as: Grpc_StatsContainerResponse.self).cgroupStats.cpuStats.cpuUsage.totalUsage
             #expect(later - frozen < 20_000_000, "a frozen container used \(later - frozen) ns of CPU")
             await expectError(.failedPrecondition, containing: "not running") {
-                _ = try await agent.call("PauseContainer", Grpc_PauseContainerRequest.with { $0.containerID = "busy" })
+                _ = try await agent.client.call("PauseContainer", Grpc_PauseContainerRequest.with { $0.containerID = "busy" })
             }
-            _ = try await agent.call("ResumeContainer", Grpc_ResumeContainerRequest.with { $0.containerID = "busy" })
-            try await agent.remove("busy")
+            _ = try await agent.client.call("ResumeContainer", Grpc_ResumeContainerRequest.with { $0.containerID = "busy" })
+            try await agent.client.removeContainer("busy")
         }
     }
 }

@@ -100,9 +100,12 @@ func requestFrame(
 /// hop back to the loop from other threads, which plain EmbeddedChannel does not allow).
 func makeServerConnection(_ services: [TTRPCService]) async throws -> NIOAsyncTestingChannel {
     let byName = Dictionary(uniqueKeysWithValues: services.map { ($0.name, $0) })
-    return try await NIOAsyncTestingChannel { channel in
+    let channel = try await NIOAsyncTestingChannel { channel in
         try TTRPCServer.addHandlers(to: channel.pipeline.syncOperations, services: byName)
     }
+    // Makes the channel active, so tests can tell whether the server closed it.
+    try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
+    return channel
 }
 
 struct DecodedResponse {

@@ -112,8 +112,9 @@ public final class TTRPCClient: Sendable {
 
     /// Saturates instead of trapping: an absurd timeout just means "effectively none".
     static func nanoseconds(_ duration: Duration) -> Int64 {
-        let (seconds, attoseconds) = duration.components
+        // timeout_nano 0 means "no deadline" on the wire, so a spent budget becomes 1ns.
         guard duration > .zero else { return 1 }
+        let (seconds, attoseconds) = duration.components
         let (whole, overflow) = seconds.multipliedReportingOverflow(by: 1_000_000_000)
         if overflow { return .max }
         let (total, overflow2) = whole.addingReportingOverflow(attoseconds / 1_000_000_000)

@@ -13,6 +13,7 @@ public final class TTRPCServer: Sendable {
     private let group: any EventLoopGroup
     private let services: [String: TTRPCService]
     private let state = Mutex(State())
+    private let handlerTasks = TTRPCHandlerTasks()
 
     public init(services: [TTRPCService], group: any EventLoopGroup) {
         self.group = group
@@ -31,13 +32,16 @@ public final class TTRPCServer: Sendable {
         try await self.listen(self.bootstrap().bind(to: address))
     }
 
-    /// Serves on an already bound and listening socket (e.g. inherited from a supervisor).
-    /// The server takes ownership of `fd`.
+    /// Serves on an already bound stream socket (e.g. inherited from a supervisor); NIO
+    /// calls listen(2) on it, which is harmless if it already listens. The server takes
+    /// ownership of `fd`.
     public func bind(channelFromFD fd: Int32) async throws {
         try await self.listen(self.bootstrap().withBoundSocket(fd))
     }
 
-    /// Stops listening and closes every connection; in-flight handlers are cancelled.
+    /// Stops listening and closes every connection. In-flight handlers are cancelled and
+    /// awaited, so after this returns the event loop group can be shut down; a handler that
+    /// ignores cancellation delays the return until it finishes. A closed server stays closed.
     public func close() async {
         let channels: [any Channel] = self.state.withLock { state in
             state.closed = true
@@ -50,6 +54,7 @@ public final class TTRPCServer: Sendable {
         for channel in channels {
             try? await channel.close()
         }
+        await self.handlerTasks.drain()
     }
 
     private func bootstrap() -> ServerBootstrap {
@@ -83,13 +88,17 @@ public final class TTRPCServer: Sendable {
             _ = self.state.withLock { $0.connections.removeValue(forKey: key) }
         }
         return channel.eventLoop.makeCompletedFuture {
-            try Self.addHandlers(to: channel.pipeline.syncOperations, services: self.services)
+            try Self.addHandlers(to: channel.pipeline.syncOperations, services: self.services, tasks: self.handlerTasks)
         }
     }
 
-    static func addHandlers(to pipeline: ChannelPipeline.SynchronousOperations, services: [String: TTRPCService]) throws {
+    static func addHandlers(
+        to pipeline: ChannelPipeline.SynchronousOperations,
+        services: [String: TTRPCService],
+        tasks: TTRPCHandlerTasks = TTRPCHandlerTasks()
+    ) throws {
         try pipeline.addHandler(ByteToMessageHandler(TTRPCFrameDecoder()))
         try pipeline.addHandler(MessageToByteHandler(TTRPCFrameEncoder()))
-        try pipeline.addHandler(TTRPCServerHandler(services: services))
+        try pipeline.addHandler(TTRPCServerHandler(services: services, tasks: tasks))
     }
 }

@@ -19,6 +19,7 @@ final class TTRPCServerHandler: ChannelInboundHandler {
     }
 
     private let services: [String: TTRPCService]
+    private let tasks: TTRPCHandlerTasks
     private var context: ChannelHandlerContext?
     private var lastStreamID: UInt32 = 0
     /// Requests still owed a response. Whoever removes an entry (handler completion,
@@ -26,8 +27,9 @@ final class TTRPCServerHandler: ChannelInboundHandler {
     /// exactly one response.
     private var inFlight: [UInt32: InFlight] = [:]
 
-    init(services: [String: TTRPCService]) {
+    init(services: [String: TTRPCService], tasks: TTRPCHandlerTasks) {
         self.services = services
+        self.tasks = tasks
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -105,6 +107,8 @@ final class TTRPCServerHandler: ChannelInboundHandler {
     ) {
         let loop = context.eventLoop
         let this = NIOLoopBound(self, eventLoop: loop)
+        let tasks = self.tasks
+        let token = tasks.reserve()
         let task = Task {
             let result: Result<Data, TTRPCError>
             do {
@@ -113,7 +117,9 @@ final class TTRPCServerHandler: ChannelInboundHandler {
                 result = .failure(TTRPCError(from: error))
             }
             loop.execute { this.value.finish(id, result) }
+            tasks.finished(token)
         }
+        tasks.started(token, task)
         var deadline: Scheduled<Void>?
         if timeoutNanos > 0 {
             deadline = loop.assumeIsolated().scheduleTask(in: .nanoseconds(timeoutNanos)) {

@@ -1,0 +1,55 @@
+# Vessel: `make run` runs the main job, `make test` runs the tests (each installs what it needs).
+SWIFT        ?= swift
+OUT          ?= out
+STATIC_BUILD ?= .build-static
+PROTOC_GEN   ?= .build/release/protoc-gen-swift
+
+# What building and testing needs on a fresh Debian 12 (Swift itself comes from /opt/swift).
+APT_PACKAGES := busybox-static libseccomp-dev libmount-dev pkg-config protobuf-compiler runc crun util-linux
+
+.PHONY: all deps build agent agent-dynamic proto test bench run demo clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh $(APT_PACKAGES)
+
+build: deps
+	$(SWIFT) build
+
+# The guest agent: fully static (glibc, Swift runtime, Foundation-free), stripped.
+agent: deps
+	$(SWIFT) build -c release --product vessel-agent -Xswiftc -static-executable --scratch-path $(STATIC_BUILD)
+	@mkdir -p $(OUT)
+	@strip -o $(OUT)/vessel-agent $(STATIC_BUILD)/release/vessel-agent
+	@echo "$(OUT)/vessel-agent: $$(stat -c %s $(OUT)/vessel-agent) bytes (static, stripped; unstripped $$(stat -c %s $(STATIC_BUILD)/release/vessel-agent))"
+
+# For the record in ARCHITECTURE.md: the agent linked against the system's shared libraries.
+agent-dynamic: deps
+	$(SWIFT) build -c release --product vessel-agent -Xswiftc -static-stdlib --scratch-path .build-dynamic
+	@strip -o $(OUT)/vessel-agent-dynamic .build-dynamic/release/vessel-agent
+	@echo "$(OUT)/vessel-agent-dynamic: $$(stat -c %s $(OUT)/vessel-agent-dynamic) bytes, plus:"
+	@ldd $(OUT)/vessel-agent-dynamic | awk '/=>/ {print $$3}' | xargs -r readlink -f | xargs -r stat -L -c '  %n %s bytes'
+
+# Regenerates Sources/VesselProtocol/Generated from proto/ (the output is committed).
+proto: deps
+	$(SWIFT) build -c release --product protoc-gen-swift
+	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN) --swift_out=Sources/VesselProtocol/Generated \
+	  --swift_opt=Visibility=Public -I proto $$(cd proto && find . -name '*.proto' | sed 's|^\./||' | sort)
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+demo: build
+	.build/debug/vessel-dev demo
+
+# Until the VM runtime lands, the main job runs a busybox container through a host-mode agent.
+run: demo
+
+bench: agent
+	$(SWIFT) build -c release --product vessel-dev
+	.build/release/vessel-dev bench --agent $(OUT)/vessel-agent --count 50
+
+clean:
+	rm -rf .build $(STATIC_BUILD) .build-dynamic $(OUT)

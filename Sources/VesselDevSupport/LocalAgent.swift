@@ -1,0 +1,133 @@
+import Foundation
+import NIOPosix
+import VesselAgentClient
+import VesselProtocol
+
+/// A real `vessel-agent` process in host mode on a Unix socket in a fresh temp dir, with a busybox
+/// rootfs next to it: what the host-mode tests, `vessel-dev demo` and `make bench` drive.
+public final class LocalAgent: @unchecked Sendable {
+    public static let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+
+    public let directory: URL
+    public let rootfs: String
+    public let runDir: String
+    public let socket: String
+    public let process: Process
+    public let client: AgentClient
+
+    public init(binary: String, logLevel: String = "warning") async throws {
+        directory = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-agent-\(UUID().uuidString.prefix(8))")
+        rootfs = directory.appendingPathComponent("rootfs").path
+        runDir = directory.appendingPathComponent("run").path
+        socket = directory.appendingPathComponent("agent.sock").path
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try BusyboxRootfs.make(at: rootfs)
+
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["--server-addr", "unix://\(socket)", "--run-dir", runDir, "--log-level", logLevel]
+        try process.run()
+        var connected: AgentClient?
+        for _ in 0..<400 where process.isRunning {
+            if FileManager.default.fileExists(atPath: socket),
+               let client = try? await AgentClient.connect(unixPath: socket, group: Self.group, timeout: .seconds(60)) {
+                connected = client
+                break
+            }
+            try await Task.sleep(for: .milliseconds(25))
+        }
+        guard let connected else {
+            if process.isRunning { process.terminate() }
+            try? FileManager.default.removeItem(at: directory)
+            throw DevSupportError("vessel-agent (\(binary)) did not listen on \(socket)")
+        }
+        client = connected
+    }
+
+    /// SIGTERM: the agent removes its containers and exits; then the temp dir goes.
+    public func stop() async {
+        await client.close()
+        process.terminate()
+        process.waitUntilExit()
+        try? FileManager.default.removeItem(at: directory)
+    }
+
+    /// VmRSS of the agent process in KiB.
+    public var residentKiB: Int {
+        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+
+    /// The busybox container spec used everywhere: new pid/mount/uts/ipc namespaces, the usual mounts.
+    public func spec(_ args: [String], terminal: Bool = false, hostname: String = "vessel-test") -> Grpc_Spec {
+        SpecTemplate.busybox(root: rootfs, args: args, terminal: terminal, hostname: hostname)
+    }
+
+    public static func process(_ args: [String], terminal: Bool = false) -> Grpc_Process {
+        .with {
+            $0.args = args
+            $0.env = ["PATH=/bin", "HOME=/root", "TERM=xterm"]
+            $0.cwd = "/"
+            $0.terminal = terminal
+        }
+    }
+}
+
+public struct DevSupportError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+public enum BusyboxRootfs {
+    public static let applets = ["sh", "echo", "cat", "true", "false", "sleep", "id", "hostname", "ls", "stty", "grep",
+                                 "mount", "wc", "head", "tr", "touch", "mkdir", "rm", "env", "pwd", "dd", "ps"]
+
+    /// A minimal rootfs: Debian's busybox-static and its applets as symlinks.
+    public static func make(at path: String) throws {
+        let fm = FileManager.default
+        for dir in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+            try fm.createDirectory(atPath: "\(path)/\(dir)", withIntermediateDirectories: true)
+        }
+        guard fm.fileExists(atPath: "/bin/busybox") else {
+            throw DevSupportError("/bin/busybox is missing: apt-get install busybox-static")
+        }
+        try fm.copyItem(atPath: "/bin/busybox", toPath: "\(path)/bin/busybox")
+        for applet in applets {
+            try fm.createSymbolicLink(atPath: "\(path)/bin/\(applet)", withDestinationPath: "busybox")
+        }
+        try "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"
+            .write(toFile: "\(path)/etc/passwd", atomically: true, encoding: .utf8)
+        try "root:x:0:\nnogroup:x:65534:\n".write(toFile: "\(path)/etc/group", atomically: true, encoding: .utf8)
+    }
+}
+
+public enum SpecTemplate {
+    public static func busybox(root: String, args: [String], terminal: Bool = false, hostname: String = "vessel-test") -> Grpc_Spec {
+        Grpc_Spec.with {
+            $0.version = "1.0.2"
+            $0.root.path = root
+            $0.hostname = hostname
+            $0.process = LocalAgent.process(args, terminal: terminal)
+            $0.mounts = [
+                mount("/proc", "proc", "proc", []),
+                mount("/dev", "tmpfs", "tmpfs", ["nosuid", "strictatime", "mode=755", "size=65536k"]),
+                mount("/dev/pts", "devpts", "devpts", ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]),
+                mount("/dev/shm", "tmpfs", "shm", ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]),
+                mount("/dev/mqueue", "mqueue", "mqueue", ["nosuid", "noexec", "nodev"]),
+                mount("/sys", "sysfs", "sysfs", ["nosuid", "noexec", "nodev", "ro"]),
+                mount("/tmp", "tmpfs", "tmpfs", ["nosuid", "nodev"]),
+            ]
+            $0.linux.namespaces = ["pid", "mount", "uts", "ipc"].map { type in .with { $0.type = type } }
+        }
+    }
+
+    public static func mount(_ destination: String, _ type: String, _ source: String, _ options: [String]) -> Grpc_Mount {
+        .with {
+            $0.destination = destination
+            $0.type = type
+            $0.source = source
+            $0.options = options
+        }
+    }
+}

@@ -1,0 +1,165 @@
+import Foundation
+import VesselAgentClient
+import VesselDevSupport
+import VesselProtocol
+
+// Developer tool: `demo` runs a busybox container through a host-mode agent; `bench` measures the
+// agent next to crun and runc in one run (the numbers `make bench` prints).
+
+let usage = """
+    usage: vessel-dev demo [--agent PATH]
+           vessel-dev bench [--agent PATH] [--count N]
+    """
+
+func option(_ name: String, default value: String) -> String {
+    let args = CommandLine.arguments
+    guard let i = args.firstIndex(of: name), i + 1 < args.count else { return value }
+    return args[i + 1]
+}
+
+let defaultAgent = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("vessel-agent").path
+
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    guard !sorted.isEmpty else { return .nan }
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
+func milliseconds(_ body: () async throws -> Void) async rethrows -> Double {
+    let start = ContinuousClock.now
+    try await body()
+    let elapsed = ContinuousClock.now - start
+    return Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+}
+
+func format(_ ms: Double) -> String { String(format: "%.2f ms", ms) }
+
+func demo() async throws {
+    let agent = try await LocalAgent(binary: option("--agent", default: defaultAgent))
+    defer { Task { await agent.stop() } }
+    try await agent.client.createContainer("demo", spec: agent.spec(["sh", "-c", "echo hello from a vessel container on $(hostname)"]))
+    try await agent.client.startContainer("demo")
+    FileHandle.standardOutput.write(Data(try await agent.client.readAll("demo")))
+    let status = try await agent.client.wait("demo")
+    try await agent.client.removeContainer("demo")
+    await agent.stop()
+    print("container exited with status \(status)")
+}
+
+/// An OCI bundle with the same busybox rootfs and the same namespaces as the agent's spec.
+func makeBundle(at dir: String, rootfs: String) throws {
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    try FileManager.default.createSymbolicLink(atPath: dir + "/rootfs", withDestinationPath: rootfs)
+    let spec = Process()
+    spec.executableURL = URL(fileURLWithPath: "/usr/sbin/runc")
+    spec.arguments = ["spec", "--bundle", dir]
+    try spec.run()
+    spec.waitUntilExit()
+    let url = URL(fileURLWithPath: dir + "/config.json")
+    var config = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+    var process = config["process"] as! [String: Any]
+    process["terminal"] = false
+    process["args"] = ["/bin/true"]
+    config["process"] = process
+    var linux = config["linux"] as! [String: Any]
+    linux["namespaces"] = ["pid", "mount", "uts", "ipc"].map { ["type": $0] }
+    config["linux"] = linux
+    try JSONSerialization.data(withJSONObject: config).write(to: url)
+}
+
+/// Runs `runtime run` `count` times; started by `bench` inside `unshare -m` with the empty cgroup2
+/// mount removed, because crun refuses this host's hybrid cgroup layout otherwise.
+func ociBench(runtime: String, bundle: String, count: Int) throws {
+    _ = umount2("/sys/fs/cgroup/unified", Int32(MNT_DETACH))
+    var times: [Double] = []
+    for i in 0..<count {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: runtime)
+        p.arguments = ["run", "--bundle", bundle, "vessel-bench-\(getpid())-\(i)"]
+        p.standardOutput = FileHandle.nullDevice
+        let start = ContinuousClock.now
+        try p.run()
+        p.waitUntilExit()
+        let elapsed = ContinuousClock.now - start
+        guard p.terminationStatus == 0 else { throw DevSupportError("\(runtime) run exited \(p.terminationStatus)") }
+        times.append(Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
+    }
+    print(median(times))
+}
+
+func runOCIBench(_ runtime: String, bundle: String, count: Int) throws -> Double? {
+    guard FileManager.default.isExecutableFile(atPath: runtime) else { return nil }
+    let p = Process()
+    let pipe = Pipe()
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+    p.arguments = ["-m", "--propagation", "private", CommandLine.arguments[0], "oci-bench", runtime, bundle, String(count)]
+    p.standardOutput = pipe
+    try p.run()
+    let out = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return Double(String(decoding: out, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+}
+
+func bench() async throws {
+    let count = Int(option("--count", default: "50")) ?? 50
+    let agent = try await LocalAgent(binary: option("--agent", default: defaultAgent))
+    let idleRSS = agent.residentKiB
+    var spawn: [Double] = []
+    for i in 0..<count {
+        spawn.append(try await milliseconds {
+            let id = "bench-\(i)"
+            try await agent.client.createContainer(id, spec: agent.spec(["/bin/true"]))
+            try await agent.client.startContainer(id)
+            _ = try await agent.client.wait(id)
+            try await agent.client.removeContainer(id)
+        })
+    }
+    try await agent.client.createContainer("exec", spec: agent.spec(["sleep", "1000"]))
+    try await agent.client.startContainer("exec")
+    var exec: [Double] = [], check: [Double] = []
+    for i in 0..<count {
+        exec.append(try await milliseconds {
+            try await agent.client.exec("exec", "e\(i)", process: LocalAgent.process(["/bin/true"]))
+            _ = try await agent.client.wait("exec", "e\(i)")
+        })
+        check.append(try await milliseconds { _ = try await agent.client.check() })
+    }
+    try await agent.client.removeContainer("exec")
+    let busyRSS = agent.residentKiB
+
+    let bundle = agent.directory.appendingPathComponent("bundle").path
+    try makeBundle(at: bundle, rootfs: agent.rootfs)
+    let crun = try runOCIBench("/usr/bin/crun", bundle: bundle, count: count)
+    let runc = try runOCIBench("/usr/sbin/runc", bundle: bundle, count: count)
+    await agent.stop()
+
+    let agentMedian = median(spawn)
+    print("agent create+start+wait+remove of /bin/true: \(format(agentMedian)) (median of \(count))")
+    for (name, value) in [("crun run", crun), ("runc run", runc)] {
+        if let value {
+            print("\(name) of the same bundle: \(format(value)); agent/\(name.split(separator: " ")[0]) = \(String(format: "%.2f", agentMedian / value))x")
+        } else {
+            print("\(name): not installed")
+        }
+    }
+    let execMedian = median(exec), checkMedian = median(check)
+    print("exec /bin/true + wait: \(format(execMedian)); Health.Check round trip: \(format(checkMedian)); ratio \(String(format: "%.1f", execMedian / checkMedian))x")
+    print("agent RSS: idle \(idleRSS) KiB, after the benchmark \(busyRSS) KiB")
+}
+
+let command = CommandLine.arguments.dropFirst().first ?? ""
+do {
+    switch command {
+    case "demo": try await demo()
+    case "bench": try await bench()
+    case "oci-bench":
+        let args = CommandLine.arguments
+        try ociBench(runtime: args[2], bundle: args[3], count: Int(args[4]) ?? 10)
+    default:
+        print(usage)
+        exit(2)
+    }
+} catch {
+    FileHandle.standardError.write(Data("vessel-dev: \(error)\n".utf8))
+    exit(1)
+}

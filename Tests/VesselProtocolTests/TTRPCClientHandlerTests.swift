@@ -1,0 +1,90 @@
+import Foundation
+import NIOCore
+import NIOEmbedded
+import SwiftProtobuf
+import Testing
+@testable import VesselProtocol
+
+/// The client's connection handler against scripted server bytes.
+@Suite("ttrpc client connection", .timeLimit(.minutes(1)))
+struct TTRPCClientHandlerTests {
+    private func connection() async throws -> NIOAsyncTestingChannel {
+        let channel = try await NIOAsyncTestingChannel { channel in
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(TTRPCFrameDecoder()))
+            try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(TTRPCFrameEncoder()))
+            try channel.pipeline.syncOperations.addHandler(TTRPCClientHandler())
+        }
+        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
+        return channel
+    }
+
+    /// Starts a call and returns its promise plus the stream id it was sent on.
+    private func start(_ channel: NIOAsyncTestingChannel) async throws -> (EventLoopFuture<Ttrpc_Response>, UInt32) {
+        let promise = channel.eventLoop.makePromise(of: Ttrpc_Response.self)
+        try await channel.testingEventLoop.executeInContext {
+            try channel.pipeline.syncOperations.handler(type: TTRPCClientHandler.self)
+                .start(try Ttrpc_Request().serializedBytes(), promise: promise, timeout: nil)
+        }
+        var sent = try await channel.waitForOutboundWrite(as: ByteBuffer.self)
+        var decoder = TTRPCFrameDecoder()
+        guard case .frame(let frame) = decoder.nextMessage(from: &sent) else {
+            throw TTRPCError(.internal, "client wrote a partial frame")
+        }
+        #expect(frame.type == .request)
+        return (promise.futureResult, frame.streamID)
+    }
+
+    private func expectCode(_ code: TTRPCCode, _ future: EventLoopFuture<Ttrpc_Response>) async {
+        do {
+            _ = try await future.get()
+            Issue.record("expected \(code)")
+        } catch let error as TTRPCError {
+            #expect(error.code == code, "\(error)")
+        } catch {
+            Issue.record("unexpected \(error)")
+        }
+    }
+
+    @Test func streamIDsAreOddAndIncreasing() async throws {
+        let channel = try await self.connection()
+        var ids: [UInt32] = []
+        for _ in 0..<3 { ids.append(try await self.start(channel).1) }
+        #expect(ids == [1, 3, 5])
+    }
+
+    @Test func oversizedResponseFailsOnlyItsCall() async throws {
+        let channel = try await self.connection()
+        let (first, firstID) = try await self.start(channel)
+        let (second, secondID) = try await self.start(channel)
+
+        var header = ByteBuffer()
+        header.writeInteger(UInt32(TTRPCFrame.maxPayloadLength + 1))
+        header.writeInteger(firstID)
+        header.writeInteger(UInt8(2))
+        header.writeInteger(UInt8(0))
+        try await channel.writeInbound(header)
+        try await channel.writeInbound(ByteBuffer(repeating: 0, count: TTRPCFrame.maxPayloadLength + 1))
+        await self.expectCode(.resourceExhausted, first)
+
+        // A response to a stream nobody waits for is dropped; the real one still lands.
+        try await channel.writeInbound(frameBytes(streamID: 99, type: 2, payload: []))
+        var ok = Ttrpc_Response()
+        ok.payload = Data([7])
+        try await channel.writeInbound(frameBytes(streamID: secondID, type: 2, payload: ok.serializedBytes()))
+        #expect(try await second.get().payload == Data([7]))
+    }
+
+    @Test func undecodableResponseIsDataLoss() async throws {
+        let channel = try await self.connection()
+        let (call, id) = try await self.start(channel)
+        try await channel.writeInbound(frameBytes(streamID: id, type: 2, payload: [0xFF, 0xFF, 0xFF]))
+        await self.expectCode(.dataLoss, call)
+    }
+
+    @Test func closeFailsPendingAndLaterCalls() async throws {
+        let channel = try await self.connection()
+        let (call, _) = try await self.start(channel)
+        try await channel.close()
+        await self.expectCode(.unavailable, call)
+    }
+}
