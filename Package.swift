@@ -18,6 +18,8 @@ let package = Package(
     targets: [
         // Syscalls Swift cannot call cleanly: clone with namespace flags, fork+exec, ioctls, PID-1 early setup.
         .target(name: "CVessel"),
+        // libseccomp (Debian ships libseccomp.a, so the static agent links it in).
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .target(
             name: "VesselLinux",
             dependencies: ["CVessel"]
@@ -34,7 +36,7 @@ let package = Package(
         .target(
             name: "VesselAgent",
             dependencies: [
-                "CVessel", "VesselLinux", "VesselProtocol",
+                "CVessel", "CSeccomp", "VesselLinux", "VesselProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

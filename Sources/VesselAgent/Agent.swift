@@ -43,7 +43,7 @@ public enum Agent {
         let pool = NIOThreadPool(numberOfThreads: 4)
         pool.start()
         _ = Reaper.shared
-        let sandbox = Sandbox(options: options, launcher: Launcher(exeFD: exeFD, group: group, pool: pool), logger: logger)
+        let sandbox = Sandbox(options: options, launcher: Launcher(exeFD: exeFD, group: group, pool: pool, logger: logger), logger: logger)
         let server = TTRPCServer(services: AgentService.make(sandbox, options: options), group: group)
         switch options.serverAddress {
         case .unix(let path): try await server.bind(unixPath: path)

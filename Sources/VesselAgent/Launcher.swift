@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOPosix
 import SwiftProtobuf
@@ -29,6 +30,7 @@ struct Launcher {
     let exeFD: Int32
     let group: any EventLoopGroup
     let pool: NIOThreadPool
+    let logger: Logger
 
     /// The container's init, set up inside new namespaces and blocked before exec.
     func createInit(spec: Grpc_Spec, namespaces: UInt64) async throws -> (ContainerProcess, syncFD: Int32) {
@@ -41,7 +43,7 @@ struct Launcher {
         do {
             let pid = try startHelper(.initContainer, child: child, sync: helperEnd, extraFDs: [], namespaces: namespaces)
             try await blocking { try send(config, agentEnd) }
-            let report = try await blocking { try receiveReport(agentEnd) }
+            let report = try await blocking { [logger] in try receiveReport(agentEnd, logger) }
             if report?.kind == .ready {
                 return (ContainerProcess(execID: "", pid: pid, io: io), agentEnd)
             }
@@ -60,18 +62,20 @@ struct Launcher {
     /// close-on-exec sync socket) or failed (an error report).
     func start(syncFD: Int32) async throws {
         defer { Linux.close(syncFD) }
-        let report = try await blocking { () throws -> Vessel_HelperReport? in
+        let report = try await blocking { [logger] () throws -> Vessel_HelperReport? in
             try Linux.sendMessage(syncFD, [])
-            return try receiveReport(syncFD)
+            return try receiveReport(syncFD, logger)
         }
         if let report, report.kind == .error { throw helperFailure(report) }
     }
 
     /// A process inside a running container: the helper joins the namespaces (fds kept open by the
     /// agent, so no pid can be reused under us) and forks the process as the agent's own child.
-    func exec(execID: String, process: Grpc_Process, namespaceFDs: [(name: String, fd: Int32)]) async throws -> ContainerProcess {
+    func exec(execID: String, process: Grpc_Process, containerSpec: Grpc_Spec,
+              namespaceFDs: [(name: String, fd: Int32)]) async throws -> ContainerProcess {
         let config = Vessel_HelperConfig.with {
             $0.process = process
+            if containerSpec.linux.hasSeccomp { $0.spec.linux.seccomp = containerSpec.linux.seccomp }
             $0.namespaces = namespaceFDs.map(\.name)
         }
         let (io, child) = try await ProcessIO.make(terminal: process.terminal, group: group)
@@ -79,10 +83,10 @@ struct Launcher {
         defer { Linux.close(agentEnd) }
         do {
             let helper = try startHelper(.exec, child: child, sync: helperEnd, extraFDs: namespaceFDs.map(\.fd), namespaces: 0)
-            let reports = try await blocking { () throws -> [Vessel_HelperReport] in
+            let reports = try await blocking { [logger] () throws -> [Vessel_HelperReport] in
                 try send(config, agentEnd)
                 var reports: [Vessel_HelperReport] = []
-                while let report = try receiveReport(agentEnd) { reports.append(report) }
+                while let report = try receiveReport(agentEnd, logger) { reports.append(report) }
                 return reports
             }
             _ = await Reaper.shared.wait(helper)
@@ -131,9 +135,14 @@ private func send(_ config: Vessel_HelperConfig, _ fd: Int32) throws {
     try Linux.sendMessage(fd, bytes)
 }
 
-private func receiveReport(_ fd: Int32) throws -> Vessel_HelperReport? {
-    guard let bytes = try Linux.receiveMessage(fd) else { return nil }
-    return try Vessel_HelperReport(serializedBytes: bytes)
+/// The next report that is not a log line; log lines go to the agent's log on the way.
+private func receiveReport(_ fd: Int32, _ logger: Logger) throws -> Vessel_HelperReport? {
+    while let bytes = try Linux.receiveMessage(fd) {
+        let report = try Vessel_HelperReport(serializedBytes: bytes)
+        guard report.kind == .log else { return report }
+        logger.info("\(report.detail)")
+    }
+    return nil
 }
 
 /// The helper's error, as the one-line message the caller sees ("process.cwd /nope: No such file...").

@@ -12,6 +12,7 @@ final class Container {
     enum Phase { case created, running, paused }
 
     let id: String
+    let spec: Grpc_Spec
     let initProcess: ContainerProcess
     var execs: [String: ContainerProcess] = [:]
     /// Opened from /proc/<init>/ns while init is our unreaped child, so they always name its namespaces.
@@ -20,8 +21,10 @@ final class Container {
     var phase = Phase.created
     let cgroup: Cgroup?
 
-    init(id: String, initProcess: ContainerProcess, namespaceFDs: [(name: String, fd: Int32)], syncFD: Int32, cgroup: Cgroup?) {
+    init(id: String, spec: Grpc_Spec, initProcess: ContainerProcess, namespaceFDs: [(name: String, fd: Int32)], syncFD: Int32,
+         cgroup: Cgroup?) {
         self.id = id
+        self.spec = spec
         self.initProcess = initProcess
         self.namespaceFDs = namespaceFDs
         self.syncFD = syncFD
@@ -131,7 +134,7 @@ public actor Sandbox {
             try cgroup?.add(initProcess.pid)
             let names = ["ipc", "uts", "net", "pid", "mnt"]
             let fds = try names.map { ($0, try Linux.open("/proc/\(initProcess.pid)/ns/\($0)", O_RDONLY)) }
-            containers[id] = Container(id: id, initProcess: initProcess, namespaceFDs: fds, syncFD: syncFD, cgroup: cgroup)
+            containers[id] = Container(id: id, spec: spec, initProcess: initProcess, namespaceFDs: fds, syncFD: syncFD, cgroup: cgroup)
         } catch {
             try? Linux.kill(initProcess.pid, SIGKILL)
             _ = await initProcess.wait()
@@ -188,7 +191,7 @@ public actor Sandbox {
             throw AgentError.failedPrecondition("container \(container.id) is not running")
         }
         try Validation.process(request.process, field: "process")
-        let process = try await launcher.exec(execID: request.execID, process: request.process,
+        let process = try await launcher.exec(execID: request.execID, process: request.process, containerSpec: container.spec,
                                               namespaceFDs: container.namespaceFDs)
         container.execs[request.execID] = process
     }

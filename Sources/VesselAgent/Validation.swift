@@ -52,6 +52,23 @@ enum Validation {
                 throw AgentError.invalidArgument("OCI.mounts[\(index)].destination \"\(mount.destination)\" escapes the rootfs with '..'")
             }
         }
+        try Sysctl.validate(spec.linux.sysctl, namespaces: namespaces)
+        if spec.linux.hasSeccomp { try SeccompSpec.validate(spec.linux.seccomp) }
+        for (index, device) in spec.linux.devices.enumerated() {
+            let field = "OCI.linux.devices[\(index)]"
+            guard ["c", "b", "u", "p"].contains(device.type) else {
+                throw AgentError.invalidArgument("\(field).type \"\(device.type)\" is not one of c, b, u, p")
+            }
+            guard device.path.hasPrefix("/"), !device.path.split(separator: "/").contains("..") else {
+                throw AgentError.invalidArgument("\(field).path \"\(device.path)\" must be absolute and stay in the rootfs")
+            }
+        }
+        for (index, path) in (spec.linux.maskedPaths + spec.linux.readonlyPaths).enumerated() where !path.hasPrefix("/") {
+            throw AgentError.invalidArgument("OCI.linux masked/readonly path #\(index) \"\(path)\" must be absolute")
+        }
+        if !["", "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"].contains(spec.linux.rootfsPropagation) {
+            throw AgentError.invalidArgument("OCI.linux.rootfsPropagation \"\(spec.linux.rootfsPropagation)\" is not a propagation type")
+        }
         return namespaces
     }
 
@@ -62,5 +79,7 @@ enum Validation {
         if !process.cwd.isEmpty && !process.cwd.hasPrefix("/") {
             throw AgentError.invalidArgument("\(field).cwd \"\(process.cwd)\" must be absolute")
         }
+        _ = try Capabilities.sets(process, field: field)
+        try Rlimits.validate(process, field: field)
     }
 }

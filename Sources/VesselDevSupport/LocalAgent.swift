@@ -81,7 +81,7 @@ public struct DevSupportError: Error, CustomStringConvertible {
 
 public enum BusyboxRootfs {
     public static let applets = ["sh", "echo", "cat", "true", "false", "sleep", "id", "hostname", "ls", "stty", "grep",
-                                 "mount", "wc", "head", "tr", "touch", "mkdir", "rm", "env", "pwd", "dd", "ps"]
+                                 "mount", "wc", "head", "tail", "cut", "tr", "touch", "mkdir", "rm", "env", "pwd", "dd", "ps"]
 
     /// A minimal rootfs: Debian's busybox-static and its applets as symlinks.
     public static func make(at path: String) throws {

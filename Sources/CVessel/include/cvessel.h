@@ -50,6 +50,14 @@ pid_t vessel_reap_one(int nohang, int *status);
 int vessel_reboot_poweroff(void);
 int vessel_pipe2(int fds[2], int flags);
 
+/// Capabilities as 64-bit masks (bit n = capability n), set with capset(2) version 3.
+int vessel_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);
+int vessel_capbset_drop(int cap);
+int vessel_cap_ambient_clear(void);
+int vessel_cap_ambient_raise(int cap);
+int vessel_set_keepcaps(int on);
+int vessel_set_no_new_privs(void);
+
 /// GNU-only open flags the Swift Glibc module does not export (same values on x86_64 and arm64).
 #define VESSEL_O_PATH 010000000
 

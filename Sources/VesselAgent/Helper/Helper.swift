@@ -36,17 +36,17 @@ public enum Helper {
             report(.error(error))
             exit(1)
         } catch {
-            report(.error(LinuxError(stage: "helper config", errno: EINVAL, detail: "\(error)")))
+            report(.error(LinuxError(stage: "\(error)", errno: EINVAL)))
             exit(1)
         }
     }
 
     private static func runInit(_ config: Vessel_HelperConfig) throws -> Never {
-        try RootfsSetup(spec: config.spec).run()
+        try RootfsSetup(spec: config.spec, log: log).run()
         report(.ready)
         // The start message is an empty frame; EOF means the agent went away: give up quietly.
         guard let start = try Linux.receiveMessage(syncFD), start.isEmpty else { exit(1) }
-        try ProcessLaunch(process: config.process).exec()
+        try launch(config)
     }
 
     private static func runExec(_ config: Vessel_HelperConfig) throws -> Never {
@@ -62,17 +62,27 @@ public enum Helper {
         if pid < 0 { throw LinuxError(stage: "clone") }
         if pid == 0 {
             do {
-                try ProcessLaunch(process: config.process).exec()
+                try launch(config)
             } catch let error as LinuxError {
                 report(.error(error))
-            } catch {}
+            } catch {
+                report(.error(LinuxError(stage: "\(error)", errno: EINVAL)))
+            }
             _exit(127)
         }
         report(.pid(pid))
         exit(0)
     }
 
+    private static func launch(_ config: Vessel_HelperConfig) throws -> Never {
+        let seccomp = config.spec.linux.hasSeccomp ? config.spec.linux.seccomp : nil
+        try ProcessLaunch(process: config.process, seccomp: seccomp, log: log).exec()
+    }
+
+    static func log(_ line: String) { report(.log(line)) }
+
     enum Report {
+        case log(String)
         case ready
         case pid(pid_t)
         case error(LinuxError)
@@ -81,6 +91,9 @@ public enum Helper {
     static func report(_ report: Report) {
         var message = Vessel_HelperReport()
         switch report {
+        case .log(let line):
+            message.kind = .log
+            message.detail = line
         case .ready:
             message.kind = .ready
         case .pid(let pid):

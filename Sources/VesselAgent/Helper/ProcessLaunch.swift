@@ -5,10 +5,14 @@ import VesselProtocol
 import Glibc
 #endif
 
-/// The last steps before the container process runs, in the helper: session and controlling
-/// terminal, credentials, working directory, then execve of the program found on the process's PATH.
+/// The last steps before the container process runs, in the helper, in runc's order: session and
+/// terminal, rlimits, oom score, (seccomp here if no_new_privs is off: loading it needs
+/// CAP_SYS_ADMIN), bounding set, credentials with kept capabilities, capability sets, ambient set,
+/// no_new_privs, working directory, (seccomp here if no_new_privs is on), execve.
 struct ProcessLaunch {
     let process: Grpc_Process
+    let seccomp: Grpc_LinuxSeccomp?
+    let log: (String) -> Void
 
     static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -20,17 +24,68 @@ struct ProcessLaunch {
         if process.terminal {
             try sys("TIOCSCTTY") { vessel_set_ctty(0) }
         }
-        let user = process.user
-        try sys("setgroups") { user.additionalGids.withUnsafeBufferPointer { vessel_setgroups($0.count, $0.baseAddress) } }
-        try sys("setgid", "\(user.gid)") { setgid(user.gid) }
-        try sys("setuid", "\(user.uid)") { setuid(user.uid) }
+        try setRlimits()
+        if process.oomscoreAdj != 0 {
+            try Linux.writeFile("/proc/self/oom_score_adj", "\(process.oomscoreAdj)")
+        }
+        if !process.apparmorProfile.isEmpty || !process.selinuxLabel.isEmpty {
+            log("apparmorProfile/selinuxLabel ignored: the guest has no LSM policy")
+        }
+        if !process.noNewPrivileges, let seccomp { try SeccompFilter(spec: seccomp).load(log: log) }
+        let capabilities = try Capabilities.sets(process, field: "process")
+        if let capabilities { try dropBounding(keeping: capabilities.bounding) }
+        try setCredentials(keepCapabilities: capabilities != nil)
+        if let capabilities { try setCapabilities(capabilities) }
+        if process.noNewPrivileges { try sys("prctl(PR_SET_NO_NEW_PRIVS)") { vessel_set_no_new_privs() } }
         let cwd = process.cwd.isEmpty ? "/" : process.cwd
         try sys("process.cwd", cwd) { chdir(cwd) }
         let path = try resolve(program)
+        if process.noNewPrivileges, let seccomp { try SeccompFilter(spec: seccomp).load(log: log) }
         let argv = CStringArray(process.args)
         let envp = CStringArray(process.env)
         _ = argv.withPointer { a in envp.withPointer { e in execve(path, a, e) } }
         throw LinuxError(stage: "exec", detail: program)
+    }
+
+    private func setRlimits() throws {
+        for limit in process.rlimits {
+            guard let resource = Rlimits.resources[limit.type] else { continue }
+            var value = rlimit(rlim_cur: rlim_t(limit.soft), rlim_max: rlim_t(limit.hard))
+            try sys("setrlimit", limit.type) { setrlimit(__rlimit_resource_t(UInt32(resource)), &value) }
+        }
+    }
+
+    /// Highest capability this kernel knows; names above it are skipped rather than failing.
+    private static var lastCapability: Int {
+        Int(((try? Linux.readFile("/proc/sys/kernel/cap_last_cap")) ?? "").trimmed) ?? 40
+    }
+
+    private func dropBounding(keeping bounding: UInt64) throws {
+        for cap in 0...Self.lastCapability where bounding & (1 << UInt64(cap)) == 0 {
+            try sys("prctl(PR_CAPBSET_DROP)", Capabilities.names[safe: cap]) { vessel_capbset_drop(Int32(cap)) }
+        }
+    }
+
+    private func setCredentials(keepCapabilities: Bool) throws {
+        let user = process.user
+        // Keep the permitted set across the uid change; the spec's sets are applied right after.
+        if keepCapabilities { try sys("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(1) } }
+        try sys("setgroups") { user.additionalGids.withUnsafeBufferPointer { vessel_setgroups($0.count, $0.baseAddress) } }
+        try sys("setgid", "\(user.gid)") { setgid(user.gid) }
+        try sys("setuid", "\(user.uid)") { setuid(user.uid) }
+        if keepCapabilities { try sys("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(0) } }
+    }
+
+    private func setCapabilities(_ sets: Capabilities.Sets) throws {
+        let known: UInt64 = Self.lastCapability >= 63 ? ~0 : (1 << UInt64(Self.lastCapability + 1)) - 1
+        try sys("capset") { vessel_capset(sets.effective & known, sets.permitted & known, sets.inheritable & known) }
+        try sys("prctl(PR_CAP_AMBIENT_CLEAR_ALL)") { vessel_cap_ambient_clear() }
+        for cap in 0...Self.lastCapability where sets.ambient & (1 << UInt64(cap)) != 0 {
+            // Ambient needs the capability permitted and inheritable; runc skips it otherwise too.
+            if vessel_cap_ambient_raise(Int32(cap)) != 0 {
+                log("ambient capability \(Capabilities.names[safe: cap]) not raised: \(LinuxError(stage: "prctl"))")
+            }
+        }
     }
 
     /// execvp semantics, but with the container's PATH from process.env, not the helper's.
@@ -46,4 +101,8 @@ struct ProcessLaunch {
         }
         throw LinuxError(stage: "exec", errno: ENOENT, detail: "\(program) (not found in PATH)")
     }
+}
+
+extension Array where Element == String {
+    subscript(safe index: Int) -> String { indices.contains(index) ? self[index] : "capability \(index)" }
 }

@@ -9,6 +9,7 @@ import Glibc
 /// mount point, the spec's mounts resolved inside the rootfs, default /dev, hostname, pivot_root.
 struct RootfsSetup {
     let spec: Grpc_Spec
+    let log: (String) -> Void
 
     func run() throws {
         try Linux.mount("", "/", nil, MountFlags([.recursive, .private]).rawValue, nil)
@@ -28,11 +29,63 @@ struct RootfsSetup {
         if spec.mounts.contains(where: { $0.destination == "/dev" && $0.type != "bind" }) {
             try populateDev(rooted)
         }
+        for (index, device) in spec.linux.devices.enumerated() {
+            try createDevice(device, field: "linux.devices[\(index)]", rooted: rooted)
+        }
         try setHostname()
         try pivot(into: root)
+        // As runc: sysctls before /proc/sys turns read-only, masks last.
+        for (key, value) in spec.linux.sysctl.sorted(by: { $0.key < $1.key }) {
+            try Linux.writeFile("/proc/sys/" + key.replacingDots(), value)
+        }
+        for path in spec.linux.readonlyPaths { try readonly(path) }
+        for path in spec.linux.maskedPaths { try mask(path) }
         if spec.root.readonly {
             try Linux.mount("", "/", nil, MountFlags([.bind, .remount, .readOnly]).rawValue, nil)
         }
+        if !spec.linux.rootfsPropagation.isEmpty {
+            let propagation = MountOptions([spec.linux.rootfsPropagation]).propagation
+            try Linux.mount("", "/", nil, propagation.rawValue, nil)
+        }
+    }
+
+    /// A recursive read-only bind of the path onto itself; missing paths are fine (as runc).
+    private func readonly(_ path: String) throws {
+        guard Linux.exists(path) else { return }
+        try Linux.mount(path, path, nil, MountFlags([.bind, .recursive]).rawValue, nil)
+        try Linux.mount("", path, nil, MountFlags([.bind, .remount, .readOnly, .recursive]).rawValue, nil)
+    }
+
+    /// Files are covered with /dev/null, directories with an empty read-only tmpfs.
+    private func mask(_ path: String) throws {
+        guard Linux.exists(path) else { return }
+        if Linux.isDirectory(path) {
+            try Linux.mount("tmpfs", path, "tmpfs", MountFlags.readOnly.rawValue, "size=0k,mode=0755")
+        } else {
+            try Linux.mount("/dev/null", path, nil, MountFlags.bind.rawValue, nil)
+        }
+    }
+
+    private func createDevice(_ device: Grpc_LinuxDevice, field: String, rooted: RootedPath) throws {
+        let components = try RootedPath.components(device.path, field: "\(field).path")
+        guard let name = components.last else { throw LinuxError(stage: "\(field).path", errno: EINVAL, detail: device.path) }
+        let parent = try rooted.create(Array(components.dropLast()), directory: true)
+        defer { Linux.close(parent) }
+        let type: mode_t = switch device.type {
+        case "b": S_IFBLK
+        case "p": S_IFIFO
+        default: S_IFCHR
+        }
+        let mode = device.fileMode == 0 ? 0o666 : mode_t(device.fileMode & 0o7777)
+        let major = UInt64(device.major), minor = UInt64(device.minor)
+        let devno = ((major & 0xfffff000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffffff00) << 12) | (minor & 0xff)
+        // The parent fd is O_PATH: go through /proc/self/fd to name it for mknodat.
+        let dir = try Linux.open(procFDPath(parent), O_DIRECTORY)
+        defer { Linux.close(dir) }
+        unlinkat(dir, name, 0)
+        try sys("mknod", device.path) { mknodat(dir, name, type | mode, dev_t(devno)) }
+        try sys("fchmodat", device.path) { fchmodat(dir, name, mode, 0) }
+        try sys("chown", device.path) { fchownat(dir, name, device.uid, device.gid, Int32(AT_SYMLINK_NOFOLLOW)) }
     }
 
     private func mountOne(_ mount: Grpc_Mount, field: String, rooted: RootedPath) throws {
@@ -48,28 +101,32 @@ struct RootfsSetup {
         }
         let target = try rooted.create(components, directory: sourceIsDirectory)
         defer { Linux.close(target) }
-        let targetPath = procFDPath(target)
         var flags = options.flags
         if isBind {
             flags.insert(.bind)
-            try Linux.mount(mount.source, targetPath, nil, flags.subtracting([.readOnly, .remount]).rawValue, nil)
-            // Bind mounts ignore most flags on creation: apply them with a remount of the new mount.
-            let extra = flags.subtracting([.bind, .recursive])
-            if !extra.isEmpty {
-                try Linux.mount("", targetPath, nil, flags.union([.remount, .bind]).subtracting(.recursive).rawValue, nil)
-            }
+            try Linux.mount(mount.source, procFDPath(target), nil, flags.subtracting([.readOnly, .remount]).rawValue, nil)
         } else {
             let type = mount.type == "" ? "tmpfs" : mount.type
             let source = mount.source == "" ? type : mount.source
-            let rc = Glibc.mount(source, targetPath, type, flags.rawValue, options.dataString)
-            if rc != 0 {
-                // Host mode on a cgroup v1 host: the container gets no cgroupfs (the agent logs it).
-                if type == "cgroup" || type == "cgroup2" { return }
-                throw LinuxError(stage: "mount", detail: "\(type) on \(mount.destination) (\(field))")
+            if Glibc.mount(source, procFDPath(target), type, flags.rawValue, options.dataString) != 0 {
+                let error = LinuxError(stage: "mount", detail: "\(type) on \(mount.destination) (\(field))")
+                // Host mode on a cgroup v1 host: the container gets no cgroupfs.
+                guard type == "cgroup" || type == "cgroup2" else { throw error }
+                log("\(field) skipped: \(error)")
+                return
             }
         }
+        // Remount and propagation act on the new mount, which the old fd (beneath it) is not.
+        let extra = flags.subtracting([.bind, .recursive])
+        guard (isBind && !extra.isEmpty) || !options.propagation.isEmpty else { return }
+        let mounted = try rooted.open(components)
+        defer { Linux.close(mounted) }
+        if isBind && !extra.isEmpty {
+            // Bind mounts ignore most flags on creation: apply them with a remount.
+            try Linux.mount("", procFDPath(mounted), nil, flags.union([.remount, .bind]).subtracting(.recursive).rawValue, nil)
+        }
         if !options.propagation.isEmpty {
-            try Linux.mount("", targetPath, nil, options.propagation.rawValue, nil)
+            try Linux.mount("", procFDPath(mounted), nil, options.propagation.rawValue, nil)
         }
     }
 
@@ -77,7 +134,7 @@ struct RootfsSetup {
         let devices: [(String, UInt32, UInt32)] = [
             ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0),
         ]
-        let dev = try rooted.open(["dev"], flags: O_DIRECTORY)
+        let dev = try rooted.open(["dev"], flags: O_DIRECTORY | O_RDONLY)
         defer { Linux.close(dev) }
         for (name, major, minor) in devices {
             let devno = dev_t((major << 8) | minor)
@@ -109,4 +166,9 @@ struct RootfsSetup {
         try sys("umount old root") { umount2(".", Int32(MNT_DETACH)) }
         try sys("chdir /") { chdir("/") }
     }
+}
+
+extension String {
+    /// "net.ipv4.ip_forward" -> "net/ipv4/ip_forward"
+    func replacingDots() -> String { String(map { $0 == "." ? "/" : $0 }) }
 }

@@ -88,6 +88,9 @@ public nonisolated struct Vessel_HelperReport: Sendable {
 
     /// setup failed at `stage`
     case error // = 2
+
+    /// a line for the agent's log (e.g. a seccomp rule skipped), in `detail`
+    case log // = 3
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -99,6 +102,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       case 0: self = .ready
       case 1: self = .pid
       case 2: self = .error
+      case 3: self = .log
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -108,6 +112,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       case .ready: return 0
       case .pid: return 1
       case .error: return 2
+      case .log: return 3
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -117,6 +122,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       .ready,
       .pid,
       .error,
+      .log,
     ]
 
   }
@@ -223,5 +229,5 @@ nonisolated extension Vessel_HelperReport: SwiftProtobuf.Message, SwiftProtobuf.
 }
 
 nonisolated extension Vessel_HelperReport.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READY\0\u{1}PID\0\u{1}ERROR\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READY\0\u{1}PID\0\u{1}ERROR\0\u{1}LOG\0")
 }
