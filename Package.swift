@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .executable(name: "vessel-agent", targets: ["vessel-agent"]),
         .executable(name: "vessel-dev", targets: ["vessel-dev"]),
+        .executable(name: "vessel-image", targets: ["vessel-image"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -61,6 +62,10 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.
+        .target(name: "VesselImage"),
+        .executableTarget(name: "vessel-image", dependencies: ["VesselImage"]),
+        .testTarget(name: "VesselImageTests", dependencies: ["VesselImage"]),
         .executableTarget(name: "vessel-dev", dependencies: ["VesselDevSupport", "VesselAgentClient", "VesselProtocol"]),
         .testTarget(
             name: "VesselProtocolTests",

@@ -36,6 +36,8 @@ public struct AgentError: Error, Sendable, CustomStringConvertible {
         case EINVAL, EXDEV, ELOOP, ENAMETOOLONG, EACCES, EPERM: kind = .invalidArgument
         case EEXIST: kind = .alreadyExists
         case EMFILE, ENFILE, ENOMEM, ENOSPC, EAGAIN: kind = .resourceExhausted
+        case ETIMEDOUT: kind = .deadlineExceeded
+        case 0: kind = .failedPrecondition
         default: kind = .internal
         }
         message = prefix + error.description

@@ -33,25 +33,41 @@ struct Launcher {
     let logger: Logger
 
     /// The container's init, set up inside new namespaces and blocked before exec.
-    func createInit(spec: Grpc_Spec, namespaces: UInt64) async throws -> (ContainerProcess, syncFD: Int32) {
-        let config = Vessel_HelperConfig.with {
-            $0.spec = spec
-            $0.process = spec.process
-        }
+    func createInit(id: String, spec: Grpc_Spec, namespaces: UInt64) async throws -> (ContainerProcess, syncFD: Int32) {
         let (io, child) = try await ProcessIO.make(terminal: spec.process.terminal, group: group)
         let (agentEnd, helperEnd) = try Linux.socketPair()
+        var pid: pid_t = 0
         do {
-            let pid = try startHelper(.initContainer, child: child, sync: helperEnd, extraFDs: [], namespaces: namespaces)
+            pid = try startHelper(.initContainer, child: child, sync: helperEnd, extraFDs: [], namespaces: namespaces)
+            let config = Vessel_HelperConfig.with {
+                $0.spec = spec
+                $0.process = spec.process
+                $0.containerID = id
+                $0.hostPid = pid
+                $0.bundle = Hooks.bundle(of: spec)
+                $0.pauseForCreateRuntime = !spec.hooks.createRuntime.isEmpty
+            }
             try await blocking { try send(config, agentEnd) }
-            let report = try await blocking { [logger] in try receiveReport(agentEnd, logger) }
+            var report = try await blocking { [logger] in try receiveReport(agentEnd, logger) }
+            if report?.kind == .createRuntime {
+                let state = Hooks.State(spec: spec, id: id, status: "creating", pid: pid)
+                try await Hooks.run(spec.hooks.createRuntime, kind: "createRuntime", state: state)
+                report = try await blocking { [logger] in
+                    try Linux.sendMessage(agentEnd, [])
+                    return try receiveReport(agentEnd, logger)
+                }
+            }
             if report?.kind == .ready {
                 return (ContainerProcess(execID: "", pid: pid, io: io), agentEnd)
             }
-            let status = await Reaper.shared.wait(pid)
-            Reaper.shared.forget(pid)
             if let report, report.kind == .error { throw helperFailure(report) }
-            throw AgentError.internal("container init helper exited with status \(status) before it was ready")
+            throw AgentError.internal("container init helper exited before it was ready")
         } catch {
+            if pid > 0 {
+                kill(pid, SIGKILL)
+                _ = await Reaper.shared.wait(pid)
+                Reaper.shared.forget(pid)
+            }
             Linux.close(agentEnd)
             await io.close()
             throw error

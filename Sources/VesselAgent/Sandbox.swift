@@ -128,7 +128,7 @@ public actor Sandbox {
             logger.info("container \(id): no cgroup v2 here, cgroup mounts skipped")
         }
         let flags = namespaces.reduce(UInt64(0)) { $0 | $1.cloneFlag }
-        let (initProcess, syncFD) = try await launcher.createInit(spec: spec, namespaces: flags)
+        let (initProcess, syncFD) = try await launcher.createInit(id: id, spec: spec, namespaces: flags)
         do {
             let cgroup = try cgroupLayout.map { try Cgroup.create($0, relative: "vessel/\(sandboxID.isEmpty ? "agent" : sandboxID)/\(id)") }
             try cgroup?.add(initProcess.pid)
@@ -153,6 +153,13 @@ public actor Sandbox {
         container.syncFD = -1
         container.phase = .running
         try await launcher.start(syncFD: fd)
+        // A failing poststart hook is logged and the container keeps running (OCI runtime spec).
+        do {
+            try await Hooks.run(container.spec.hooks.poststart, kind: "poststart",
+                                state: Hooks.State(spec: container.spec, id: id, status: "running", pid: container.initProcess.pid))
+        } catch {
+            logger.warning("container \(id): \(error)")
+        }
     }
 
     func removeContainer(_ id: String, timeout: UInt32) async throws {
@@ -179,6 +186,12 @@ public actor Sandbox {
         containers.removeValue(forKey: id)
         container.release()
         for process in processes { await process.io.close() }
+        do {
+            try await Hooks.run(container.spec.hooks.poststop, kind: "poststop",
+                                state: Hooks.State(spec: container.spec, id: id, status: "stopped", pid: 0))
+        } catch {
+            logger.warning("container \(id): \(error)")
+        }
     }
 
     func execProcess(_ request: Grpc_ExecProcessRequest) async throws {

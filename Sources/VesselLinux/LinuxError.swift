@@ -16,9 +16,10 @@ public struct LinuxError: Error, Sendable, CustomStringConvertible, Equatable {
         self.detail = detail
     }
 
+    /// errno 0 marks a failure that is not a system call's (a hook's exit status): no strerror then.
     public var description: String {
-        let reason = String(cString: strerror(errno))
-        return detail.isEmpty ? "\(stage): \(reason)" : "\(stage) \(detail): \(reason)"
+        let what = detail.isEmpty ? stage : "\(stage) \(detail)"
+        return errno == 0 ? what : "\(what): \(String(cString: strerror(errno)))"
     }
 }
 

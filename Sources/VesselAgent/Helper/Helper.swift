@@ -42,10 +42,18 @@ public enum Helper {
     }
 
     private static func runInit(_ config: Vessel_HelperConfig) throws -> Never {
-        try RootfsSetup(spec: config.spec, log: log).run()
+        if config.pauseForCreateRuntime {
+            report(.createRuntime)
+            guard let go = try Linux.receiveMessage(syncFD), go.isEmpty else { exit(1) }
+        }
+        let hooks = config.spec.hooks
+        try RootfsSetup(spec: config.spec, log: log) {
+            try Hooks.runBlocking(hooks.createContainer, kind: "createContainer", state: state(config, "creating"))
+        }.run()
         report(.ready)
         // The start message is an empty frame; EOF means the agent went away: give up quietly.
         guard let start = try Linux.receiveMessage(syncFD), start.isEmpty else { exit(1) }
+        try Hooks.runBlocking(hooks.startContainer, kind: "startContainer", state: state(config, "created"))
         try launch(config)
     }
 
@@ -81,8 +89,14 @@ public enum Helper {
 
     static func log(_ line: String) { report(.log(line)) }
 
+    private static func state(_ config: Vessel_HelperConfig, _ status: String) -> Hooks.State {
+        Hooks.State(ociVersion: config.spec.version, id: config.containerID, status: status, pid: config.hostPid,
+                    bundle: config.bundle, annotations: config.spec.annotations)
+    }
+
     enum Report {
         case log(String)
+        case createRuntime
         case ready
         case pid(pid_t)
         case error(LinuxError)
@@ -96,6 +110,8 @@ public enum Helper {
             message.detail = line
         case .ready:
             message.kind = .ready
+        case .createRuntime:
+            message.kind = .createRuntime
         case .pid(let pid):
             message.kind = .pid
             message.pid = pid

@@ -10,6 +10,8 @@ import Glibc
 struct RootfsSetup {
     let spec: Grpc_Spec
     let log: (String) -> Void
+    /// The createContainer hooks: in the container's namespaces, mounts done, before pivot_root.
+    let beforePivot: () throws -> Void
 
     func run() throws {
         try Linux.mount("", "/", nil, MountFlags([.recursive, .private]).rawValue, nil)
@@ -33,6 +35,7 @@ struct RootfsSetup {
             try createDevice(device, field: "linux.devices[\(index)]", rooted: rooted)
         }
         try setHostname()
+        try beforePivot()
         try pivot(into: root)
         // As runc: sysctls before /proc/sys turns read-only, masks last.
         for (key, value) in spec.linux.sysctl.sorted(by: { $0.key < $1.key }) {

@@ -51,6 +51,17 @@ public nonisolated struct Vessel_HelperConfig: Sendable {
   /// Exec: namespace names (as /proc/PID/ns/NAME) of the fds starting at 4, in order.
   public var namespaces: [String] = []
 
+  /// For the OCI state the hooks get on stdin.
+  public var containerID: String = String()
+
+  public var hostPid: Int32 = 0
+
+  public var bundle: String = String()
+
+  /// Container init: pause once the namespaces exist (report CREATE_RUNTIME) so the agent can run
+  /// the createRuntime hooks before the mounts and the createContainer hooks happen.
+  public var pauseForCreateRuntime: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -91,6 +102,9 @@ public nonisolated struct Vessel_HelperReport: Sendable {
 
     /// a line for the agent's log (e.g. a seccomp rule skipped), in `detail`
     case log // = 3
+
+    /// namespaces exist; waiting for an empty message to go on
+    case createRuntime // = 4
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -103,6 +117,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       case 1: self = .pid
       case 2: self = .error
       case 3: self = .log
+      case 4: self = .createRuntime
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -113,6 +128,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       case .pid: return 1
       case .error: return 2
       case .log: return 3
+      case .createRuntime: return 4
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -123,6 +139,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       .pid,
       .error,
       .log,
+      .createRuntime,
     ]
 
   }
@@ -136,7 +153,7 @@ fileprivate nonisolated let _protobuf_package = "vessel"
 
 nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HelperConfig"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{1}process\0\u{1}namespaces\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{1}process\0\u{1}namespaces\0\u{3}container_id\0\u{3}host_pid\0\u{1}bundle\0\u{3}pause_for_create_runtime\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -147,6 +164,10 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
       case 1: try { try decoder.decodeSingularMessageField(value: &self._spec) }()
       case 2: try { try decoder.decodeSingularMessageField(value: &self._process) }()
       case 3: try { try decoder.decodeRepeatedStringField(value: &self.namespaces) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.containerID) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self.hostPid) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.bundle) }()
+      case 7: try { try decoder.decodeSingularBoolField(value: &self.pauseForCreateRuntime) }()
       default: break
       }
     }
@@ -166,6 +187,18 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.namespaces.isEmpty {
       try visitor.visitRepeatedStringField(value: self.namespaces, fieldNumber: 3)
     }
+    if !self.containerID.isEmpty {
+      try visitor.visitSingularStringField(value: self.containerID, fieldNumber: 4)
+    }
+    if self.hostPid != 0 {
+      try visitor.visitSingularInt32Field(value: self.hostPid, fieldNumber: 5)
+    }
+    if !self.bundle.isEmpty {
+      try visitor.visitSingularStringField(value: self.bundle, fieldNumber: 6)
+    }
+    if self.pauseForCreateRuntime != false {
+      try visitor.visitSingularBoolField(value: self.pauseForCreateRuntime, fieldNumber: 7)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -173,6 +206,10 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs._spec != rhs._spec {return false}
     if lhs._process != rhs._process {return false}
     if lhs.namespaces != rhs.namespaces {return false}
+    if lhs.containerID != rhs.containerID {return false}
+    if lhs.hostPid != rhs.hostPid {return false}
+    if lhs.bundle != rhs.bundle {return false}
+    if lhs.pauseForCreateRuntime != rhs.pauseForCreateRuntime {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -229,5 +266,5 @@ nonisolated extension Vessel_HelperReport: SwiftProtobuf.Message, SwiftProtobuf.
 }
 
 nonisolated extension Vessel_HelperReport.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READY\0\u{1}PID\0\u{1}ERROR\0\u{1}LOG\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READY\0\u{1}PID\0\u{1}ERROR\0\u{1}LOG\0\u{1}CREATE_RUNTIME\0")
 }

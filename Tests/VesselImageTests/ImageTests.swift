@@ -1,0 +1,4 @@
+import Testing
+import VesselImage
+
+@Test func placeholder() {}
