@@ -80,7 +80,7 @@ let package = Package(
         .testTarget(
             name: "VesselAgentTests",
             dependencies: [
-                "VesselAgentClient", "VesselDevSupport", "VesselProtocol",
+                "VesselAgent", "VesselAgentClient", "VesselDevSupport", "VesselLinux", "VesselProtocol",
             ]
         ),
     ],

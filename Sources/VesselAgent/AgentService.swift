@@ -52,6 +52,12 @@ enum AgentService {
         on("StatsContainer") { (r: Grpc_StatsContainerRequest) in try await sandbox.stats(r.containerID) }
         on("PauseContainer") { (r: Grpc_PauseContainerRequest) in try await sandbox.setPaused(r.containerID, true); return Empty() }
         on("ResumeContainer") { (r: Grpc_ResumeContainerRequest) in try await sandbox.setPaused(r.containerID, false); return Empty() }
+        on("UpdateContainer") { (r: Grpc_UpdateContainerRequest) in try await sandbox.update(r.containerID, r.resources); return Empty() }
+        on("GetOOMEvent") { (_: Grpc_GetOOMEventRequest) in
+            var event = Grpc_OOMEvent()
+            event.containerID = try await sandbox.nextOOMEvent()
+            return event
+        }
         on("GetGuestDetails") { (r: Grpc_GuestDetailsRequest) in GuestInfo.details(r, initDaemon: !options.hostMode) }
         on("SetGuestDateTime") { (r: Grpc_SetGuestDateTimeRequest) in
             try GuestInfo.setClock(r, hostMode: options.hostMode)

@@ -68,6 +68,32 @@ struct Cgroup: Sendable {
         for directory in directories { try Linux.writeFile(directory + "/cgroup.procs", "\(pid)") }
     }
 
+    /// Writes `linux.resources`; returns what could not be applied, for the log.
+    func apply(_ resources: Grpc_LinuxResources) throws -> [String] {
+        switch layout {
+        case .v2(let root):
+            let (writes, skipped) = CgroupResources.v2(resources)
+            for write in writes { try Linux.writeFile("\(root)/\(relative)/\(write.file)", write.value) }
+            return skipped
+        case .v1(let root):
+            let writes = CgroupResources.v1(resources)
+            for write in writes {
+                let parts = write.file.split(separator: "/", maxSplits: 1)
+                try Linux.writeFile("\(root)/\(parts[0])/\(relative)/\(parts[1])", write.value)
+            }
+            let all = CgroupResources.v2(resources)
+            return all.writes.count > writes.count ? ["host mode (cgroup v1): only memory and pids limits are applied"] : []
+        }
+    }
+
+    /// How many times the kernel's OOM killer struck in this cgroup.
+    var oomKills: UInt64 {
+        switch layout {
+        case .v2: keyValues(file("", "memory.events"))["oom_kill"] ?? 0
+        case .v1: keyValues(file("memory", "memory.oom_control"))["oom_kill"] ?? 0
+        }
+    }
+
     func freeze(_ frozen: Bool) throws {
         switch layout {
         case .v2: try Linux.writeFile(file("", "cgroup.freeze"), frozen ? "1" : "0")

@@ -20,6 +20,8 @@ final class Container {
     var syncFD: Int32
     var phase = Phase.created
     let cgroup: Cgroup?
+    /// OOM kills already reported by GetOOMEvent.
+    var oomReported: UInt64 = 0
 
     init(id: String, spec: Grpc_Spec, initProcess: ContainerProcess, namespaceFDs: [(name: String, fd: Int32)], syncFD: Int32,
          cgroup: Cgroup?) {
@@ -131,6 +133,9 @@ public actor Sandbox {
         let (initProcess, syncFD) = try await launcher.createInit(id: id, spec: spec, namespaces: flags)
         do {
             let cgroup = try cgroupLayout.map { try Cgroup.create($0, relative: "vessel/\(sandboxID.isEmpty ? "agent" : sandboxID)/\(id)") }
+            if let cgroup, spec.linux.hasResources {
+                for line in try cgroup.apply(spec.linux.resources) { logger.info("container \(id): \(line)") }
+            }
             try cgroup?.add(initProcess.pid)
             let names = ["ipc", "uts", "net", "pid", "mnt"]
             let fds = try names.map { ($0, try Linux.open("/proc/\(initProcess.pid)/ns/\($0)", O_RDONLY)) }
@@ -220,6 +225,26 @@ public actor Sandbox {
             if kill(pid, Int32(request.signal)) != 0 && errno != ESRCH {
                 throw AgentError(LinuxError(stage: "kill", detail: "\(pid)"))
             }
+        }
+    }
+
+    func update(_ id: String, _ resources: Grpc_LinuxResources) throws {
+        let container = try self.container(id)
+        guard let cgroup = container.cgroup else {
+            throw AgentError.failedPrecondition("container \(id): no cgroups on this machine, limits cannot be applied")
+        }
+        for line in try cgroup.apply(resources) { logger.info("container \(id): \(line)") }
+    }
+
+    /// Blocks until a container's cgroup counts an OOM kill it has not reported yet.
+    func nextOOMEvent() async throws -> String {
+        while true {
+            for (id, container) in containers.sorted(by: { $0.key < $1.key }) {
+                guard let kills = container.cgroup?.oomKills, kills > container.oomReported else { continue }
+                container.oomReported = kills
+                return id
+            }
+            try await Task.sleep(for: .milliseconds(100))
         }
     }
 

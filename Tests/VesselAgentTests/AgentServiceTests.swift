@@ -73,3 +73,31 @@ struct AgentServiceTests {
         }
     }
 }
+
+/// Limits, live updates and OOM events through the host's cgroup v1 memory and pids controllers.
+@Suite(.serialized)
+struct CgroupHostTests {
+    @Test func updateAndOOMEvent() async throws {
+        try await withAgent { agent in
+            var spec = agent.spec(["sleep", "1000"])
+            spec.linux.resources = .with { $0.pids = .with { $0.limit = 50 } }
+            try await agent.client.createContainer("lim", spec: spec)
+            let pidsMax = "/sys/fs/cgroup/pids/vessel/agent/lim/pids.max"
+            #expect(try String(contentsOfFile: pidsMax, encoding: .utf8) == "50\n")
+            try await agent.client.call("UpdateContainer", Grpc_UpdateContainerRequest.with {
+                $0.containerID = "lim"; $0.resources = .with { $0.pids = .with { $0.limit = 77 } }
+            })
+            #expect(try String(contentsOfFile: pidsMax, encoding: .utf8) == "77\n")
+            try await agent.client.removeContainer("lim")
+            #expect(!FileManager.default.fileExists(atPath: pidsMax))
+
+            var hog = agent.spec(["sh", "-c", "dd if=/dev/zero of=/dev/null bs=128M count=1"])
+            hog.linux.resources = .with { $0.memory = .with { $0.limit = 32 << 20 } }
+            try await agent.client.createContainer("hog", spec: hog)
+            try await agent.client.startContainer("hog")
+            let event = try await agent.client.call("GetOOMEvent", Grpc_GetOOMEventRequest(), as: Grpc_OOMEvent.self)
+            #expect(event.containerID == "hog")
+            #expect(try await agent.client.wait("hog") == 128 + 9)
+        }
+    }
+}
