@@ -27,6 +27,12 @@ struct Cgroup: Sendable {
     let layout: Layout
     let relative: String
 
+    /// The v2 directory, where device programs attach; nil on v1.
+    var unifiedDirectory: String? {
+        if case .v2(let root) = layout { return root + "/" + relative }
+        return nil
+    }
+
     private var directories: [String] {
         switch layout {
         case .v2(let root): [root + "/" + relative]

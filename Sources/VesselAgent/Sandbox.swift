@@ -22,6 +22,8 @@ final class Container {
     let cgroup: Cgroup?
     /// OOM kills already reported by GetOOMEvent.
     var oomReported: UInt64 = 0
+    /// The attached device-filter eBPF program (cgroup v2), or -1.
+    var deviceProgram: Int32 = -1
 
     init(id: String, spec: Grpc_Spec, initProcess: ContainerProcess, namespaceFDs: [(name: String, fd: Int32)], syncFD: Int32,
          cgroup: Cgroup?) {
@@ -70,6 +72,7 @@ final class Container {
     func release() {
         for process in processes { Reaper.shared.forget(process.pid) }
         for (_, fd) in namespaceFDs { Linux.close(fd) }
+        Linux.close(deviceProgram)
         Linux.close(syncFD)
         syncFD = -1
         cgroup?.remove()
@@ -133,13 +136,17 @@ public actor Sandbox {
         let (initProcess, syncFD) = try await launcher.createInit(id: id, spec: spec, namespaces: flags)
         do {
             let cgroup = try cgroupLayout.map { try Cgroup.create($0, relative: "vessel/\(sandboxID.isEmpty ? "agent" : sandboxID)/\(id)") }
-            if let cgroup, spec.linux.hasResources {
-                for line in try cgroup.apply(spec.linux.resources) { logger.info("container \(id): \(line)") }
-            }
-            try cgroup?.add(initProcess.pid)
             let names = ["ipc", "uts", "net", "pid", "mnt"]
             let fds = try names.map { ($0, try Linux.open("/proc/\(initProcess.pid)/ns/\($0)", O_RDONLY)) }
-            containers[id] = Container(id: id, spec: spec, initProcess: initProcess, namespaceFDs: fds, syncFD: syncFD, cgroup: cgroup)
+            let container = Container(id: id, spec: spec, initProcess: initProcess, namespaceFDs: fds, syncFD: syncFD, cgroup: cgroup)
+            do {
+                if spec.linux.hasResources { try applyResources(spec.linux.resources, to: container) }
+                try cgroup?.add(initProcess.pid)
+            } catch {
+                container.release()
+                throw error
+            }
+            containers[id] = container
         } catch {
             try? Linux.kill(initProcess.pid, SIGKILL)
             _ = await initProcess.wait()
@@ -230,10 +237,25 @@ public actor Sandbox {
 
     func update(_ id: String, _ resources: Grpc_LinuxResources) throws {
         let container = try self.container(id)
-        guard let cgroup = container.cgroup else {
+        guard container.cgroup != nil else {
             throw AgentError.failedPrecondition("container \(id): no cgroups on this machine, limits cannot be applied")
         }
-        for line in try cgroup.apply(resources) { logger.info("container \(id): \(line)") }
+        try applyResources(resources, to: container)
+    }
+
+    /// Limits, then the device rules: a new program is attached before the old one goes, so the
+    /// container is never without a filter.
+    private func applyResources(_ resources: Grpc_LinuxResources, to container: Container) throws {
+        guard let cgroup = container.cgroup else { return }
+        for line in try cgroup.apply(resources) { logger.info("container \(container.id): \(line)") }
+        guard !resources.devices.isEmpty else { return }
+        guard let directory = cgroup.unifiedDirectory else {
+            logger.info("container \(container.id): device rules not enforced in host mode (no cgroup v2)")
+            return
+        }
+        let program = try DeviceFilter.attach(resources.devices, cgroup: directory)
+        if container.deviceProgram >= 0 { DeviceFilter.detach(container.deviceProgram, cgroup: directory) }
+        container.deviceProgram = program
     }
 
     /// Blocks until a container's cgroup counts an OOM kill it has not reported yet.

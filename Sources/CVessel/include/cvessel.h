@@ -58,6 +58,12 @@ int vessel_cap_ambient_raise(int cap);
 int vessel_set_keepcaps(int on);
 int vessel_set_no_new_privs(void);
 
+/// A BPF_PROG_TYPE_CGROUP_DEVICE program from `count` 8-byte instructions; returns its fd or -errno.
+/// `log` (may be NULL) receives the verifier's complaint.
+int vessel_bpf_load_device_program(const uint64_t *insns, uint32_t count, char *log, uint32_t log_size);
+/// Attaches (attach=1) or detaches (attach=0) a device program to a cgroup v2 directory fd.
+int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach);
+
 /// GNU-only open flags the Swift Glibc module does not export (same values on x86_64 and arm64).
 #define VESSEL_O_PATH 010000000
 

@@ -1,0 +1,58 @@
+import Foundation
+import Testing
+@testable import VesselAgent
+import VesselProtocol
+
+/// The cgroup v2 device filter: generated eBPF, and the real thing attached to a cgroup of this
+/// host's (empty but real) cgroup2 mount.
+@Suite(.serialized)
+struct DeviceFilterTests {
+    static let denyAll = Grpc_LinuxDeviceCgroup.with { $0.allow = false; $0.type = "a"; $0.major = -1; $0.minor = -1; $0.access = "rwm" }
+
+    @Test func programShape() {
+        let allowNullRead = Grpc_LinuxDeviceCgroup.with { $0.allow = true; $0.type = "c"; $0.major = 1; $0.minor = 3; $0.access = "r" }
+        let program = DeviceFilter.program([Self.denyAll, allowNullRead])
+        // prologue 6; the last rule first: type, access (3), major, minor, r0, exit = 8; deny-all: r0, exit,
+        // which matches everything, so no default follows.
+        #expect(program.count == 6 + 8 + 2)
+        #expect(program[6] == .jumpIfNotEqual(2, 2, skip: 7))
+        #expect(program[9] == .jumpIfNotEqual(1, register: 3, skip: 4))
+        #expect(program[12] == .move(0, 1))
+        #expect(program[14] == .move(0, 0))
+        #expect(program.last == .exit)
+        #expect(DeviceFilter.Instruction.exit.raw == 0x95)
+        #expect(DeviceFilter.Instruction.move(0, 1).raw == 0x0000_0001_0000_00b7)
+    }
+
+    /// Runs `script` in a fresh cgroup2 directory with the filter for `rules` attached.
+    func run(_ rules: [Grpc_LinuxDeviceCgroup], _ script: String) throws -> String {
+        let dir = "/sys/fs/cgroup/unified/vessel-devtest-\(getpid())-\(Int.random(in: 0...99999))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        defer { rmdir(dir) }
+        let program = try DeviceFilter.attach(rules, cgroup: dir)
+        defer { DeviceFilter.detach(program, cgroup: dir) }
+        let process = Process()
+        let pipe = Pipe()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "echo $$ > \(dir)/cgroup.procs; \(script)"]
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return output
+    }
+
+    @Test func theKernelEnforcesTheRules() throws {
+        let probe = """
+            (exec 3</dev/null) 2>/dev/null && echo null-read; \
+            (exec 3</dev/kmsg) 2>/dev/null && echo kmsg-read; \
+            (exec 3>/dev/kmsg) 2>/dev/null && echo kmsg-write; true
+            """
+        #expect(try run([Self.denyAll], probe) == "null-read\n")
+        let readKmsg = Grpc_LinuxDeviceCgroup.with { $0.allow = true; $0.type = "c"; $0.major = 1; $0.minor = 11; $0.access = "r" }
+        #expect(try run([Self.denyAll, readKmsg], probe) == "null-read\nkmsg-read\n")
+        // A later deny overrides an earlier allow.
+        let denyKmsg = Grpc_LinuxDeviceCgroup.with { $0.allow = false; $0.type = "c"; $0.major = 1; $0.minor = 11; $0.access = "rwm" }
+        #expect(try run([readKmsg, denyKmsg], probe) == "null-read\n")
+    }
+}
