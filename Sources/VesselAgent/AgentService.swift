@@ -27,7 +27,7 @@ enum AgentService {
         on("SignalProcess") { (r: Grpc_SignalProcessRequest) in try await sandbox.signalProcess(r); return Empty() }
         on("WaitProcess") { (r: Grpc_WaitProcessRequest) in
             var response = Grpc_WaitProcessResponse()
-            response.status = await try sandbox.process(r.containerID, r.execID).wait()
+            response.status = try await sandbox.process(r.containerID, r.execID).wait()
             return response
         }
         on("WriteStdin") { (r: Grpc_WriteStreamRequest) in

@@ -4,12 +4,14 @@ public enum Compression: String, CaseIterable, Sendable {
     case zstd, gzip, none
 
     /// The compressor's command line, reading the file named last and writing to stdout. Both are
-    /// deterministic: gzip -n stores no name or timestamp, and a zstd frame depends only on the input
-    /// and the parameters. Given a file (not a pipe) zstd records the content size and sizes its
-    /// window to the input, which bounds what the kernel allocates to decompress it.
+    /// deterministic: gzip -n stores no name or timestamp, and a zstd frame depends only on the input,
+    /// the level and the zstd version; in multithreaded mode (-T0) not on the thread count, unlike
+    /// --single-thread (the default of a given zstd build may be either, so it is pinned). Given a
+    /// file (not a pipe) zstd records the content size and fits its window to the input, which
+    /// bounds what the kernel allocates to decompress it.
     var command: [String]? {
         switch self {
-        case .zstd: ["/usr/bin/zstd", "-19", "-q", "--no-progress", "-c"]
+        case .zstd: ["/usr/bin/zstd", "-19", "-T0", "-q", "--no-progress", "-c"]
         case .gzip: ["/usr/bin/gzip", "-n", "-9", "-c"]
         case .none: nil
         }

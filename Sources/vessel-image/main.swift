@@ -20,13 +20,13 @@ while let argument = arguments.popFirst() {
         print(usage)
         exit(0)
     case "--agent", "--rootfs", "--output", "--compress":
-        guard let value = arguments.popFirst() else { fail("\(argument) needs a value\n\(usage)") }
+        guard let value = arguments.popFirst() else { fail("\(argument) needs a value; \(usage)") }
         options[argument] = value
-    default: fail("unknown argument '\(argument)'\n\(usage)")
+    default: fail("unknown argument '\(argument)'; \(usage)")
     }
 }
 guard let agent = options["--agent"], let rootfs = options["--rootfs"], let output = options["--output"] else {
-    fail("--agent, --rootfs and --output are required\n\(usage)")
+    fail("--agent, --rootfs and --output are required; \(usage)")
 }
 guard let compression = Compression(rawValue: options["--compress"] ?? "zstd") else {
     fail("unknown compression '\(options["--compress"]!)' (expected zstd, gzip or none)")
