@@ -5,9 +5,13 @@ STATIC_BUILD ?= .build-static
 PROTOC_GEN   ?= .build/release/protoc-gen-swift
 
 # What building and testing needs on a fresh Debian 12 (Swift itself comes from /opt/swift).
-APT_PACKAGES := busybox-static libseccomp-dev libmount-dev pkg-config protobuf-compiler runc crun util-linux
+APT_PACKAGES := busybox-static libseccomp-dev libmount-dev pkg-config protobuf-compiler runc crun util-linux \
+                cpio zstd qemu-system-x86
 
-.PHONY: all deps build agent agent-dynamic proto test bench run demo clean
+KERNEL ?= $(OUT)/bzImage
+INITRD ?= $(OUT)/initrd.img
+
+.PHONY: all deps build agent agent-dynamic kernel initrd proto test bench run demo clean
 
 all: build
 
@@ -21,8 +25,22 @@ build: deps
 agent: deps
 	$(SWIFT) build -c release --product vessel-agent -Xswiftc -static-executable --scratch-path $(STATIC_BUILD)
 	@mkdir -p $(OUT)
-	@strip -o $(OUT)/vessel-agent $(STATIC_BUILD)/release/vessel-agent
+	@strip -o $(OUT)/.vessel-agent.new $(STATIC_BUILD)/release/vessel-agent
+	@# Replace only when it changed, so the initrd is rebuilt only when needed.
+	@cmp -s $(OUT)/.vessel-agent.new $(OUT)/vessel-agent && rm $(OUT)/.vessel-agent.new || mv $(OUT)/.vessel-agent.new $(OUT)/vessel-agent
 	@echo "$(OUT)/vessel-agent: $$(stat -c %s $(OUT)/vessel-agent) bytes (static, stripped; unstripped $$(stat -c %s $(STATIC_BUILD)/release/vessel-agent))"
+
+# The guest kernel from Debian's linux-source-6.1 and kernel-config/, cached per fragment hash.
+kernel: deps
+	kernel-config/build-kernel.sh --out $(OUT)
+
+# The initrd: rootfs/ plus the static agent as /init (reproducible).
+initrd: agent
+	@$(MAKE) --no-print-directory $(INITRD)
+
+$(INITRD): $(OUT)/vessel-agent $(shell find rootfs -type f)
+	$(SWIFT) build --product vessel-image
+	.build/debug/vessel-image --agent $(OUT)/vessel-agent --rootfs rootfs --output $@
 
 # For the record in ARCHITECTURE.md: the agent linked against the system's shared libraries.
 agent-dynamic: deps
@@ -37,9 +55,9 @@ proto: deps
 	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN) --swift_out=Sources/VesselProtocol/Generated \
 	  --swift_opt=Visibility=Public -I proto $$(cd proto && find . -name '*.proto' | sed 's|^\./||' | sort)
 
-test: deps
+test: deps kernel initrd
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	VESSEL_KERNEL=$(abspath $(KERNEL)) VESSEL_INITRD=$(abspath $(INITRD)) $(SWIFT) test --skip-build
 
 demo: build
 	.build/debug/vessel-dev demo

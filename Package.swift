@@ -62,6 +62,21 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Hybrid vsock: a vhost-user-vsock device backend bridging guest AF_VSOCK to host Unix sockets.
+        .target(name: "CVesselVsock"),
+        .target(
+            name: "VesselVsock",
+            dependencies: [
+                "CVesselVsock",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "VesselVsockTests", dependencies: ["VesselVsock"]),
+        // QEMU guests: command line, accelerator probe, console capture (host side).
+        .target(name: "VesselVM"),
+        .testTarget(name: "VesselVMTests", dependencies: ["VesselVM"]),
         // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.
         .target(name: "VesselImage"),
         .executableTarget(name: "vessel-image", dependencies: ["VesselImage"]),

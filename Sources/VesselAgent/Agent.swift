@@ -10,14 +10,17 @@ import Glibc
 
 /// Runs the agent: the ttrpc server over the sandbox.
 public enum Agent {
-    /// Parses the options, runs the agent until SIGTERM/SIGINT and exits; errors are one line.
+    /// Runs the agent until SIGTERM/SIGINT (or, in the guest, DestroySandbox) and exits; errors are
+    /// one line. As PID 1 it first sets up the guest, takes its options from the kernel command
+    /// line, and powers the VM off at the end instead of exiting.
     public static func main(_ arguments: [String]) -> Never {
+        let guest = getpid() == 1
         let done = Condition()
         let result = Mutex<Int32?>(nil)
         Task.detached {
             var status: Int32 = 0
             do {
-                try await run(try AgentOptions.parse(arguments))
+                try await run(guest ? guestOptions() : try AgentOptions.parse(arguments))
             } catch {
                 printError("vessel-agent: \(error)")
                 status = 1
@@ -26,7 +29,15 @@ public enum Agent {
             done.signal()
         }
         done.wait { result.withLock { $0 } != nil }
+        if guest { GuestInit.powerOff(log: printError) }
         exit(result.withLock { $0 } ?? 1)
+    }
+
+    private static func guestOptions() -> AgentOptions {
+        GuestInit.setup(log: printError)
+        let (options, unknown) = GuestInit.options(cmdline: (try? Linux.readFile("/proc/cmdline")) ?? "")
+        for word in unknown { printError("vessel-agent: unknown kernel option \(word) ignored") }
+        return options
     }
 
     public static func run(_ options: AgentOptions) async throws {
@@ -43,53 +54,117 @@ public enum Agent {
         let pool = NIOThreadPool(numberOfThreads: 4)
         pool.start()
         _ = Reaper.shared
+        let termination = Termination()
         let sandbox = Sandbox(options: options, launcher: Launcher(exeFD: exeFD, group: group, pool: pool, logger: logger), logger: logger)
-        let server = TTRPCServer(services: AgentService.make(sandbox, options: options), group: group)
+        let server = TTRPCServer(services: AgentService.make(sandbox, options: options, termination: termination), group: group)
         switch options.serverAddress {
         case .unix(let path): try await server.bind(unixPath: path)
         case .vsock(let port): try await server.bind(vsockPort: port)
         }
-        logger.info("vessel-agent listening on \(options.serverAddress)")
-        await waitForTermination(terminationSignals)
+        if options.hostMode {
+            logger.info("vessel-agent listening on \(options.serverAddress)")
+        } else {
+            // The one line the host (and the boot test) waits for on the console.
+            printError("vessel-agent ready in \(GuestInit.uptimeMilliseconds) ms (rss \(GuestInit.residentKiB) KiB)")
+        }
+        startSignalThread(terminationSignals, termination: termination)
+        await SelfTest.run(options.selftest, exeFD: exeFD, termination: termination)
+        await termination.wait()
         logger.info("vessel-agent stopping")
         await sandbox.destroySandbox()
         await server.close()
     }
 
-    /// SIGTERM/SIGINT end the agent after its containers are removed. They are blocked before any
-    /// thread exists (so every thread inherits the mask) and taken with sigwait on a thread of their own.
+    /// SIGTERM/SIGINT end the agent after its containers are removed; SIGUSR1 logs the agent's
+    /// RSS. They are blocked before any thread exists (so every thread inherits the mask) and taken
+    /// with sigwait on a thread of their own.
     private static func blockTerminationSignals() -> sigset_t {
         var set = sigset_t()
         sigemptyset(&set)
-        sigaddset(&set, SIGTERM)
-        sigaddset(&set, SIGINT)
+        for signal in [SIGTERM, SIGINT, SIGUSR1] { sigaddset(&set, signal) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
         return set
     }
 
-    private static func waitForTermination(_ set: sigset_t) async {
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            var thread = pthread_t()
-            let box = Unmanaged.passRetained(SignalWait(set: set, continuation: continuation)).toOpaque()
-            pthread_create(&thread, nil, { arg in
-                let wait = Unmanaged<SignalWait>.fromOpaque(arg!).takeRetainedValue()
-                var set = wait.set
-                var signal: Int32 = 0
-                sigwait(&set, &signal)
-                wait.continuation.resume()
-                return nil
-            }, box)
-            pthread_detach(thread)
-        }
+    private static func startSignalThread(_ set: sigset_t, termination: Termination) {
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(SignalWait(set: set, termination: termination)).toOpaque()
+        pthread_create(&thread, nil, { arg in
+            let wait = Unmanaged<SignalWait>.fromOpaque(arg!).takeRetainedValue()
+            var set = wait.set
+            var signal: Int32 = 0
+            while sigwait(&set, &signal) == 0 {
+                if signal == SIGUSR1 {
+                    printError("vessel-agent rss \(GuestInit.residentKiB) KiB")
+                    continue
+                }
+                wait.termination.request()
+                break
+            }
+            return nil
+        }, box)
+        pthread_detach(thread)
     }
 }
 
 private final class SignalWait {
     let set: sigset_t
-    let continuation: CheckedContinuation<Void, Never>
-    init(set: sigset_t, continuation: CheckedContinuation<Void, Never>) {
+    let termination: Termination
+    init(set: sigset_t, termination: Termination) {
         self.set = set
-        self.continuation = continuation
+        self.termination = termination
+    }
+}
+
+/// One-shot "stop now" for the agent: a signal, DestroySandbox in the guest, or a self-test.
+final class Termination: Sendable {
+    private let state = Mutex<(requested: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
+
+    func request() {
+        let waiters = state.withLock { s in
+            s.requested = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s in
+                if !s.requested { s.waiters.append(continuation) }
+                return s.requested
+            }
+            if done { continuation.resume() }
+        }
+    }
+}
+
+/// `agent.selftest=` for the boot test, until the host can reach the agent over vsock:
+/// `crash` starts a child that dies of SIGSEGV (PID 1 must reap it and keep serving), `poweroff`
+/// asks for the orderly shutdown DestroySandbox would.
+enum SelfTest {
+    static func run(_ steps: [String], exeFD: Int32, termination: Termination) async {
+        for step in steps {
+            switch step {
+            case "crash":
+                do {
+                    let child = try spawn(exeFD: exeFD, arguments: ["vessel-agent", Helper.argument, "crash"], environment: [],
+                                          fds: [(0, 0), (1, 1), (2, 2)])
+                    Reaper.shared.watch(child.pid)
+                    let status = await Reaper.shared.wait(child.pid)
+                    Reaper.shared.forget(child.pid)
+                    printError("vessel-agent selftest: crashing child reaped with status \(status), PID 1 still serving")
+                } catch {
+                    printError("vessel-agent selftest: \(error)")
+                }
+            case "poweroff":
+                printError("vessel-agent selftest: power-off requested")
+                termination.request()
+            default:
+                printError("vessel-agent selftest: unknown step \(step)")
+            }
+        }
     }
 }
 

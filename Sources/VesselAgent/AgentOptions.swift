@@ -12,6 +12,15 @@ public struct AgentOptions: Sendable {
     /// Host mode: an ordinary process on someone's machine, not the guest's init; refuses what
     /// would change the host (the clock).
     public var hostMode = true
+    /// Guest only (kernel command line): Kata's names.
+    public var debugConsole = false
+    public var debugConsolePort: UInt32 = 1026
+    public var logPort: UInt32?
+    public var containerPipeSize: Int?
+    public var hotplugTimeout = 3
+    /// `agent.selftest=crash,poweroff`: what the boot test asks of PID 1 before the host can reach
+    /// the agent (a crashing child must be reaped; a power-off request must end QEMU cleanly).
+    public var selftest: [String] = []
 
     public init() {}
 

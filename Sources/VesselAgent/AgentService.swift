@@ -7,7 +7,7 @@ import VesselProtocol
 enum AgentService {
     typealias Empty = Google_Protobuf_Empty
 
-    static func make(_ sandbox: Sandbox, options: AgentOptions) -> [TTRPCService] {
+    static func make(_ sandbox: Sandbox, options: AgentOptions, termination: Termination) -> [TTRPCService] {
         let agent = TTRPCService(name: "grpc.AgentService")
         func on<Req: Message, Resp: Message>(_ method: String, _ body: @escaping @Sendable (Req) async throws -> Resp) {
             agent.register(method) { (request: Req) async throws -> Resp in
@@ -16,7 +16,17 @@ enum AgentService {
         }
 
         on("CreateSandbox") { (r: Grpc_CreateSandboxRequest) in try await sandbox.createSandbox(r); return Empty() }
-        on("DestroySandbox") { (_: Grpc_DestroySandboxRequest) in await sandbox.destroySandbox(); return Empty() }
+        on("DestroySandbox") { (_: Grpc_DestroySandboxRequest) in
+            await sandbox.destroySandbox()
+            // In the guest this ends the VM; let the response leave first.
+            if !options.hostMode {
+                Task {
+                    try? await Task.sleep(for: .milliseconds(50))
+                    termination.request()
+                }
+            }
+            return Empty()
+        }
         on("CreateContainer") { (r: Grpc_CreateContainerRequest) in try await sandbox.createContainer(r); return Empty() }
         on("StartContainer") { (r: Grpc_StartContainerRequest) in try await sandbox.startContainer(r.containerID); return Empty() }
         on("RemoveContainer") { (r: Grpc_RemoveContainerRequest) in

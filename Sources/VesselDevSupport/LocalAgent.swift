@@ -20,13 +20,17 @@ public final class LocalAgent: @unchecked Sendable {
         rootfs = directory.appendingPathComponent("rootfs").path
         runDir = directory.appendingPathComponent("run").path
         socket = directory.appendingPathComponent("agent.sock").path
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        try BusyboxRootfs.make(at: rootfs)
-
         process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["--server-addr", "unix://\(socket)", "--run-dir", runDir, "--log-level", logLevel]
-        try process.run()
+        do {
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try BusyboxRootfs.make(at: rootfs)
+            try process.run()
+        } catch {
+            try? FileManager.default.removeItem(at: directory)
+            throw DevSupportError("cannot start vessel-agent \(binary): \(error)")
+        }
         var connected: AgentClient?
         for _ in 0..<400 where process.isRunning {
             if FileManager.default.fileExists(atPath: socket),
@@ -42,6 +46,19 @@ public final class LocalAgent: @unchecked Sendable {
             throw DevSupportError("vessel-agent (\(binary)) did not listen on \(socket)")
         }
         client = connected
+    }
+
+    /// Runs `body` against a fresh agent and always stops it, whatever `body` does.
+    public static func with<T>(binary: String, _ body: (LocalAgent) async throws -> T) async throws -> T {
+        let agent = try await LocalAgent(binary: binary)
+        do {
+            let result = try await body(agent)
+            await agent.stop()
+            return result
+        } catch {
+            await agent.stop()
+            throw error
+        }
     }
 
     /// SIGTERM: the agent removes its containers and exits; then the temp dir goes.

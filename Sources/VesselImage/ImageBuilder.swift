@@ -90,20 +90,28 @@ public struct ImageBuilder: Sendable {
     public func build(output: String, compression: Compression = .zstd) throws(ImageError) -> BuildResult {
         let (bytes, count) = try archive()
         let url = URL(fileURLWithPath: output)
-        let temporary = url.deletingLastPathComponent().appendingPathComponent(".\(url.lastPathComponent).\(getpid()).tmp").path
+        let directory = url.deletingLastPathComponent().path
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ImageError("output directory \(directory) does not exist")
+        }
+        let temporary = directory + "/.\(url.lastPathComponent).\(getpid()).tmp"
         let uncompressed = temporary + ".cpio"
         defer {
             unlink(temporary)
             unlink(uncompressed)
         }
-        guard let command = compression.command else {
+        if let command = compression.command {
+            try write(bytes, to: uncompressed)
+            try run(command + [uncompressed], stdout: temporary)
+        } else {
             try write(bytes, to: temporary)
-            return try rename(temporary, to: output, result: BuildResult(output: output, compressedSize: bytes.count, uncompressedSize: bytes.count, entries: count))
         }
-        try write(bytes, to: uncompressed)
-        try run(command + [uncompressed], stdout: temporary)
         let size = (try? FileManager.default.attributesOfItem(atPath: temporary)[.size] as? Int) ?? 0
-        return try rename(temporary, to: output, result: BuildResult(output: output, compressedSize: size, uncompressedSize: bytes.count, entries: count))
+        guard rename(temporary, output) == 0 else {
+            throw ImageError("cannot rename \(temporary) to \(output): \(String(cString: strerror(errno)))")
+        }
+        return BuildResult(output: output, compressedSize: size, uncompressedSize: bytes.count, entries: count)
     }
 
     private func manifest(_ name: String) throws(ImageError) -> [Entry] {
@@ -153,10 +161,5 @@ public struct ImageBuilder: Sendable {
             let detail = message.split(separator: "\n").first.map { ": \($0)" } ?? ""
             throw ImageError("\(command.dropLast().joined(separator: " ")) failed with status \(process.terminationStatus)\(detail)")
         }
-    }
-
-    private func rename(_ from: String, to: String, result: BuildResult) throws(ImageError) -> BuildResult {
-        guard Foundation.rename(from, to) == 0 else { throw ImageError("cannot rename \(from) to \(to): \(String(cString: strerror(errno)))") }
-        return result
     }
 }

@@ -35,21 +35,20 @@ func milliseconds(_ body: () async throws -> Void) async rethrows -> Double {
 func format(_ ms: Double) -> String { String(format: "%.2f ms", ms) }
 
 func demo() async throws {
-    let agent = try await LocalAgent(binary: option("--agent", default: defaultAgent))
-    defer { Task { await agent.stop() } }
-    try await agent.client.createContainer("demo", spec: agent.spec(["sh", "-c", "echo hello from a vessel container on $(hostname)"]))
-    try await agent.client.startContainer("demo")
-    FileHandle.standardOutput.write(Data(try await agent.client.readAll("demo")))
-    let status = try await agent.client.wait("demo")
-    try await agent.client.removeContainer("demo")
-    await agent.stop()
+    let status = try await LocalAgent.with(binary: option("--agent", default: defaultAgent)) { agent in
+        try await agent.client.createContainer("demo", spec: agent.spec(["sh", "-c", "echo hello from a vessel container on $(hostname)"]))
+        try await agent.client.startContainer("demo")
+        FileHandle.standardOutput.write(Data(try await agent.client.readAll("demo")))
+        let status = try await agent.client.wait("demo")
+        try await agent.client.removeContainer("demo")
+        return status
+    }
     print("container exited with status \(status)")
 }
 
 /// An OCI bundle with the same busybox rootfs and the same namespaces as the agent's spec.
 func makeBundle(at dir: String, rootfs: String) throws {
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    try FileManager.default.createSymbolicLink(atPath: dir + "/rootfs", withDestinationPath: rootfs)
     let spec = Process()
     spec.executableURL = URL(fileURLWithPath: "/usr/sbin/runc")
     spec.arguments = ["spec", "--bundle", dir]
@@ -57,6 +56,8 @@ func makeBundle(at dir: String, rootfs: String) throws {
     spec.waitUntilExit()
     let url = URL(fileURLWithPath: dir + "/config.json")
     var config = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+    // runc refuses a rootfs reached through a symlink: point at the agent's rootfs directly.
+    config["root"] = ["path": rootfs, "readonly": false]
     var process = config["process"] as! [String: Any]
     process["terminal"] = false
     process["args"] = ["/bin/true"]
@@ -97,16 +98,23 @@ func runOCIBench(_ runtime: String, bundle: String, count: Int) throws -> Double
     try p.run()
     let out = pipe.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    return Double(String(decoding: out, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    guard p.terminationStatus == 0, let value = Double(String(decoding: out, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+        throw DevSupportError("\(runtime) benchmark failed (exit \(p.terminationStatus))")
+    }
+    return value
 }
 
-func bench() async throws {
-    let count = Int(option("--count", default: "50")) ?? 50
-    let agent = try await LocalAgent(binary: option("--agent", default: defaultAgent))
-    let idleRSS = agent.residentKiB
-    var spawn: [Double] = []
+struct AgentNumbers {
+    var spawn: [Double] = [], exec: [Double] = [], check: [Double] = []
+    var idleRSS = 0, busyRSS = 0
+    var crun: Double?, runc: Double?
+}
+
+func measureAgent(_ agent: LocalAgent, count: Int) async throws -> AgentNumbers {
+    var numbers = AgentNumbers()
+    numbers.idleRSS = agent.residentKiB
     for i in 0..<count {
-        spawn.append(try await milliseconds {
+        numbers.spawn.append(try await milliseconds {
             let id = "bench-\(i)"
             try await agent.client.createContainer(id, spec: agent.spec(["/bin/true"]))
             try await agent.client.startContainer(id)
@@ -116,35 +124,38 @@ func bench() async throws {
     }
     try await agent.client.createContainer("exec", spec: agent.spec(["sleep", "1000"]))
     try await agent.client.startContainer("exec")
-    var exec: [Double] = [], check: [Double] = []
     for i in 0..<count {
-        exec.append(try await milliseconds {
+        numbers.exec.append(try await milliseconds {
             try await agent.client.exec("exec", "e\(i)", process: LocalAgent.process(["/bin/true"]))
             _ = try await agent.client.wait("exec", "e\(i)")
         })
-        check.append(try await milliseconds { _ = try await agent.client.check() })
+        numbers.check.append(try await milliseconds { _ = try await agent.client.check() })
     }
     try await agent.client.removeContainer("exec")
-    let busyRSS = agent.residentKiB
+    numbers.busyRSS = agent.residentKiB
 
     let bundle = agent.directory.appendingPathComponent("bundle").path
     try makeBundle(at: bundle, rootfs: agent.rootfs)
-    let crun = try runOCIBench("/usr/bin/crun", bundle: bundle, count: count)
-    let runc = try runOCIBench("/usr/sbin/runc", bundle: bundle, count: count)
-    await agent.stop()
+    numbers.crun = try runOCIBench("/usr/bin/crun", bundle: bundle, count: count)
+    numbers.runc = try runOCIBench("/usr/sbin/runc", bundle: bundle, count: count)
+    return numbers
+}
 
-    let agentMedian = median(spawn)
+func bench() async throws {
+    let count = Int(option("--count", default: "50")) ?? 50
+    let numbers = try await LocalAgent.with(binary: option("--agent", default: defaultAgent)) { try await measureAgent($0, count: count) }
+    let agentMedian = median(numbers.spawn)
     print("agent create+start+wait+remove of /bin/true: \(format(agentMedian)) (median of \(count))")
-    for (name, value) in [("crun run", crun), ("runc run", runc)] {
+    for (name, value) in [("crun", numbers.crun), ("runc", numbers.runc)] {
         if let value {
-            print("\(name) of the same bundle: \(format(value)); agent/\(name.split(separator: " ")[0]) = \(String(format: "%.2f", agentMedian / value))x")
+            print("\(name) run of the same bundle: \(format(value)); agent/\(name) = \(String(format: "%.2f", agentMedian / value))x")
         } else {
-            print("\(name): not installed")
+            print("\(name) run: \(name) is not installed")
         }
     }
-    let execMedian = median(exec), checkMedian = median(check)
+    let execMedian = median(numbers.exec), checkMedian = median(numbers.check)
     print("exec /bin/true + wait: \(format(execMedian)); Health.Check round trip: \(format(checkMedian)); ratio \(String(format: "%.1f", execMedian / checkMedian))x")
-    print("agent RSS: idle \(idleRSS) KiB, after the benchmark \(busyRSS) KiB")
+    print("agent RSS: idle \(numbers.idleRSS) KiB, after the benchmark \(numbers.busyRSS) KiB")
 }
 
 let command = CommandLine.arguments.dropFirst().first ?? ""

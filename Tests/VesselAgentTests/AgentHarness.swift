@@ -13,14 +13,7 @@ let agentBinary: String = {
 
 /// Runs a test body against a fresh agent process and always stops it.
 func withAgent(_ body: (LocalAgent) async throws -> Void) async throws {
-    let agent = try await LocalAgent(binary: agentBinary)
-    do {
-        try await body(agent)
-    } catch {
-        await agent.stop()
-        throw error
-    }
-    await agent.stop()
+    try await LocalAgent.with(binary: agentBinary, body)
 }
 
 /// Short forms for the tests: ids and argv in, strings out.

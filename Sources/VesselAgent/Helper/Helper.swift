@@ -21,6 +21,10 @@ public enum Helper {
 
     /// Entry point when argv[1] == `argument`; never returns.
     public static func main(mode: String) -> Never {
+        if mode == "crash" {
+            // The boot self-test's crashing child: PID 1 must reap it and carry on.
+            raise(SIGSEGV)
+        }
         // Everything but stdio must vanish at exec, including the sync socket: its EOF tells the
         // agent that exec succeeded.
         vessel_cloexec_from(3)

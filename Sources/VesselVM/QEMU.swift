@@ -1,0 +1,108 @@
+import Foundation
+
+/// How to run one guest with QEMU: kernel, initrd, memory shared through a memfd (the
+/// vhost-user-vsock backend maps it), a serial console, and the accelerator that works here.
+public struct VMConfig: Sendable {
+    public enum Machine: String, Sendable { case q35, microvm }
+    public enum Accelerator: String, Sendable { case auto, kvm, tcg }
+
+    public var qemu = "/usr/bin/qemu-system-x86_64"
+    public var kernel: String
+    public var initrd: String
+    public var machine = Machine.q35
+    public var vcpus = 1
+    public var memoryMiB = 256
+    public var accelerator = Accelerator.auto
+    public var kernelParameters: [String] = []
+    /// The vhost-user-vsock backend's socket, when the guest gets vsock.
+    public var vsockSocket: String?
+    public var extraArguments: [String] = []
+
+    public init(kernel: String, initrd: String) {
+        self.kernel = kernel
+        self.initrd = initrd
+    }
+
+    static let baseKernelParameters = ["console=ttyS0", "panic=-1", "quiet", "reboot=t"]
+
+    /// The command line after the accelerator has been resolved to kvm or tcg.
+    public func arguments(accelerator resolved: Accelerator) -> [String] {
+        var machineOptions = "\(machine.rawValue),memory-backend=mem"
+        if machine == .microvm { machineOptions += ",acpi=on,pit=off,pic=off,rtc=on" }
+        var args = [
+            "-accel", resolved.rawValue,
+            "-machine", machineOptions,
+            "-object", "memory-backend-memfd,id=mem,size=\(memoryMiB)M,share=on",
+            "-m", "\(memoryMiB)M",
+            "-smp", "\(vcpus)",
+            "-nographic", "-nodefaults", "-no-reboot", "-no-user-config",
+            "-serial", "stdio",
+            "-kernel", kernel,
+            "-initrd", initrd,
+            "-append", (Self.baseKernelParameters + kernelParameters).joined(separator: " "),
+        ]
+        if resolved == .kvm { args += ["-cpu", "host"] }
+        if let vsockSocket {
+            let device = machine == .microvm ? "vhost-user-vsock-device" : "vhost-user-vsock-pci"
+            args += ["-chardev", "socket,id=vsock0,path=\(vsockSocket)", "-device", "\(device),chardev=vsock0"]
+        }
+        return args + extraArguments
+    }
+}
+
+public struct VMError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// KVM only counts as working when a guest kernel really boots with it: on some hosts /dev/kvm
+/// opens and QEMU starts, yet the guest never prints a line. The probe boots `kernel` without an
+/// initrd (it panics at once) and looks for its first message; the answer is cached per kernel.
+public enum AcceleratorProbe {
+    public static func resolve(_ wanted: VMConfig.Accelerator, kernel: String, qemu: String = "/usr/bin/qemu-system-x86_64",
+                               cacheDirectory: String = "/run/vessel") -> VMConfig.Accelerator {
+        if wanted != .auto { return wanted }
+        guard FileManager.default.isReadableFile(atPath: "/dev/kvm"), FileManager.default.isWritableFile(atPath: "/dev/kvm") else {
+            return .tcg
+        }
+        let attributes = try? FileManager.default.attributesOfItem(atPath: kernel)
+        let stamp = "\(kernel) \((attributes?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)"
+        let cache = cacheDirectory + "/kvm-probe"
+        if let cached = try? String(contentsOfFile: cache, encoding: .utf8), cached.hasPrefix(stamp + " ") {
+            return cached.hasSuffix(" kvm") ? .kvm : .tcg
+        }
+        let works = bootsWithKVM(kernel: kernel, qemu: qemu)
+        try? FileManager.default.createDirectory(atPath: cacheDirectory, withIntermediateDirectories: true)
+        try? "\(stamp) \(works ? "kvm" : "tcg")".write(toFile: cache, atomically: true, encoding: .utf8)
+        return works ? .kvm : .tcg
+    }
+
+    static func bootsWithKVM(kernel: String, qemu: String) -> Bool {
+        let process = Process()
+        let pipe = Pipe()
+        process.executableURL = URL(fileURLWithPath: qemu)
+        process.arguments = ["-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "128M", "-nographic", "-nodefaults",
+                             "-no-reboot", "-serial", "stdio", "-kernel", kernel, "-append", "console=ttyS0 panic=-1"]
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return false }
+        let seen = LockedFlag()
+        pipe.fileHandleForReading.readabilityHandler = { handle in
+            if String(decoding: handle.availableData, as: UTF8.self).contains("Linux version") { seen.set() }
+        }
+        let deadline = Date().addingTimeInterval(3)
+        while Date() < deadline && !seen.value && process.isRunning { usleep(20_000) }
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        pipe.fileHandleForReading.readabilityHandler = nil
+        return seen.value
+    }
+}
+
+final class LockedFlag: @unchecked Sendable {
+    // @unchecked: the flag is only read and written under `lock`.
+    private let lock = NSLock()
+    private var flag = false
+    var value: Bool { lock.withLock { flag } }
+    func set() { lock.withLock { flag = true } }
+}
