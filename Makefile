@@ -11,7 +11,7 @@ APT_PACKAGES := busybox-static libseccomp-dev libmount-dev pkg-config protobuf-c
 KERNEL ?= $(OUT)/bzImage
 INITRD ?= $(OUT)/initrd.img
 
-.PHONY: all deps build agent agent-dynamic kernel initrd proto test bench run demo clean
+.PHONY: all deps build agent agent-dynamic kernel initrd boot proto test bench run demo clean
 
 all: build
 
@@ -62,12 +62,26 @@ test: deps kernel initrd
 demo: build
 	.build/debug/vessel-dev demo
 
+# Boots the guest (QEMU, TCG unless KVM works here) until the agent is ready, then powers it off.
+boot: kernel initrd
+	qemu-system-x86_64 -accel tcg -machine q35,memory-backend=mem -object memory-backend-memfd,id=mem,size=256M,share=on \
+	  -m 256M -smp 1 -nographic -nodefaults -no-reboot -serial stdio -kernel $(KERNEL) -initrd $(INITRD) \
+	  -append "console=ttyS0 panic=-1 quiet reboot=t agent.selftest=crash,poweroff"
+
 # Until the VM runtime lands, the main job runs a busybox container through a host-mode agent.
 run: demo
 
-bench: agent
+bench: agent kernel initrd $(OUT)/poweroff-initrd.img
 	$(SWIFT) build -c release --product vessel-dev
 	.build/release/vessel-dev bench --agent $(OUT)/vessel-agent --count 50
+	.build/release/vessel-dev boot-bench --kernel $(KERNEL) --initrd $(INITRD) --baseline-initrd $(OUT)/poweroff-initrd.img --count 5
+
+# The boot benchmark's lower bound: the same kernel with an init that only powers off.
+$(OUT)/poweroff-initrd.img: bench/poweroff-init.c
+	@mkdir -p $(OUT)
+	gcc -static -Os -o $(OUT)/poweroff-init bench/poweroff-init.c
+	$(SWIFT) build --product vessel-image
+	.build/debug/vessel-image --agent $(OUT)/poweroff-init --rootfs rootfs --output $@
 
 clean:
 	rm -rf .build $(STATIC_BUILD) .build-dynamic $(OUT)

@@ -81,7 +81,7 @@ let package = Package(
         .target(name: "VesselImage"),
         .executableTarget(name: "vessel-image", dependencies: ["VesselImage"]),
         .testTarget(name: "VesselImageTests", dependencies: ["VesselImage"]),
-        .executableTarget(name: "vessel-dev", dependencies: ["VesselDevSupport", "VesselAgentClient", "VesselProtocol"]),
+        .executableTarget(name: "vessel-dev", dependencies: ["VesselDevSupport", "VesselAgentClient", "VesselProtocol", "VesselVM"]),
         .testTarget(
             name: "VesselProtocolTests",
             dependencies: [

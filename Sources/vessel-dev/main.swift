@@ -2,6 +2,7 @@ import Foundation
 import VesselAgentClient
 import VesselDevSupport
 import VesselProtocol
+import VesselVM
 
 // Developer tool: `demo` runs a busybox container through a host-mode agent; `bench` measures the
 // agent next to crun and runc in one run (the numbers `make bench` prints).
@@ -9,6 +10,7 @@ import VesselProtocol
 let usage = """
     usage: vessel-dev demo [--agent PATH]
            vessel-dev bench [--agent PATH] [--count N]
+           vessel-dev boot-bench --kernel K --initrd I --baseline-initrd B [--count N]
     """
 
 func option(_ name: String, default value: String) -> String {
@@ -158,11 +160,44 @@ func bench() async throws {
     print("agent RSS: idle \(numbers.idleRSS) KiB, after the benchmark \(numbers.busyRSS) KiB")
 }
 
+/// QEMU start -> "vessel-agent ready" next to QEMU start -> exit of an init that only powers off.
+func bootBench() throws {
+    let count = Int(option("--count", default: "5")) ?? 5
+    let kernel = option("--kernel", default: "out/bzImage"), initrd = option("--initrd", default: "out/initrd.img")
+    let baseline = option("--baseline-initrd", default: "out/poweroff-initrd.img")
+    var ready: [Double] = [], lowerBound: [Double] = [], rss: [Int] = []
+    var accelerator = VMConfig.Accelerator.tcg
+    for _ in 0..<count {
+        var config = VMConfig(kernel: kernel, initrd: initrd)
+        config.kernelParameters = ["agent.selftest=poweroff"]
+        let vm = try GuestVM(config)
+        accelerator = vm.accelerator
+        ready.append(try vm.waitFor("vessel-agent ready in", timeout: 120) * 1000)
+        _ = try vm.waitForExit(timeout: 60)
+        if let line = vm.output.split(separator: "\n").first(where: { $0.contains("vessel-agent ready in") }),
+           let kib = line.split(separator: "(rss ").last?.split(separator: " ").first.flatMap({ Int($0) }) {
+            rss.append(kib)
+        }
+        let base = try GuestVM(VMConfig(kernel: kernel, initrd: baseline))
+        _ = try base.waitForExit(timeout: 120)
+        lowerBound.append(Date().timeIntervalSince(base.startedAt) * 1000)
+    }
+    let r = median(ready), b = median(lowerBound)
+    print("boot (\(accelerator.rawValue), q35, 1 vCPU, 256 MiB): QEMU start -> agent ready \(format(r)); "
+        + "QEMU start -> exit with a power-off init \(format(b)); ratio \(String(format: "%.2f", r / b))x (medians of \(count))")
+    print("agent RSS at ready (PID 1): \(rss.sorted()[rss.count / 2]) KiB")
+    for (name, path) in [("initrd", initrd), ("kernel", kernel)] {
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        print("\(name) \(path): \(size ?? 0) bytes")
+    }
+}
+
 let command = CommandLine.arguments.dropFirst().first ?? ""
 do {
     switch command {
     case "demo": try await demo()
     case "bench": try await bench()
+    case "boot-bench": try bootBench()
     case "oci-bench":
         let args = CommandLine.arguments
         try ociBench(runtime: args[2], bundle: args[3], count: Int(args[4]) ?? 10)
