@@ -9,6 +9,7 @@ let package = Package(
         .executable(name: "vessel-agent", targets: ["vessel-agent"]),
         .executable(name: "vessel-dev", targets: ["vessel-dev"]),
         .executable(name: "vessel-image", targets: ["vessel-image"]),
+        .executable(name: "vessel-vsock", targets: ["vessel-vsock"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -73,6 +74,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .executableTarget(name: "vessel-vsock", dependencies: ["VesselVsock"]),
         .testTarget(name: "VesselVsockTests", dependencies: ["VesselVsock"]),
         // QEMU guests: command line, accelerator probe, console capture (host side).
         .target(name: "VesselVM"),

@@ -21,8 +21,10 @@ SCRIPT_PATH="$SCRIPT_DIR/$(basename "${BASH_SOURCE[0]}")"
 
 # Fragments, in merge order. Every option in them is checked strictly.
 FRAGMENTS=(base virtio vsock fs security net debug)
-# Starting point: tinyconfig measured smaller than allnoconfig for the same
-# fragments (see README-like notes in base.config).
+# Starting point: tinyconfig. Measured with the same fragments (6.1.192, XZ):
+# tinyconfig -> 2,290,688 bytes; allnoconfig -> 2,774,016 bytes, because
+# allnoconfig leaves EXPERT off, so VT/VGA console, KALLSYMS, io_uring, INPUT,
+# FW_LOADER, DMI, coredumps, SLUB_DEBUG... stay on and cannot be disabled.
 BASE_TARGET=tinyconfig
 KARCH=x86_64
 SRC_PKG=linux-source-6.1

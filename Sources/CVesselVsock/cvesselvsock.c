@@ -234,6 +234,17 @@ void cvv_eventfd_drain(int fd) {
 
 int cvv_close(int fd) { return close(fd); }
 
+int cvv_memfd(uint64_t size) {
+    int fd = memfd_create("vessel-vsock-test", MFD_CLOEXEC);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, (off_t)size) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
 uint64_t cvv_monotonic_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

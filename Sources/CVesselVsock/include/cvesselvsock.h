@@ -72,6 +72,8 @@ int cvv_eventfd_signal(int fd);
 void cvv_eventfd_drain(int fd);
 
 int cvv_close(int fd);
+/// A sealed-size memfd of `size` bytes (guest RAM in tests). Returns fd or -errno.
+int cvv_memfd(uint64_t size);
 uint64_t cvv_monotonic_ns(void);
 int cvv_errno(void);
 

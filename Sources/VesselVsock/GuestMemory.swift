@@ -1,0 +1,84 @@
+import CVesselVsock
+
+/// One memory region as described by VHOST_USER_SET_MEM_TABLE.
+public struct MemoryRegionInfo: Equatable, Sendable {
+    public var guestPhysAddr: UInt64
+    public var size: UInt64
+    /// The address of the region in QEMU's address space (ring addresses use these).
+    public var userAddr: UInt64
+    public var mmapOffset: UInt64
+    public init(guestPhysAddr: UInt64, size: UInt64, userAddr: UInt64, mmapOffset: UInt64) {
+        self.guestPhysAddr = guestPhysAddr
+        self.size = size
+        self.userAddr = userAddr
+        self.mmapOffset = mmapOffset
+    }
+}
+
+/// Guest RAM as mapped into this process: translates guest-physical (descriptor) and QEMU-virtual (ring)
+/// addresses to local pointers with bounds checks.
+final class GuestMemory {
+    struct Region {
+        var info: MemoryRegionInfo
+        var base: UnsafeMutableRawPointer
+    }
+    private(set) var regions: [Region]
+    private var mappings: [(UnsafeMutableRawPointer, UInt64)] = []
+
+    /// Regions over memory the caller owns (tests).
+    init(regions: [(info: MemoryRegionInfo, base: UnsafeMutableRawPointer)]) {
+        self.regions = regions.map { Region(info: $0.info, base: $0.base) }
+    }
+
+    /// Maps each region's fd (shared); the fds are closed (the mappings keep the memory).
+    init(mapping infos: [MemoryRegionInfo], fds: [Int32]) throws(VhostUserError) {
+        precondition(infos.count == fds.count)
+        regions = []
+        defer { for fd in fds { closeFd(fd) } }
+        for (info, fd) in zip(infos, fds) {
+            let (total, overflow) = info.size.addingReportingOverflow(info.mmapOffset)
+            guard info.size > 0, !overflow, total < (1 << 48),
+                info.guestPhysAddr &+ info.size >= info.guestPhysAddr, info.userAddr &+ info.size >= info.userAddr
+            else {
+                unmapAll()
+                throw .invalid("bad memory region \(info)")
+            }
+            guard let p = cvv_mmap_shared(fd, total) else {
+                let e = cvv_errno()
+                unmapAll()
+                throw .invalid("mmap of guest memory failed: errno \(e)")
+            }
+            mappings.append((p, total))
+            regions.append(Region(info: info, base: p + Int(info.mmapOffset)))
+        }
+    }
+
+    private func unmapAll() {
+        for (p, len) in mappings { _ = cvv_munmap(p, len) }
+        mappings = []
+        regions = []
+    }
+
+    deinit { unmapAll() }
+
+    @inline(__always)
+    func translateGPA(_ addr: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for r in regions {
+            let start = r.info.guestPhysAddr
+            if addr >= start, addr - start < r.info.size, length <= r.info.size - (addr - start) {
+                return r.base + Int(addr - start)
+            }
+        }
+        return nil
+    }
+
+    func translateUVA(_ addr: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        for r in regions {
+            let start = r.info.userAddr
+            if addr >= start, addr - start < r.info.size, length <= r.info.size - (addr - start) {
+                return r.base + Int(addr - start)
+            }
+        }
+        return nil
+    }
+}

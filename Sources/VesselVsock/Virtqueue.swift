@@ -1,0 +1,214 @@
+import CVesselVsock
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A contiguous piece of a descriptor chain, already translated to local memory.
+struct Segment {
+    var base: UnsafeMutableRawPointer
+    var len: Int
+}
+
+/// A descriptor chain popped from the available ring: driver-readable segments then driver-writable ones.
+struct DescriptorChain {
+    var head: UInt16 = 0
+    var readable: [Segment] = []
+    var writable: [Segment] = []
+    var readableLength = 0
+    var writableLength = 0
+    var valid = true
+
+    init() {
+        readable.reserveCapacity(8)
+        writable.reserveCapacity(8)
+    }
+
+    mutating func reset(head: UInt16) {
+        self.head = head
+        readable.removeAll(keepingCapacity: true)
+        writable.removeAll(keepingCapacity: true)
+        readableLength = 0
+        writableLength = 0
+        valid = true
+    }
+
+    /// Copies `count` bytes starting at `offset` of the readable part to `dst`; false when too short.
+    func copyReadable(offset: Int, count: Int, to dst: UnsafeMutableRawPointer) -> Bool {
+        guard offset + count <= readableLength else { return false }
+        var skip = offset
+        var done = 0
+        for s in readable where done < count {
+            if skip >= s.len {
+                skip -= s.len
+                continue
+            }
+            let n = min(s.len - skip, count - done)
+            (dst + done).copyMemory(from: s.base + skip, byteCount: n)
+            done += n
+            skip = 0
+        }
+        return done == count
+    }
+
+    /// Copies `count` bytes from `src` into the writable part at `offset`; false when too short.
+    func copyToWritable(offset: Int, count: Int, from src: UnsafeRawPointer) -> Bool {
+        guard offset + count <= writableLength else { return false }
+        var skip = offset
+        var done = 0
+        for s in writable where done < count {
+            if skip >= s.len {
+                skip -= s.len
+                continue
+            }
+            let n = min(s.len - skip, count - done)
+            (s.base + skip).copyMemory(from: src + done, byteCount: n)
+            done += n
+            skip = 0
+        }
+        return done == count
+    }
+
+    /// Appends iovecs for `[offset, offset+count)` of the given segments.
+    static func iovecs(_ segs: [Segment], offset: Int, count: Int, into out: inout [iovec]) {
+        out.removeAll(keepingCapacity: true)
+        var skip = offset
+        var left = count
+        for s in segs where left > 0 {
+            if skip >= s.len {
+                skip -= s.len
+                continue
+            }
+            let n = min(s.len - skip, left)
+            out.append(iovec(iov_base: s.base + skip, iov_len: n))
+            left -= n
+            skip = 0
+        }
+    }
+}
+
+enum VirtqueueError: Error, Equatable {
+    case badSize(UInt32)
+    case unmapped(String)
+}
+
+/// A split virtqueue (virtio 1.x, no EVENT_IDX, no indirect descriptors) over mapped guest memory.
+/// Index reads from the driver use acquire loads; our used index is published with a release store.
+final class SplitVirtqueue {
+    static let descFNext: UInt16 = 1
+    static let descFWrite: UInt16 = 2
+    static let descFIndirect: UInt16 = 4
+    static let availFNoInterrupt: UInt16 = 1
+
+    let size: UInt16
+    let desc: UnsafeMutableRawPointer
+    let avail: UnsafeMutableRawPointer
+    let used: UnsafeMutableRawPointer
+    let memory: GuestMemory
+    private(set) var lastAvail: UInt16
+    private(set) var usedIdx: UInt16
+    /// The eventfd to signal the driver (-1: none). Not owned.
+    var callFd: Int32 = -1
+    private var pendingNotify = false
+    private(set) var brokenChains = 0
+
+    /// `translate` maps ring addresses (QEMU-virtual for vhost-user, guest-physical in tests).
+    init(memory: GuestMemory, size: UInt32, descAddr: UInt64, availAddr: UInt64, usedAddr: UInt64,
+         base: UInt16, ringAddressesAreGuestPhysical: Bool = false) throws(VirtqueueError) {
+        guard size > 0, size <= 32768, size & (size - 1) == 0 else { throw .badSize(size) }
+        let n = UInt64(size)
+        func tr(_ a: UInt64, _ len: UInt64) -> UnsafeMutableRawPointer? {
+            ringAddressesAreGuestPhysical ? memory.translateGPA(a, length: len) : memory.translateUVA(a, length: len)
+        }
+        guard let d = tr(descAddr, 16 * n) else { throw .unmapped("descriptor table") }
+        guard let a = tr(availAddr, 6 + 2 * n) else { throw .unmapped("available ring") }
+        guard let u = tr(usedAddr, 6 + 8 * n) else { throw .unmapped("used ring") }
+        self.size = UInt16(size)
+        self.desc = d
+        self.avail = a
+        self.used = u
+        self.memory = memory
+        self.lastAvail = base
+        self.usedIdx = UInt16(littleEndian: cvv_load_acquire_u16(u + 2))
+    }
+
+    @inline(__always) var availIdx: UInt16 { UInt16(littleEndian: cvv_load_acquire_u16(avail + 2)) }
+
+    var hasAvailable: Bool { availIdx != lastAvail }
+
+    /// Reads the chain at the next available slot without consuming it. Returns false when the ring is empty.
+    /// A malformed chain is returned with `valid == false` (consume it with length 0).
+    func peek(into chain: inout DescriptorChain) -> Bool {
+        let ai = availIdx
+        if ai == lastAvail { return false }
+        let slot = Int(lastAvail % size)
+        let head = UInt16(littleEndian: avail.loadUnaligned(fromByteOffset: 4 + 2 * slot, as: UInt16.self))
+        chain.reset(head: head)
+        if UInt16(ai &- lastAvail) > size {
+            chain.valid = false
+            return true
+        }
+        var idx = head
+        var count: UInt16 = 0
+        while true {
+            guard idx < size, count < size else {
+                chain.valid = false
+                break
+            }
+            count += 1
+            let d = desc + 16 * Int(idx)
+            let addr = UInt64(littleEndian: d.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+            let len = UInt32(littleEndian: d.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+            let flags = UInt16(littleEndian: d.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
+            let next = UInt16(littleEndian: d.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+            if flags & SplitVirtqueue.descFIndirect != 0 {
+                chain.valid = false
+                break
+            }
+            if len > 0 {
+                guard let p = memory.translateGPA(addr, length: UInt64(len)) else {
+                    chain.valid = false
+                    break
+                }
+                if flags & SplitVirtqueue.descFWrite != 0 {
+                    chain.writable.append(Segment(base: p, len: Int(len)))
+                    chain.writableLength += Int(len)
+                } else {
+                    if !chain.writable.isEmpty {  // readable after writable is a driver bug
+                        chain.valid = false
+                        break
+                    }
+                    chain.readable.append(Segment(base: p, len: Int(len)))
+                    chain.readableLength += Int(len)
+                }
+            }
+            if flags & SplitVirtqueue.descFNext == 0 { break }
+            idx = next
+        }
+        return true
+    }
+
+    /// Consumes the peeked chain and publishes it as used with `len` bytes written.
+    func commit(_ chain: DescriptorChain, written len: UInt32) {
+        if !chain.valid { brokenChains += 1 }
+        let slot = Int(usedIdx % size)
+        used.storeBytes(of: UInt32(chain.head).littleEndian, toByteOffset: 4 + 8 * slot, as: UInt32.self)
+        used.storeBytes(of: len.littleEndian, toByteOffset: 8 + 8 * slot, as: UInt32.self)
+        usedIdx &+= 1
+        cvv_store_release_u16(used + 2, usedIdx.littleEndian)
+        lastAvail &+= 1
+        pendingNotify = true
+    }
+
+    /// Signals the call eventfd if anything was used since the last call and the driver did not suppress
+    /// interrupts.
+    func notifyIfNeeded() {
+        guard pendingNotify else { return }
+        pendingNotify = false
+        cvv_fence_seq_cst()
+        let flags = UInt16(littleEndian: cvv_load_relaxed_u16(avail))
+        if flags & SplitVirtqueue.availFNoInterrupt == 0, callFd >= 0 {
+            _ = cvv_eventfd_signal(callFd)
+        }
+    }
+}

@@ -1,0 +1,355 @@
+import CVesselVsock
+import Testing
+
+@testable import VesselVsock
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs a program and waits; stdout/stderr go to `output` when given. Returns the exit status (-1: spawn failed).
+@discardableResult
+func runProgram(_ argv: [String], output: String? = nil) -> Int32 {
+    guard let pid = spawnProgram(argv, output: output) else { return -1 }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+}
+
+func spawnProgram(_ argv: [String], output: String? = nil) -> pid_t? {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    if let output {
+        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    }
+    var cargs = argv.map { strdup($0) } + [nil]
+    defer { for p in cargs { free(p) } }
+    var pid: pid_t = 0
+    let rc = posix_spawnp(&pid, argv[0], &actions, nil, &cargs, environ)
+    return rc == 0 ? pid : nil
+}
+
+func readFile(_ path: String) -> String {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return "" }
+    defer { close(fd) }
+    var out: [UInt8] = []
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
+        if n <= 0 { break }
+        out += buf.prefix(n)
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+final class ThreadRunner: @unchecked Sendable {
+    private var tid = pthread_t()
+    private final class Box {
+        let body: @Sendable () -> Void
+        init(_ b: @escaping @Sendable () -> Void) { body = b }
+    }
+    init(_ body: @escaping @Sendable () -> Void) {
+        let arg = Unmanaged.passRetained(Box(body)).toOpaque()
+        pthread_create(&tid, nil, { a in
+            Unmanaged<Box>.fromOpaque(a!).takeRetainedValue().body()
+            return nil
+        }, arg)
+    }
+    func join() { pthread_join(tid, nil) }
+}
+
+/// Connects through the hybrid socket; returns the fd after `OK`, or nil.
+func hybridConnect(_ path: String, port: UInt32) -> Int32? {
+    let fd = path.withCString { cvv_unix_connect_blocking($0) }
+    guard fd >= 0 else { return nil }
+    writeAll(fd, Array("CONNECT \(port)\n".utf8))
+    guard let line = readLine(fd, timeoutMs: 20000), line.hasPrefix("OK ") else {
+        close(fd)
+        return nil
+    }
+    return fd
+}
+
+/// Writes `data` and reads the echo concurrently (poll loop); true when the echo is byte-exact.
+func echoCheck(_ fd: Int32, _ data: [UInt8]) -> Bool {
+    setNonBlocking(fd)
+    var sent = 0
+    var got: [UInt8] = []
+    got.reserveCapacity(data.count)
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while got.count < data.count {
+        var p = pollfd(fd: fd, events: Int16(POLLIN) | (sent < data.count ? Int16(POLLOUT) : 0), revents: 0)
+        if poll(&p, 1, 30000) <= 0 { return false }
+        if p.revents & Int16(POLLOUT) != 0 && sent < data.count {
+            let n = data.withUnsafeBytes { write(fd, $0.baseAddress! + sent, min(65536, data.count - sent)) }
+            if n > 0 { sent += n }
+        }
+        if p.revents & Int16(POLLIN | POLLHUP) != 0 {
+            let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
+            if n == 0 { return false }
+            if n > 0 { got += buf.prefix(n) }
+        }
+    }
+    return got == data
+}
+
+func pattern(_ n: Int, seed: Int) -> [UInt8] {
+    var x = UInt32(truncatingIfNeeded: seed &* 2654435761 | 1)
+    return (0..<n).map { _ in
+        x ^= x << 13
+        x ^= x >> 17
+        x ^= x << 5
+        return UInt8(truncatingIfNeeded: x)
+    }
+}
+
+func fmt1(_ d: Double) -> String { String(Double(Int(d * 10)) / 10) }
+
+struct GuestVM {
+    static var kernelPath: String? {
+        if let k = getenv("VESSEL_KERNEL").map({ String(cString: $0) }), access(k, R_OK) == 0 { return k }
+        var g = glob_t()
+        defer { globfree(&g) }
+        guard glob("/var/cache/vessel/kernel/*/bzImage", 0, nil, &g) == 0, g.gl_pathc > 0 else { return nil }
+        return String(cString: g.gl_pathv[0]!)
+    }
+    static var available: Bool {
+        kernelPath != nil && access("/usr/bin/qemu-system-x86_64", X_OK) == 0 && access("/usr/bin/gcc", X_OK) == 0
+    }
+}
+
+@Suite(.serialized) struct VMTests {
+    @Test(.enabled(if: GuestVM.available, "needs a guest kernel (/var/cache/vessel/kernel/*/bzImage or VESSEL_KERNEL), qemu-system-x86_64 and gcc"))
+    func guestEndToEnd() throws {
+        let dir = TempDir()
+        let kernel = GuestVM.kernelPath!
+        // The guest: a static /init, packed as newc cpio.
+        let csrc = dir.path + "/init.c"
+        let cfd = open(csrc, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        writeAll(cfd, Array(guestInitSource.utf8))
+        close(cfd)
+        try #require(runProgram(["gcc", "-static", "-O2", "-o", dir.path + "/init", csrc], output: dir.path + "/gcc.log") == 0)
+        try #require(runProgram(["sh", "-c", "cd \(dir.path) && mkdir -p root/dev root/proc root/sys && mv init root/init && cd root && find . | cpio -o -H newc > ../initrd 2>/dev/null"]) == 0)
+
+        var options = VsockBackend.Options()
+        options.logger.logLevel = .warning
+        let backend = try VsockBackend(vhostUserSocketPath: dir.path + "/vhost.sock", hybridSocketPath: dir.path + "/v.sock",
+                                       guestCID: 3, options: options)
+        let thread = backend.start()
+        let console = dir.path + "/console.log"
+        let qemu = try #require(spawnProgram([
+            "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
+            "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-m", "256M", "-smp", "1", "-nographic",
+            "-no-reboot", "-kernel", kernel, "-initrd", dir.path + "/initrd", "-append", "console=ttyS0 panic=-1 quiet",
+            "-chardev", "socket,id=vu0,path=\(backend.vhostUserSocketPath)", "-device", "vhost-user-vsock-pci,chardev=vu0",
+        ], output: console))
+        var qemuAlive = true
+        defer {
+            if qemuAlive {
+                kill(qemu, SIGKILL)
+                var st: Int32 = 0
+                waitpid(qemu, &st, 0)
+            }
+            backend.stop()
+            thread.join()
+        }
+        var ready = false
+        for _ in 0..<1200 where !ready {
+            ready = readFile(console).contains("GUEST: READY")
+            if !ready { usleep(100_000) }
+        }
+        try #require(ready, "guest did not come up: \(readFile(console).suffix(2000))")
+        #expect(readFile(console).contains("GUEST: READY cid=3"))
+        let hp = backend.hybridSocketPath
+
+        // Guest-initiated: the guest connects to host port 2000 (retrying) and echoes.
+        let l = try unixListen(hp + "_2000")
+        defer { close(l) }
+        var pl = pollfd(fd: l, events: Int16(POLLIN), revents: 0)
+        #expect(poll(&pl, 1, 20000) == 1)
+        let g = cvv_accept(l)
+        try #require(g >= 0)
+        _ = fcntl(g, F_SETFL, fcntl(g, F_GETFL) & ~O_NONBLOCK)
+        #expect(readLine(g) == "hello from guest")
+        #expect(echoCheck(g, pattern(100_000, seed: 99)))
+        close(g)
+        var rstSeen = false
+        for _ in 0..<100 where !rstSeen {
+            rstSeen = readFile(console).contains("GUEST: connect 2001: Connection reset by peer")
+            if !rstSeen { usleep(100_000) }
+        }
+        #expect(rstSeen, "no RST for a port without host listener: \(readFile(console).suffix(500))")
+
+        // Host-initiated to a closed guest port: closed promptly, no OK.
+        let t0 = nowMs()
+        #expect(hybridConnect(hp, port: 4444) == nil)
+        #expect(nowMs() - t0 < 5000)
+
+        // Echo, then 8 parallel streams with byte-exact integrity both ways.
+        let e = try #require(hybridConnect(hp, port: 1024))
+        #expect(echoCheck(e, Array("ping".utf8)))
+        close(e)
+        let results = UnsafeMutablePointer<Bool>.allocate(capacity: 8)
+        results.initialize(repeating: false, count: 8)
+        defer { results.deallocate() }
+        let resultsAddr = Int(bitPattern: results)
+        let threads = (0..<8).map { i in
+            ThreadRunner {
+                guard let fd = hybridConnect(hp, port: 1024) else { return }
+                let ok = echoCheck(fd, pattern(2 << 20, seed: i))
+                close(fd)
+                UnsafeMutablePointer<Bool>(bitPattern: resultsAddr)![i] = ok
+            }
+        }
+        for t in threads { t.join() }
+        #expect((0..<8).allSatisfy { results[$0] }, "parallel streams: \((0..<8).map { results[$0] })")
+
+        // Large transfers: host -> guest (sink) and guest -> host (source).
+        let big = 64 << 20
+        let s = try #require(hybridConnect(hp, port: 1025))
+        let chunk = pattern(1 << 20, seed: 5)
+        writeAll(s, [UInt8(ascii: "S")])
+        var tStart = nowNs()
+        for _ in 0..<(big >> 20) { writeAll(s, chunk) }
+        shutdown(s, Int32(SHUT_WR))
+        let count = readExactly(s, 8, timeoutMs: 60000)
+        let upSecs = Double(nowNs() - tStart) / 1e9
+        close(s)
+        #expect(count == le(UInt64(big)))
+
+        let src = try #require(hybridConnect(hp, port: 1025))
+        writeAll(src, [UInt8(ascii: "G")] + le(UInt64(big)))
+        tStart = nowNs()
+        var received = 0
+        var patternOK = true
+        // The guest repeats a 64 KiB block; compare with memcmp against two copies of it (debug builds are slow).
+        let block = (0..<(2 * 65536)).map { UInt8(truncatingIfNeeded: ($0 % 65536) * 7 + 3) }
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(src, $0.baseAddress, 65536) }
+            if n <= 0 { break }
+            let same = buf.withUnsafeBytes { b in
+                block.withUnsafeBytes { memcmp(b.baseAddress!, $0.baseAddress! + received % 65536, n) == 0 }
+            }
+            if !same { patternOK = false }
+            received += n
+        }
+        let downSecs = Double(nowNs() - tStart) / 1e9
+        close(src)
+        #expect(received == big)
+        #expect(patternOK)
+
+        // Round-trip latency (64-byte messages).
+        let lat = try #require(hybridConnect(hp, port: 1024))
+        let msg = [UInt8](repeating: 0x5a, count: 64)
+        var rtts: [Double] = []
+        for _ in 0..<2000 {
+            let a = nowNs()
+            writeAll(lat, msg)
+            let r = readExactly(lat, 64)
+            rtts.append(Double(nowNs() - a) / 1000)
+            if r.count != 64 { break }
+        }
+        close(lat)
+        rtts.sort()
+        let p50 = rtts[rtts.count / 2]
+        let p99 = rtts[rtts.count * 99 / 100]
+        let upRate = Double(big) / upSecs / 1e6
+        let downRate = Double(big) / downSecs / 1e6
+        print("VSOCK-BENCH backend: RTT p50 \(fmt1(p50)) us p99 \(fmt1(p99)) us; host->guest \(fmt1(upRate)) MB/s; guest->host \(fmt1(downRate)) MB/s")
+
+        // Driver reload in the guest (device stop/start): the back-end re-maps the rings; new connections work.
+        let r = try #require(hybridConnect(hp, port: 1026))
+        #expect(readLine(r) == "R")
+        close(r)
+        var reloaded = false
+        for _ in 0..<100 where !reloaded {
+            reloaded = readFile(console).contains("GUEST: reloaded virtio")
+            if !reloaded { usleep(100_000) }
+        }
+        #expect(reloaded, "\(readFile(console).suffix(500))")
+        var again: Int32?
+        for _ in 0..<50 where again == nil {
+            again = hybridConnect(hp, port: 1024)
+            if again == nil { usleep(100_000) }
+        }
+        let e2 = try #require(again, "no connection after driver reload: \(readFile(console).suffix(800))")
+        #expect(echoCheck(e2, pattern(300_000, seed: 42)))
+        close(e2)
+
+        // Backend survives; QEMU exits -> run() returns.
+        kill(qemu, SIGKILL)
+        var st: Int32 = 0
+        waitpid(qemu, &st, 0)
+        qemuAlive = false
+        #expect(try thread.join().get() == .frontEndGone(error: nil))
+    }
+}
+
+/// The ceiling for the numbers above: the same measurements over a Unix socketpair on the host.
+@Suite(.serialized) struct SocketpairCeiling {
+    @Test func socketpairNumbers() throws {
+        var fds: [Int32] = [0, 0]
+        #expect(fds.withUnsafeMutableBufferPointer { cvv_socketpair($0.baseAddress!) } == 0)
+        let peer = fds[1]
+        let echo = ThreadRunner {
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = buf.withUnsafeMutableBytes { read(peer, $0.baseAddress, 65536) }
+                if n <= 0 { break }
+                writeAll(peer, Array(buf.prefix(n)))
+            }
+        }
+        let msg = [UInt8](repeating: 0x5a, count: 64)
+        var rtts: [Double] = []
+        for _ in 0..<2000 {
+            let a = nowNs()
+            writeAll(fds[0], msg)
+            _ = readExactly(fds[0], 64)
+            rtts.append(Double(nowNs() - a) / 1000)
+        }
+        shutdown(fds[0], Int32(SHUT_WR))
+        echo.join()
+        close(fds[0])
+        close(fds[1])
+        rtts.sort()
+
+        let big = 64 << 20
+        #expect(fds.withUnsafeMutableBufferPointer { cvv_socketpair($0.baseAddress!) } == 0)
+        let a = fds[0]
+        let b = fds[1]
+        let sink = ThreadRunner {
+            var buf = [UInt8](repeating: 0, count: 65536)
+            while buf.withUnsafeMutableBytes({ read(b, $0.baseAddress, 65536) }) > 0 {}
+        }
+        let chunk = [UInt8](repeating: 1, count: 1 << 20)
+        var t = nowNs()
+        for _ in 0..<(big >> 20) { writeAll(a, chunk) }
+        shutdown(a, Int32(SHUT_WR))
+        sink.join()
+        let upSecs = Double(nowNs() - t) / 1e9
+        let source = ThreadRunner {
+            let c = [UInt8](repeating: 2, count: 65536)
+            for _ in 0..<(big >> 16) { writeAll(b, c) }
+            shutdown(b, Int32(SHUT_WR))
+        }
+        t = nowNs()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        var total = 0
+        while true {
+            let n = buf.withUnsafeMutableBytes { read(a, $0.baseAddress, 65536) }
+            if n <= 0 { break }
+            total += n
+        }
+        let downSecs = Double(nowNs() - t) / 1e9
+        source.join()
+        close(a)
+        close(b)
+        #expect(total == big)
+        print("VSOCK-BENCH socketpair: RTT p50 \(fmt1(rtts[1000])) us p99 \(fmt1(rtts[1980])) us; a->b \(fmt1(Double(big) / upSecs / 1e6)) MB/s; b->a \(fmt1(Double(big) / downSecs / 1e6)) MB/s")
+    }
+}

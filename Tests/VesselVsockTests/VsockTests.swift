@@ -1,4 +1,0 @@
-import Testing
-@testable import VesselVsock
-
-@Test func vsockPlaceholder() {}
