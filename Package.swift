@@ -78,7 +78,13 @@ let package = Package(
         .testTarget(name: "VesselVsockTests", dependencies: ["VesselVsock"]),
         // QEMU guests: command line, accelerator probe, console capture (host side).
         .target(name: "VesselVM"),
-        .testTarget(name: "VesselVMTests", dependencies: ["VesselVM"]),
+        .testTarget(
+            name: "VesselVMTests",
+            dependencies: [
+                "VesselVM", "VesselVsock", "VesselAgentClient", "VesselProtocol",
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
         // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.
         .target(name: "VesselImage"),
         .executableTarget(name: "vessel-image", dependencies: ["VesselImage"]),

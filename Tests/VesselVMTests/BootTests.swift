@@ -1,6 +1,10 @@
 import Foundation
 import Testing
+import NIOPosix
+import VesselAgentClient
+import VesselProtocol
 import VesselVM
+import VesselVsock
 
 /// Boots the guest kernel + initrd that `make kernel initrd` built (paths from VESSEL_KERNEL and
 /// VESSEL_INITRD, which `make test` sets; without them these tests are skipped, so a plain
@@ -39,5 +43,41 @@ struct BootTests {
         try vm.waitFor("unknown kernel option agent.no_such_option=1 ignored", timeout: 120)
         try vm.waitFor("vessel-agent ready in", timeout: 60)
         #expect(try vm.waitForExit(timeout: 60) == 0)
+    }
+}
+
+/// The host reaches the agent in the guest: QEMU's vhost-user-vsock device, our backend, CONNECT
+/// 1024, then ttrpc. DestroySandbox then powers the guest off.
+@Suite(.serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+struct GuestAgentOverVsockTests {
+    @Test func healthCheckThenDestroySandboxPowersOff() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-vm-\(UUID().uuidString.prefix(8))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let backend = try VsockBackend(vhostUserSocketPath: dir + "/vhost.sock", hybridSocketPath: dir + "/vsock.sock", guestCID: 3)
+        let thread = backend.start()
+        defer {
+            backend.stop()
+            _ = thread.join()
+        }
+        var config = VMConfig(kernel: kernel, initrd: initrd)
+        config.vsockSocket = backend.vhostUserSocketPath
+        let vm = try GuestVM(config)
+        defer { vm.kill() }
+        try vm.waitFor("vessel-agent ready in", timeout: 120)
+
+        let fd = try HybridDialer.connect(socketPath: backend.hybridSocketPath, port: 1024)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let client = AgentClient(try await TTRPCClient.connect(connectedSocket: fd, group: group), timeout: .seconds(60))
+        #expect(try await client.check().status == .serving)
+        #expect(!(try await client.version().agentVersion.isEmpty))
+        let details = try await client.call("GetGuestDetails", Grpc_GuestDetailsRequest.with { $0.memBlockSize = true },
+                                            as: Grpc_GuestDetailsResponse.self)
+        #expect(details.agentDetails.initDaemon)
+        try await client.call("DestroySandbox", Grpc_DestroySandboxRequest())
+        await client.close()
+        try? await group.shutdownGracefully()
+        #expect(try vm.waitForExit(timeout: 60) == 0, "\(vm.consoleTail())")
+        #expect(vm.output.contains("vessel-agent: powering off"))
     }
 }
