@@ -53,17 +53,18 @@ public final class Reaper: Sendable {
         wakeup.signal()
     }
 
-    /// The shell-style exit status (code, or 128+signal), once the process has been reaped.
+    /// The shell-style exit status (code, or 128+signal), once the process has been reaped;
+    /// -1 for a pid that was never watched: there is nothing to wait for.
     public func wait(_ pid: pid_t) async -> Int32 {
-        await withCheckedContinuation { (cont: CheckedContinuation<Int32, Never>) in
+        await withCheckedContinuation { (continuation: CheckedContinuation<Int32, Never>) in
             let ready: Int32? = state.withLock { s in
-                guard var entry = s.watched[pid] else { return 0 - 1 }
+                guard var entry = s.watched[pid] else { return -1 }
                 if let status = entry.status { return status }
-                entry.waiters.append(cont)
+                entry.waiters.append(continuation)
                 s.watched[pid] = entry
                 return nil
             }
-            if let ready { cont.resume(returning: ready) }
+            if let ready { continuation.resume(returning: ready) }
         }
     }
 
