@@ -10,6 +10,7 @@ APT_PACKAGES := busybox-static libseccomp-dev libmount-dev pkg-config protobuf-c
 
 KERNEL ?= $(OUT)/bzImage
 INITRD ?= $(OUT)/initrd.img
+DEBUG_INITRD ?= $(OUT)/initrd-debug.img
 
 .PHONY: all deps build agent agent-dynamic kernel initrd boot proto test bench run demo clean
 
@@ -34,13 +35,17 @@ agent: deps
 kernel: deps
 	kernel-config/build-kernel.sh --out $(OUT)
 
-# The initrd: rootfs/ plus the static agent as /init (reproducible).
+# The initrd: rootfs/ plus the static agent as /init (reproducible); the debug one adds busybox.
 initrd: agent
-	@$(MAKE) --no-print-directory $(INITRD)
+	@$(MAKE) --no-print-directory $(INITRD) $(DEBUG_INITRD)
 
 $(INITRD): $(OUT)/vessel-agent $(shell find rootfs -type f)
 	$(SWIFT) build --product vessel-image
 	.build/debug/vessel-image --agent $(OUT)/vessel-agent --rootfs rootfs --output $@
+
+$(DEBUG_INITRD): $(OUT)/vessel-agent $(shell find rootfs -type f)
+	$(SWIFT) build --product vessel-image
+	.build/debug/vessel-image --agent $(OUT)/vessel-agent --rootfs rootfs --output $@ --debug
 
 # For the record in ARCHITECTURE.md: the agent linked against the system's shared libraries.
 agent-dynamic: deps
@@ -59,7 +64,8 @@ test: deps kernel initrd
 	$(SWIFT) build --build-tests
 	@# Serially: the VM tests block while a TCG guest boots, and on 2 cores parallel suites would
 	@# starve each other's timing-sensitive tests (ttrpc deadlines) of the cooperative thread pool.
-	VESSEL_KERNEL=$(abspath $(KERNEL)) VESSEL_INITRD=$(abspath $(INITRD)) $(SWIFT) test --skip-build --no-parallel
+	VESSEL_KERNEL=$(abspath $(KERNEL)) VESSEL_INITRD=$(abspath $(INITRD)) VESSEL_DEBUG_INITRD=$(abspath $(DEBUG_INITRD)) \
+	  $(SWIFT) test --skip-build --no-parallel
 
 demo: build
 	.build/debug/vessel-dev demo

@@ -61,6 +61,14 @@ public enum Agent {
         case .unix(let path): try await server.bind(unixPath: path)
         case .vsock(let port): try await server.bind(vsockPort: port)
         }
+        var console: (any Channel)?
+        if options.debugConsole {
+            do {
+                console = try await DebugConsole.listen(port: options.debugConsolePort, exeFD: exeFD, group: group)
+            } catch {
+                logger.error("debug console on vsock port \(options.debugConsolePort): \(error)")
+            }
+        }
         if options.hostMode {
             logger.info("vessel-agent listening on \(options.serverAddress)")
         } else {
@@ -71,6 +79,7 @@ public enum Agent {
         await SelfTest.run(options.selftest, exeFD: exeFD, termination: termination)
         await termination.wait()
         logger.info("vessel-agent stopping")
+        try? await console?.close()
         await sandbox.destroySandbox()
         await server.close()
     }

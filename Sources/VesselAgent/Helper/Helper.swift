@@ -21,6 +21,7 @@ public enum Helper {
 
     /// Entry point when argv[1] == `argument`; never returns.
     public static func main(mode: String) -> Never {
+        if mode == "console" { DebugConsole.execShell() }
         if mode == "crash" {
             // The boot self-test's crashing child: PID 1 must reap it and carry on.
             raise(SIGSEGV)
