@@ -47,79 +47,72 @@ struct BootTests {
     }
 }
 
+/// A guest with vsock through our hybrid backend; everything is torn down when `body` returns.
+func withVsockGuest<T>(initrd: String, parameters: [String] = [], _ body: (GuestVM, VsockBackend) async throws -> T) async throws -> T {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-vm-\(UUID().uuidString.prefix(8))").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let backend = try VsockBackend(vhostUserSocketPath: dir + "/vhost.sock", hybridSocketPath: dir + "/vsock.sock", guestCID: 3)
+    let thread = backend.start()
+    defer {
+        backend.stop()
+        _ = thread.join()
+    }
+    var config = VMConfig(kernel: kernel, initrd: initrd)
+    config.vsockSocket = backend.vhostUserSocketPath
+    config.kernelParameters = parameters
+    let vm = try GuestVM(config)
+    defer { vm.kill() }
+    try vm.waitFor("vessel-agent ready in", timeout: 120)
+    return try await body(vm, backend)
+}
+
 /// The host reaches the agent in the guest: QEMU's vhost-user-vsock device, our backend, CONNECT
 /// 1024, then ttrpc. DestroySandbox then powers the guest off.
 @Suite(.serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct GuestAgentOverVsockTests {
     @Test func healthCheckThenDestroySandboxPowersOff() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-vm-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let backend = try VsockBackend(vhostUserSocketPath: dir + "/vhost.sock", hybridSocketPath: dir + "/vsock.sock", guestCID: 3)
-        let thread = backend.start()
-        defer {
-            backend.stop()
-            _ = thread.join()
+        try await withVsockGuest(initrd: initrd) { vm, backend in
+            let fd = try HybridDialer.connect(socketPath: backend.hybridSocketPath, port: 1024)
+            let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            let client = AgentClient(try await TTRPCClient.connect(connectedSocket: fd, group: group), timeout: .seconds(60))
+            #expect(try await client.check().status == .serving)
+            #expect(!(try await client.version().agentVersion.isEmpty))
+            let details = try await client.call("GetGuestDetails", Grpc_GuestDetailsRequest.with { $0.memBlockSize = true },
+                                                as: Grpc_GuestDetailsResponse.self)
+            #expect(details.agentDetails.initDaemon)
+            try await client.call("DestroySandbox", Grpc_DestroySandboxRequest())
+            await client.close()
+            try? await group.shutdownGracefully()
+            #expect(try vm.waitForExit(timeout: 60) == 0, "\(vm.consoleTail())")
+            #expect(vm.output.contains("vessel-agent: powering off"))
         }
-        var config = VMConfig(kernel: kernel, initrd: initrd)
-        config.vsockSocket = backend.vhostUserSocketPath
-        let vm = try GuestVM(config)
-        defer { vm.kill() }
-        try vm.waitFor("vessel-agent ready in", timeout: 120)
-
-        let fd = try HybridDialer.connect(socketPath: backend.hybridSocketPath, port: 1024)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let client = AgentClient(try await TTRPCClient.connect(connectedSocket: fd, group: group), timeout: .seconds(60))
-        #expect(try await client.check().status == .serving)
-        #expect(!(try await client.version().agentVersion.isEmpty))
-        let details = try await client.call("GetGuestDetails", Grpc_GuestDetailsRequest.with { $0.memBlockSize = true },
-                                            as: Grpc_GuestDetailsResponse.self)
-        #expect(details.agentDetails.initDaemon)
-        try await client.call("DestroySandbox", Grpc_DestroySandboxRequest())
-        await client.close()
-        try? await group.shutdownGracefully()
-        #expect(try vm.waitForExit(timeout: 60) == 0, "\(vm.consoleTail())")
-        #expect(vm.output.contains("vessel-agent: powering off"))
     }
 }
 
 /// `agent.debug_console`: a shell on a pty, reached through hybrid vsock port 1026.
 @Suite(.serialized, .enabled(if: !kernel.isEmpty && !debugInitrd.isEmpty, "VESSEL_KERNEL/VESSEL_DEBUG_INITRD not set (make test sets them)"))
 struct DebugConsoleTests {
-    @Test func debugConsoleRunsAShell() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-vm-\(UUID().uuidString.prefix(8))").path
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let backend = try VsockBackend(vhostUserSocketPath: dir + "/vhost.sock", hybridSocketPath: dir + "/vsock.sock", guestCID: 3)
-        let thread = backend.start()
-        defer {
-            backend.stop()
-            _ = thread.join()
-        }
-        var config = VMConfig(kernel: kernel, initrd: debugInitrd)
-        config.vsockSocket = backend.vhostUserSocketPath
-        config.kernelParameters = ["agent.debug_console"]
-        let vm = try GuestVM(config)
-        defer { vm.kill() }
-        try vm.waitFor("vessel-agent ready in", timeout: 120)
-
-        let fd = try HybridDialer.connect(socketPath: backend.hybridSocketPath, port: 1026)
-        defer { close(fd) }
-        let command = Array("echo console-$((40+2)) $$ $(tty)\n".utf8)
-        #expect(command.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == command.count)
-        var seen = ""
-        let deadline = Date().addingTimeInterval(60)
-        var buffer = [UInt8](repeating: 0, count: 4096)
-        while !seen.contains("console-42 ") && Date() < deadline {
-            var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&p, 1, 1000) >= 0 else { break }
-            if p.revents & Int16(POLLIN) != 0 {
-                let n = read(fd, &buffer, buffer.count)
-                if n <= 0 { break }
-                seen += String(decoding: buffer[0..<n], as: UTF8.self)
-            }
+    @Test func debugConsoleRunsAShell() async throws {
+        try await withVsockGuest(initrd: debugInitrd, parameters: ["agent.debug_console"]) { vm, backend in
+            let fd = try HybridDialer.connect(socketPath: backend.hybridSocketPath, port: 1026)
+            defer { close(fd) }
+            let command = Array("echo console-$((40+2)) $$ $(tty)\n".utf8)
+            #expect(command.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == command.count)
+            var seen = ""
+            let deadline = Date().addingTimeInterval(60)
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while !seen.contains("console-42 ") && Date() < deadline {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                guard poll(&p, 1, 1000) >= 0 else { break }
+                if p.revents & Int16(POLLIN) != 0 {
+                    let n = read(fd, &buffer, buffer.count)
+                    if n <= 0 { break }
+                    seen += String(decoding: buffer[0..<n], as: UTF8.self)
+                }
         }
         #expect(seen.contains("console-42 "), "console output: \(seen)\nguest console:\n\(vm.consoleTail())")
         #expect(seen.contains("/dev/pts/"), "the shell runs on a pty: \(seen)")
+        }
     }
 }
