@@ -107,8 +107,16 @@ struct Cgroup: Sendable {
         }
     }
 
+    /// Removes the container's cgroup and then its parents (vessel/<sandbox>, vessel) as far as
+    /// they are empty: rmdir refuses a cgroup that still has children or processes.
     func remove() {
-        for directory in directories { rmdir(directory) }
+        for directory in directories {
+            var path = Substring(directory)
+            for _ in relative.split(separator: "/") {
+                guard rmdir(String(path)) == 0, let slash = path.lastIndex(of: "/") else { break }
+                path = path[..<slash]
+            }
+        }
     }
 
     func stats() -> Grpc_CgroupStats {
