@@ -61,22 +61,23 @@ final class GuestMemory {
 
     deinit { unmapAll() }
 
+    /// Guest-physical addresses: what descriptors hold.
     @inline(__always)
     func translateGPA(_ addr: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
-        for r in regions {
-            let start = r.info.guestPhysAddr
-            if addr >= start, addr - start < r.info.size, length <= r.info.size - (addr - start) {
-                return r.base + Int(addr - start)
-            }
-        }
-        return nil
+        translate(addr, length: length, start: \.guestPhysAddr)
     }
 
+    /// QEMU's virtual addresses: what SET_VRING_ADDR gives for the rings.
     func translateUVA(_ addr: UInt64, length: UInt64) -> UnsafeMutableRawPointer? {
+        translate(addr, length: length, start: \.userAddr)
+    }
+
+    @inline(__always)
+    private func translate(_ addr: UInt64, length: UInt64, start: KeyPath<MemoryRegionInfo, UInt64>) -> UnsafeMutableRawPointer? {
         for r in regions {
-            let start = r.info.userAddr
-            if addr >= start, addr - start < r.info.size, length <= r.info.size - (addr - start) {
-                return r.base + Int(addr - start)
+            let begin = r.info[keyPath: start]
+            if addr >= begin, addr - begin < r.info.size, length <= r.info.size - (addr - begin) {
+                return r.base + Int(addr - begin)
             }
         }
         return nil

@@ -36,54 +36,44 @@ struct DescriptorChain {
     /// Copies `count` bytes starting at `offset` of the readable part to `dst`; false when too short.
     func copyReadable(offset: Int, count: Int, to dst: UnsafeMutableRawPointer) -> Bool {
         guard offset + count <= readableLength else { return false }
-        var skip = offset
-        var done = 0
-        for s in readable where done < count {
-            if skip >= s.len {
-                skip -= s.len
-                continue
-            }
-            let n = min(s.len - skip, count - done)
-            (dst + done).copyMemory(from: s.base + skip, byteCount: n)
-            done += n
-            skip = 0
-        }
-        return done == count
+        return Self.forEachSpan(readable, offset: offset, count: count) { base, done, n in
+            (dst + done).copyMemory(from: base, byteCount: n)
+        } == count
     }
 
     /// Copies `count` bytes from `src` into the writable part at `offset`; false when too short.
     func copyToWritable(offset: Int, count: Int, from src: UnsafeRawPointer) -> Bool {
         guard offset + count <= writableLength else { return false }
-        var skip = offset
-        var done = 0
-        for s in writable where done < count {
-            if skip >= s.len {
-                skip -= s.len
-                continue
-            }
-            let n = min(s.len - skip, count - done)
-            (s.base + skip).copyMemory(from: src + done, byteCount: n)
-            done += n
-            skip = 0
-        }
-        return done == count
+        return Self.forEachSpan(writable, offset: offset, count: count) { base, done, n in
+            base.copyMemory(from: src + done, byteCount: n)
+        } == count
     }
 
     /// Appends iovecs for `[offset, offset+count)` of the given segments.
     static func iovecs(_ segs: [Segment], offset: Int, count: Int, into out: inout [iovec]) {
         out.removeAll(keepingCapacity: true)
+        _ = forEachSpan(segs, offset: offset, count: count) { base, _, n in
+            out.append(iovec(iov_base: base, iov_len: n))
+        }
+    }
+
+    /// Walks `[offset, offset+count)` across the segments, handing each contiguous piece (its start,
+    /// how many bytes came before it, its length) to `body`; returns the bytes covered.
+    private static func forEachSpan(_ segs: [Segment], offset: Int, count: Int,
+                                    _ body: (UnsafeMutableRawPointer, _ done: Int, _ n: Int) -> Void) -> Int {
         var skip = offset
-        var left = count
-        for s in segs where left > 0 {
+        var done = 0
+        for s in segs where done < count {
             if skip >= s.len {
                 skip -= s.len
                 continue
             }
-            let n = min(s.len - skip, left)
-            out.append(iovec(iov_base: s.base + skip, iov_len: n))
-            left -= n
+            let n = min(s.len - skip, count - done)
+            body(s.base + skip, done, n)
+            done += n
             skip = 0
         }
+        return done
     }
 }
 
