@@ -68,7 +68,7 @@ let package = Package(
         .target(
             name: "VesselVsock",
             dependencies: [
-                "CVesselVsock",
+                "CVesselVsock", "VesselLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

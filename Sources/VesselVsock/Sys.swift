@@ -1,19 +1,9 @@
 import CVesselVsock
+import VesselLinux
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// An errno-carrying system call failure.
-public struct SystemError: Error, CustomStringConvertible, Equatable {
-    public let call: String
-    public let errno: Int32
-    public init(_ call: String, _ errno: Int32) {
-        self.call = call
-        self.errno = errno
-    }
-    public var description: String { "\(call): \(String(cString: strerror(errno))) (\(errno))" }
-}
 
 @inline(__always) func nowNs() -> UInt64 { cvv_monotonic_ns() }
 @inline(__always) func nowMs() -> UInt64 { cvv_monotonic_ns() / 1_000_000 }
@@ -24,7 +14,7 @@ func closeFd(_ fd: Int32) {
 
 func unixListen(_ path: String, backlog: Int32 = 128) throws -> Int32 {
     let fd = path.withCString { cvv_unix_listen($0, backlog) }
-    if fd < 0 { throw SystemError("listen \(path)", -fd) }
+    if fd < 0 { throw LinuxError(stage: "listen \(path)", errno: -fd) }
     return fd
 }
 
@@ -43,7 +33,7 @@ final class EventLoop {
 
     init() throws {
         let fd = cvv_epoll_create()
-        if fd < 0 { throw SystemError("epoll_create1", -fd) }
+        if fd < 0 { throw LinuxError(stage: "epoll_create1", errno: -fd) }
         epfd = fd
     }
 
@@ -54,7 +44,7 @@ final class EventLoop {
         let token = nextToken
         nextToken += 1
         let rc = cvv_epoll_ctl(epfd, CVV_CTL_ADD, fd, events, token)
-        if rc < 0 { throw SystemError("epoll_ctl add", -rc) }
+        if rc < 0 { throw LinuxError(stage: "epoll_ctl add", errno: -rc) }
         handlers[token] = handler
         return token
     }

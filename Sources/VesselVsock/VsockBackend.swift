@@ -23,6 +23,7 @@
 
 import CVesselVsock
 import Logging
+import VesselLinux
 
 #if canImport(Glibc)
 import Glibc
@@ -56,13 +57,13 @@ public final class VsockBackend: Sendable {
     public init(vhostUserSocketPath: String, hybridSocketPath: String, guestCID: UInt64, options: Options = Options())
         throws
     {
-        guard guestCID > 2, guestCID < 0xffff_ffff else { throw SystemError("guest CID \(guestCID)", EINVAL) }
+        guard guestCID > 2, guestCID < 0xffff_ffff else { throw LinuxError(stage: "guest CID \(guestCID)", errno: EINVAL) }
         self.vhostUserSocketPath = vhostUserSocketPath
         self.hybridSocketPath = hybridSocketPath
         self.guestCID = guestCID
         self.options = options
         let stop = cvv_eventfd()
-        if stop < 0 { throw SystemError("eventfd", -stop) }
+        if stop < 0 { throw LinuxError(stage: "eventfd", errno: -stop) }
         stopFd = stop
         do {
             vhostListener = try unixListen(vhostUserSocketPath, backlog: 4)
@@ -175,7 +176,7 @@ public final class VsockBackend: Sendable {
             do {
                 return .success(try self.run())
             } catch {
-                return .failure(error as? SystemError ?? SystemError("\(error)", 0))
+                return .failure(error as? LinuxError ?? LinuxError(stage: "\(error)", errno: 0))
             }
         }
     }
@@ -185,14 +186,14 @@ public final class VsockBackend: Sendable {
 public final class BackendThread: @unchecked Sendable {
     private var thread = pthread_t()
     private final class Box {
-        let body: @Sendable () -> Result<VsockBackend.Exit, SystemError>
-        var result: Result<VsockBackend.Exit, SystemError>?
-        init(_ body: @escaping @Sendable () -> Result<VsockBackend.Exit, SystemError>) { self.body = body }
+        let body: @Sendable () -> Result<VsockBackend.Exit, LinuxError>
+        var result: Result<VsockBackend.Exit, LinuxError>?
+        init(_ body: @escaping @Sendable () -> Result<VsockBackend.Exit, LinuxError>) { self.body = body }
     }
     private let box: Box
     private var joined = false
 
-    init(_ body: @escaping @Sendable () -> Result<VsockBackend.Exit, SystemError>) {
+    init(_ body: @escaping @Sendable () -> Result<VsockBackend.Exit, LinuxError>) {
         box = Box(body)
         let arg = Unmanaged.passRetained(box).toOpaque()
         let rc = pthread_create(&thread, nil, { arg in
@@ -205,11 +206,11 @@ public final class BackendThread: @unchecked Sendable {
 
     /// Waits for the thread (call once).
     @discardableResult
-    public func join() -> Result<VsockBackend.Exit, SystemError> {
+    public func join() -> Result<VsockBackend.Exit, LinuxError> {
         if !joined {
             pthread_join(thread, nil)
             joined = true
         }
-        return box.result ?? .failure(SystemError("backend thread", 0))
+        return box.result ?? .failure(LinuxError(stage: "backend thread", errno: 0))
     }
 }
