@@ -16,6 +16,10 @@ public struct VMConfig: Sendable {
     public var kernelParameters: [String] = []
     /// The vhost-user-vsock backend's socket, when the guest gets vsock.
     public var vsockSocket: String?
+    /// Host directories exported with virtio-9p; the guest mounts them by tag.
+    public var shares: [SharedDirectory] = []
+    /// A QMP control socket (server, no wait) for status and clean shutdown.
+    public var qmpSocket: String?
     public var extraArguments: [String] = []
 
     public init(kernel: String, initrd: String) {
@@ -46,7 +50,25 @@ public struct VMConfig: Sendable {
             let device = machine == .microvm ? "vhost-user-vsock-device" : "vhost-user-vsock-pci"
             args += ["-chardev", "socket,id=vsock0,path=\(vsockSocket)", "-device", "\(device),chardev=vsock0"]
         }
+        let ninePDevice = machine == .microvm ? "virtio-9p-device" : "virtio-9p-pci"
+        for (index, share) in shares.enumerated() {
+            args += ["-fsdev", "local,id=fs\(index),path=\(share.path),security_model=none\(share.readOnly ? ",readonly=on" : "")",
+                     "-device", "\(ninePDevice),fsdev=fs\(index),mount_tag=\(share.tag)"]
+        }
+        if let qmpSocket { args += ["-qmp", "unix:\(qmpSocket),server=on,wait=off"] }
         return args + extraArguments
+    }
+}
+
+/// One host directory given to the guest over virtio-9p (mount with `-t 9p -o trans=virtio TAG`).
+public struct SharedDirectory: Sendable, Equatable {
+    public var tag: String
+    public var path: String
+    public var readOnly: Bool
+    public init(tag: String, path: String, readOnly: Bool = false) {
+        self.tag = tag
+        self.path = path
+        self.readOnly = readOnly
     }
 }
 
