@@ -12,7 +12,7 @@ KERNEL ?= $(OUT)/bzImage
 INITRD ?= $(OUT)/initrd.img
 DEBUG_INITRD ?= $(OUT)/initrd-debug.img
 
-.PHONY: all deps build agent agent-dynamic kernel initrd boot proto test bench run demo clean
+.PHONY: all deps build agent agent-dynamic vessel kernel initrd boot proto test bench run demo clean
 
 all: build
 
@@ -30,6 +30,14 @@ agent: deps
 	@# Replace only when it changed, so the initrd is rebuilt only when needed.
 	@cmp -s $(OUT)/.vessel-agent.new $(OUT)/vessel-agent && rm $(OUT)/.vessel-agent.new || mv $(OUT)/.vessel-agent.new $(OUT)/vessel-agent
 	@echo "$(OUT)/vessel-agent: $$(stat -c %s $(OUT)/vessel-agent) bytes (static, stripped; unstripped $$(stat -c %s $(STATIC_BUILD)/release/vessel-agent))"
+
+# The host runtime CLI, Swift runtime linked in (docker and podman exec it with a bare environment).
+# Its default configuration finds bzImage and initrd.img next to it in $(OUT).
+vessel: deps
+	$(SWIFT) build -c release --product vessel -Xswiftc -static-stdlib
+	@mkdir -p $(OUT)
+	@strip -o $(OUT)/.vessel.new .build/release/vessel && mv $(OUT)/.vessel.new $(OUT)/vessel
+	@echo "$(OUT)/vessel: $$(stat -c %s $(OUT)/vessel) bytes"
 
 # The guest kernel from Debian's linux-source-6.1 and kernel-config/, cached per fragment hash.
 kernel: deps
@@ -76,8 +84,12 @@ boot: kernel initrd
 	  -m 256M -smp 1 -nographic -nodefaults -no-reboot -serial stdio -kernel $(KERNEL) -initrd $(INITRD) \
 	  -append "console=ttyS0 panic=-1 quiet reboot=t agent.selftest=crash,poweroff"
 
-# Until the VM runtime lands, the main job runs a busybox container through a host-mode agent.
-run: demo
+# The main job: boot a VM with the built kernel and initrd and run a busybox container in it.
+run: kernel initrd vessel
+	$(SWIFT) build --product vessel-dev
+	.build/debug/vessel-dev bundle $(OUT)/demo-bundle -- sh -c \
+	  'echo "hello from a Vessel container: $$(hostname), kernel $$(uname -r), $$(grep -c ^processor /proc/cpuinfo) vCPU"'
+	$(OUT)/vessel run --bundle $(OUT)/demo-bundle vessel-demo-$$$$
 
 bench: agent kernel initrd $(OUT)/poweroff-initrd.img
 	$(SWIFT) build -c release --product vessel-dev

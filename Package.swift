@@ -10,12 +10,14 @@ let package = Package(
         .executable(name: "vessel-dev", targets: ["vessel-dev"]),
         .executable(name: "vessel-image", targets: ["vessel-image"]),
         .executable(name: "vessel-vsock", targets: ["vessel-vsock"]),
+        .executable(name: "vessel", targets: ["vessel"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
         // No default traits: BinaryDelimitedStreams imports all of Foundation (34 MB of ICU data in a static agent).
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0", traits: []),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
     ],
     targets: [
         // Syscalls Swift cannot call cleanly: clone with namespace flags, fork+exec, ioctls, PID-1 early setup.
@@ -77,13 +79,29 @@ let package = Package(
         .executableTarget(name: "vessel-vsock", dependencies: ["VesselVsock"]),
         .testTarget(name: "VesselVsockTests", dependencies: ["VesselVsock"]),
         // QEMU guests: command line, accelerator probe, console capture (host side).
-        .target(name: "VesselVM"),
+        .target(name: "VesselVM", dependencies: ["VesselLinux"]),
         .testTarget(
             name: "VesselVMTests",
             dependencies: [
                 "VesselVM", "VesselVsock", "VesselAgentClient", "VesselProtocol",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+        // The host runtime: configuration, bundles, state, sandboxes (QEMU + hybrid vsock), shims.
+        .target(
+            name: "VesselRuntime",
+            dependencies: [
+                "CVessel", "VesselLinux", "VesselProtocol", "VesselAgentClient", "VesselVM", "VesselVsock",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // The runc-compatible CLI (docker and podman call it) and the per-container shim it re-executes.
+        .executableTarget(name: "vessel", dependencies: ["VesselRuntime"]),
+        .testTarget(
+            name: "VesselRuntimeTests",
+            dependencies: ["VesselRuntime", "VesselDevSupport", "CVessel"]
         ),
         // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.
         .target(name: "VesselImage"),

@@ -16,6 +16,7 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -62,14 +63,29 @@ void vessel_cloexec_from(int from) {
     }
 }
 
+static void spawn_fail(int errpipe) {
+    int err = errno;
+    while (write(errpipe, &err, sizeof(err)) < 0 && errno == EINTR) {
+    }
+    _exit(127);
+}
+
 // Runs in the cloned child: async-signal-safe calls only.
 static void spawn_child(int exe_fd, const char *path, char *const argv[], char *const envp[],
-                        const struct vessel_fd_map *fds, int nfds, int errpipe) {
+                        const struct vessel_fd_map *fds, int nfds, int errpipe, int pdeathsig, pid_t parent,
+                        int new_session) {
     sigset_t all;
     sigemptyset(&all);
     for (int sig = 1; sig < NSIG; sig++)
         signal(sig, SIG_DFL);
     sigprocmask(SIG_SETMASK, &all, NULL);
+    if (new_session && setsid() < 0)
+        spawn_fail(errpipe);
+    // The parent may have died before prctl: then nobody would ever send the signal.
+    if (pdeathsig && (prctl(PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0) < 0 || getppid() != parent)) {
+        errno = ESRCH;
+        spawn_fail(errpipe);
+    }
 
     int base = 3;
     for (int i = 0; i < nfds; i++)
@@ -99,15 +115,17 @@ fail:;
 }
 
 pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
-                   const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno) {
+                   const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno,
+                   int pdeathsig, int new_session) {
     int pipefd[2];
+    pid_t parent = getpid();
     *exec_errno = 0;
     if (pipe2(pipefd, O_CLOEXEC) < 0)
         return -errno;
     pid_t pid = raw_clone3(clone_flags, SIGCHLD);
     if (pid == 0) {
         close(pipefd[0]);
-        spawn_child(exe_fd, path, argv, envp, fds, nfds, pipefd[1]);
+        spawn_child(exe_fd, path, argv, envp, fds, nfds, pipefd[1], pdeathsig, parent, new_session);
     }
     int saved = errno;
     close(pipefd[1]);
@@ -254,3 +272,51 @@ int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach) {
     int rc = (int)syscall(SYS_bpf, attach ? BPF_PROG_ATTACH : BPF_PROG_DETACH, &attr, sizeof(attr));
     return rc < 0 ? -errno : rc;
 }
+
+int vessel_send_fd(int sock, const char *name, int fd) {
+    char control[CMSG_SPACE(sizeof(int))];
+    memset(control, 0, sizeof(control));
+    struct iovec iov = {.iov_base = (void *)name, .iov_len = strlen(name)};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+    ssize_t n;
+    do {
+        n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    } while (n < 0 && errno == EINTR);
+    return n < 0 ? -errno : 0;
+}
+
+int vessel_recv_fd(int sock, char *name, size_t name_size) {
+    char control[CMSG_SPACE(sizeof(int))];
+    struct iovec iov = {.iov_base = name, .iov_len = name_size > 0 ? name_size - 1 : 0};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
+    ssize_t n;
+    do {
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    if (name_size > 0)
+        name[n] = 0;
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    if (!cmsg || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
+        return -EBADMSG;
+    int fd;
+    memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
+    return fd;
+}
+
+int vessel_get_winsize(int fd, uint16_t *rows, uint16_t *cols) {
+    struct winsize ws;
+    if (ioctl(fd, TIOCGWINSZ, &ws) < 0)
+        return -1;
+    *rows = ws.ws_row;
+    *cols = ws.ws_col;
+    return 0;
+}
+
+int vessel_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }

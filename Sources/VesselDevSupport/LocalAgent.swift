@@ -148,3 +148,34 @@ public enum SpecTemplate {
         }
     }
 }
+
+/// An OCI bundle (config.json + busybox rootfs) as docker or podman would hand it to a runtime.
+public enum OCIBundle {
+    public static func make(at path: String, args: [String], terminal: Bool = false, hostname: String = "vessel",
+                            extra: [String: Any] = [:]) throws {
+        try BusyboxRootfs.make(at: path + "/rootfs")
+        var config: [String: Any] = [
+            "ociVersion": "1.1.0",
+            "process": [
+                "terminal": terminal,
+                "user": ["uid": 0, "gid": 0],
+                "args": args,
+                "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+                "cwd": "/",
+                "capabilities": ["bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"], "effective": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                                 "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE"]],
+                "rlimits": [["type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024]],
+                "noNewPrivileges": true,
+            ] as [String: Any],
+            "root": ["path": "rootfs", "readonly": false],
+            "hostname": hostname,
+            "mounts": SpecTemplate.busybox(root: "", args: []).mounts.map {
+                ["destination": $0.destination, "type": $0.type, "source": $0.source, "options": $0.options]
+            },
+            "linux": ["namespaces": ["pid", "mount", "uts", "ipc"].map { ["type": $0] }] as [String: Any],
+        ]
+        config.merge(extra) { $1 }
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: URL(fileURLWithPath: path + "/config.json"))
+    }
+}

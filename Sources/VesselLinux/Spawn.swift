@@ -51,7 +51,8 @@ public struct SpawnResult: Sendable {
 
 /// fork+exec done in C (no Swift runs in the child), with new namespaces from `namespaces`.
 public func spawn(exeFD: Int32, path: String = "", arguments: [String], environment: [String],
-                  fds: [(src: Int32, dst: Int32)], namespaces: UInt64 = 0) throws(LinuxError) -> SpawnResult {
+                  fds: [(src: Int32, dst: Int32)], namespaces: UInt64 = 0,
+                  parentDeathSignal: Int32 = 0, newSession: Bool = false) throws(LinuxError) -> SpawnResult {
     let argv = CStringArray(arguments)
     let envp = CStringArray(environment)
     let map = fds.map { vessel_fd_map(src: $0.src, dst: $0.dst) }
@@ -59,7 +60,8 @@ public func spawn(exeFD: Int32, path: String = "", arguments: [String], environm
     let pid = argv.withPointer { a in
         envp.withPointer { e in
             map.withUnsafeBufferPointer { m in
-                vessel_spawn(exeFD, path, a, e, m.baseAddress, Int32(m.count), namespaces, &execErrno)
+                vessel_spawn(exeFD, path, a, e, m.baseAddress, Int32(m.count), namespaces, &execErrno,
+                             parentDeathSignal, newSession ? 1 : 0)
             }
         }
     }

@@ -1,47 +1,87 @@
 import Foundation
+import VesselLinux
 
 /// A running QEMU guest whose serial console is captured: wait for a line, for exit, or kill it.
 /// Errors carry the console's tail, which is what anyone debugging a guest needs first.
 public final class GuestVM: @unchecked Sendable {
-    // @unchecked: `console` and `exitStatus` are guarded by `lock`; the rest is immutable.
+    // @unchecked: `console` and `status` are guarded by `changed`; the rest is immutable.
     public let config: VMConfig
     public let accelerator: VMConfig.Accelerator
     public let startedAt: Date
-    private let process = Process()
-    private let lock = NSLock()
-    private var console = ""
+    public let pid: Int32
     private let changed = NSCondition()
+    private var console = ""
+    private var status: Int32?
+    private static let consoleLimit = 1 << 20
 
-    public init(_ config: VMConfig) throws {
+    /// Starts QEMU. With `consoleLog` the console is also appended to that file; with
+    /// `dieWithParent` QEMU gets SIGKILL when the calling thread exits (call it from a thread that
+    /// lives as long as the process, e.g. the main thread of a shim).
+    public init(_ config: VMConfig, consoleLog: String? = nil, dieWithParent: Bool = false) throws {
         self.config = config
         for (what, path) in [("kernel", config.kernel), ("initrd", config.initrd), ("QEMU", config.qemu)]
         where !FileManager.default.fileExists(atPath: path) {
             throw VMError("\(what) \(path) does not exist (`make kernel initrd` builds the guest; apt-get install qemu-system-x86)")
         }
         accelerator = AcceleratorProbe.resolve(config.accelerator, kernel: config.kernel, qemu: config.qemu)
+        let log = consoleLog.map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640) } ?? -1
+        if let consoleLog, log < 0 { throw VMError("cannot open console log \(consoleLog): \(String(cString: strerror(errno)))") }
+        let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        guard devNull >= 0, let pipe = try? Linux.pipe() else { throw VMError("cannot create the console pipe") }
+        defer { close(devNull); close(pipe.write) }
         startedAt = Date()
-        let pipe = Pipe()
-        process.executableURL = URL(fileURLWithPath: config.qemu)
-        process.arguments = config.arguments(accelerator: accelerator)
-        process.standardOutput = pipe
-        process.standardError = pipe
-        process.standardInput = FileHandle.nullDevice
-        pipe.fileHandleForReading.readabilityHandler = { [weak self] handle in
-            let data = handle.availableData
-            guard let self, !data.isEmpty else { return }
-            self.lock.withLock { self.console += String(decoding: data, as: UTF8.self) }
-            self.changed.broadcast()
+        do {
+            let spawned = try spawn(exeFD: -1, path: config.qemu, arguments: [config.qemu] + config.arguments(accelerator: accelerator),
+                                    environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" },
+                                    fds: [(devNull, 0), (pipe.write, 1), (pipe.write, 2)], parentDeathSignal: dieWithParent ? SIGKILL : 0)
+            if spawned.execErrno != 0 {
+                var ignored: Int32 = 0
+                waitpid(spawned.pid, &ignored, 0)
+                throw VMError("cannot execute \(config.qemu): \(String(cString: strerror(spawned.execErrno)))")
+            }
+            pid = spawned.pid
+        } catch let error as LinuxError {
+            close(pipe.read)
+            if log >= 0 { close(log) }
+            throw VMError("cannot start \(config.qemu): \(error)")
         }
-        process.terminationHandler = { [weak self] _ in self?.changed.broadcast() }
-        try process.run()
+        let reader = pipe.read
+        Thread.detachNewThread { [self] in readConsole(reader, log: log) }
+        Thread.detachNewThread { [self] in
+            var raw: Int32 = 0
+            while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
+            let code = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+            changed.withLock { status = code }
+            changed.broadcast()
+        }
     }
 
-    public var pid: Int32 { process.processIdentifier }
-    public var output: String { lock.withLock { console } }
-    public var isRunning: Bool { process.isRunning }
+    private func readConsole(_ fd: Int32, log: Int32) {
+        defer { close(fd); if log >= 0 { close(log) } }
+        var buffer = [UInt8](repeating: 0, count: 16 << 10)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return }
+            if log >= 0 { _ = buffer.withUnsafeBytes { write(log, $0.baseAddress, n) } }
+            changed.withLock {
+                console += String(decoding: buffer[0..<n], as: UTF8.self)
+                // A long-lived guest keeps its whole console in the log file, only the tail here.
+                if console.utf8.count > Self.consoleLimit { console = String(console.suffix(Self.consoleLimit / 2)) }
+            }
+            changed.broadcast()
+        }
+    }
 
-    public func consoleTail(_ lines: Int = 30) -> String {
-        output.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
+    public var output: String { changed.withLock { console } }
+    public var isRunning: Bool { changed.withLock { status == nil } }
+    /// QEMU's exit status (or 128+signal) once it has exited.
+    public var exitStatus: Int32? { changed.withLock { status } }
+
+    public func consoleTail(_ lines: Int = 30) -> String { tail(output, lines) }
+
+    private func tail(_ text: String, _ lines: Int = 30) -> String {
+        text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
     }
 
     /// Waits until the console shows `text`; returns the seconds since QEMU started.
@@ -50,12 +90,12 @@ public final class GuestVM: @unchecked Sendable {
         let deadline = Date().addingTimeInterval(timeout)
         changed.lock()
         defer { changed.unlock() }
-        while !output.contains(text) {
-            if !process.isRunning {
-                throw VMError("QEMU exited (status \(process.terminationStatus)) before \"\(text)\"; console:\n\(consoleTail())")
+        while !console.contains(text) {
+            if let status {
+                throw VMError("QEMU exited (status \(status)) before \"\(text)\"; console:\n\(tail(console))")
             }
-            if !changed.wait(until: min(deadline, Date().addingTimeInterval(0.2))) && Date() >= deadline {
-                throw VMError("no \"\(text)\" within \(Int(timeout)) s; console:\n\(consoleTail())")
+            if !changed.wait(until: deadline) && Date() >= deadline {
+                throw VMError("no \"\(text)\" within \(Int(timeout)) s; console:\n\(tail(console))")
             }
         }
         return Date().timeIntervalSince(startedAt)
@@ -64,20 +104,20 @@ public final class GuestVM: @unchecked Sendable {
     /// Waits for QEMU to exit by itself (a power-off); returns its exit status.
     public func waitForExit(timeout: TimeInterval) throws -> Int32 {
         let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning {
-            if Date() >= deadline {
-                throw VMError("QEMU still running after \(Int(timeout)) s; console:\n\(consoleTail())")
+        changed.lock()
+        defer { changed.unlock() }
+        while true {
+            if let status { return status }
+            if !changed.wait(until: deadline) && Date() >= deadline {
+                throw VMError("QEMU still running after \(Int(timeout)) s; console:\n\(tail(console))")
             }
-            usleep(20_000)
         }
-        process.waitUntilExit()
-        return process.terminationStatus
     }
 
-    /// SIGKILL and reap; safe to call twice.
+    /// SIGKILL and wait for the exit; safe to call twice.
     public func kill() {
-        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        if isRunning { Foundation.kill(pid, SIGKILL) }
+        _ = try? waitForExit(timeout: 30)
     }
 
     deinit { kill() }

@@ -11,6 +11,7 @@ let usage = """
     usage: vessel-dev demo [--agent PATH]
            vessel-dev bench [--agent PATH] [--count N]
            vessel-dev boot-bench --kernel K --initrd I --baseline-initrd B [--count N]
+           vessel-dev bundle DIR [--tty] -- COMMAND...   (an OCI bundle with a busybox rootfs)
     """
 
 func option(_ name: String, default value: String) -> String {
@@ -203,6 +204,11 @@ let command = CommandLine.arguments.dropFirst().first ?? ""
 do {
     switch command {
     case "demo": try await demo()
+    case "bundle":
+        let args = Array(CommandLine.arguments.dropFirst(2))
+        guard let dir = args.first, let dash = args.firstIndex(of: "--"), dash + 1 < args.count else { print(usage); exit(2) }
+        try? FileManager.default.removeItem(atPath: dir)
+        try OCIBundle.make(at: dir, args: Array(args[(dash + 1)...]), terminal: args.contains("--tty"))
     case "bench": try await bench()
     case "boot-bench": try bootBench()
     case "oci-bench":

@@ -20,8 +20,10 @@ struct vessel_fd_map {
 /// all signal dispositions and the signal mask are reset.
 /// Returns the child's pid (or -errno when clone failed); an exec failure is stored in *exec_errno, read from a
 /// close-on-exec pipe as posix_spawn does; the failed child is then reaped by the caller's reaper.
+/// `pdeathsig` (0 = none) is sent to the child when the calling *thread* exits; `new_session` runs setsid().
 pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
-                   const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno);
+                   const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno,
+                   int pdeathsig, int new_session);
 
 /// fork() whose child becomes a child of our parent (CLONE_PARENT): the exec helper uses it so that
 /// exec'd processes are children of the agent, which reaps them. Returns like fork.
@@ -63,6 +65,13 @@ int vessel_set_no_new_privs(void);
 int vessel_bpf_load_device_program(const uint64_t *insns, uint32_t count, char *log, uint32_t log_size);
 /// Attaches (attach=1) or detaches (attach=0) a device program to a cgroup v2 directory fd.
 int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach);
+
+/// Sends `fd` over a Unix socket with SCM_RIGHTS, `name` as the payload (runc's console-socket protocol).
+int vessel_send_fd(int sock, const char *name, int fd);
+/// Receives one fd sent with SCM_RIGHTS (close-on-exec); the payload goes to `name`. Returns the fd or -errno.
+int vessel_recv_fd(int sock, char *name, size_t name_size);
+int vessel_get_winsize(int fd, uint16_t *rows, uint16_t *cols);
+int vessel_pidfd_open(pid_t pid);
 
 /// GNU-only open flags the Swift Glibc module does not export (same values on x86_64 and arm64).
 #define VESSEL_O_PATH 010000000

@@ -1,0 +1,173 @@
+import Foundation
+import TOMLKit
+import VesselVM
+
+/// /etc/vessel/configuration.toml (or `--config`, or $VESSEL_CONFIG). Every key is optional;
+/// defaults point at what `make` builds: bzImage and initrd.img next to the `vessel` binary (out/).
+public struct RuntimeConfig: Codable, Sendable, Equatable {
+    public struct Hypervisor: Codable, Sendable, Equatable {
+        public var path = "/usr/bin/qemu-system-x86_64"
+        public var kernel = RuntimeConfig.besideExecutable("bzImage")
+        public var initrd = RuntimeConfig.besideExecutable("initrd.img")
+        public var machineType = "q35"
+        public var vcpus = 1
+        public var memoryMiB = 256
+        /// auto = kvm when a guest really boots with it on this host, else tcg (with a warning).
+        public var accelerator = "auto"
+        public var sharedFS = "9p"
+        public var msize9p = 512 * 1024
+        public var kernelParams: [String] = []
+        /// Seconds from QEMU start to a ready agent before the sandbox counts as failed.
+        public var bootTimeout = 120
+
+        enum CodingKeys: String, CodingKey {
+            case path, kernel, initrd, vcpus, accelerator
+            case machineType = "machine_type", memoryMiB = "memory_mib", sharedFS = "shared_fs", msize9p = "msize_9p"
+            case kernelParams = "kernel_params", bootTimeout = "boot_timeout"
+        }
+
+        public init() {}
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            let d = Hypervisor()
+            path = try c.decodeIfPresent(String.self, forKey: .path) ?? d.path
+            kernel = try c.decodeIfPresent(String.self, forKey: .kernel) ?? d.kernel
+            initrd = try c.decodeIfPresent(String.self, forKey: .initrd) ?? d.initrd
+            machineType = try c.decodeIfPresent(String.self, forKey: .machineType) ?? d.machineType
+            vcpus = try c.decodeIfPresent(Int.self, forKey: .vcpus) ?? d.vcpus
+            memoryMiB = try c.decodeIfPresent(Int.self, forKey: .memoryMiB) ?? d.memoryMiB
+            accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? d.accelerator
+            sharedFS = try c.decodeIfPresent(String.self, forKey: .sharedFS) ?? d.sharedFS
+            msize9p = try c.decodeIfPresent(Int.self, forKey: .msize9p) ?? d.msize9p
+            kernelParams = try c.decodeIfPresent([String].self, forKey: .kernelParams) ?? d.kernelParams
+            bootTimeout = try c.decodeIfPresent(Int.self, forKey: .bootTimeout) ?? d.bootTimeout
+        }
+    }
+
+    public struct Agent: Codable, Sendable, Equatable {
+        public var logLevel = "info"
+        public var debugConsole = false
+        /// Seconds for one agent request (container creation under TCG can take a while).
+        public var requestTimeout = 60
+
+        enum CodingKeys: String, CodingKey {
+            case logLevel = "log_level", debugConsole = "debug_console", requestTimeout = "request_timeout"
+        }
+
+        public init() {}
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            logLevel = try c.decodeIfPresent(String.self, forKey: .logLevel) ?? "info"
+            debugConsole = try c.decodeIfPresent(Bool.self, forKey: .debugConsole) ?? false
+            requestTimeout = try c.decodeIfPresent(Int.self, forKey: .requestTimeout) ?? 60
+        }
+    }
+
+    public var hypervisor = Hypervisor()
+    public var agent = Agent()
+
+    public init() {}
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        hypervisor = try c.decodeIfPresent(Hypervisor.self, forKey: .hypervisor) ?? Hypervisor()
+        agent = try c.decodeIfPresent(Agent.self, forKey: .agent) ?? Agent()
+    }
+
+    public static let defaultPath = "/etc/vessel/configuration.toml"
+    public static let environmentVariable = "VESSEL_CONFIG"
+
+    static func besideExecutable(_ name: String) -> String {
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent(name).path
+    }
+
+    /// `explicit` (--config) must exist; otherwise $VESSEL_CONFIG, then the default path, then defaults.
+    public static func load(explicit: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment) throws(RuntimeError) -> (RuntimeConfig, String?) {
+        let path = explicit ?? environment[environmentVariable].flatMap { $0.isEmpty ? nil : $0 }
+        if let path {
+            return (try parse(file: path), path)
+        }
+        if FileManager.default.fileExists(atPath: defaultPath) { return (try parse(file: defaultPath), defaultPath) }
+        return (RuntimeConfig(), nil)
+    }
+
+    public static func parse(file path: String) throws(RuntimeError) -> RuntimeConfig {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw RuntimeError("configuration \(path): cannot read file")
+        }
+        return try parse(text, name: path)
+    }
+
+    public static func parse(_ text: String, name: String = "configuration") throws(RuntimeError) -> RuntimeConfig {
+        let config: RuntimeConfig
+        do {
+            config = try TOMLDecoder(strictDecoding: true).decode(RuntimeConfig.self, from: text)
+        } catch let error as UnexpectedKeysError {
+            let keys = error.keys.keys.sorted().joined(separator: ", ")
+            throw RuntimeError("\(name): unknown key \(keys)")
+        } catch let error as DecodingError {
+            throw RuntimeError("\(name): \(describe(error))")
+        } catch {
+            throw RuntimeError("\(name): \(error)")
+        }
+        try config.validate(name: name)
+        return config
+    }
+
+    func validate(name: String) throws(RuntimeError) {
+        if VMConfig.Machine(rawValue: hypervisor.machineType) == nil {
+            throw RuntimeError("\(name): hypervisor.machine_type \"\(hypervisor.machineType)\" is not q35 or microvm")
+        }
+        if VMConfig.Accelerator(rawValue: hypervisor.accelerator) == nil {
+            throw RuntimeError("\(name): hypervisor.accelerator \"\(hypervisor.accelerator)\" is not auto, kvm or tcg")
+        }
+        if hypervisor.sharedFS != "9p" { throw RuntimeError("\(name): hypervisor.shared_fs \"\(hypervisor.sharedFS)\" is not supported (9p)") }
+        if !(1...64).contains(hypervisor.vcpus) { throw RuntimeError("\(name): hypervisor.vcpus \(hypervisor.vcpus) is not in 1...64") }
+        if hypervisor.memoryMiB < 64 { throw RuntimeError("\(name): hypervisor.memory_mib \(hypervisor.memoryMiB) is below 64") }
+        if !(8192...(16 << 20)).contains(hypervisor.msize9p) { throw RuntimeError("\(name): hypervisor.msize_9p \(hypervisor.msize9p) is not in 8192...16777216") }
+        if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(agent.logLevel) {
+            throw RuntimeError("\(name): agent.log_level \"\(agent.logLevel)\" is not a log level")
+        }
+    }
+
+    /// The guest files must exist before anything is created; the message says which make target builds them.
+    public func checkGuestFiles() throws(RuntimeError) {
+        for (what, path, target) in [("hypervisor.path (QEMU)", hypervisor.path, "apt-get install qemu-system-x86"),
+                                     ("hypervisor.kernel", hypervisor.kernel, "make kernel"),
+                                     ("hypervisor.initrd", hypervisor.initrd, "make initrd")]
+        where !FileManager.default.fileExists(atPath: path) {
+            throw RuntimeError("\(what) \(path) does not exist (\(target) provides it)")
+        }
+    }
+
+    public func toml() -> String {
+        (try? TOMLEncoder().encode(self)) ?? ""
+    }
+}
+
+/// "process.args[0]: expected String, found number" from a DecodingError.
+func describe(_ error: DecodingError) -> String {
+    func path(_ keys: [any CodingKey]) -> String {
+        var out = ""
+        for key in keys {
+            if let index = key.intValue { out += "[\(index)]" } else { out += (out.isEmpty ? "" : ".") + key.stringValue }
+        }
+        return out.isEmpty ? "(top level)" : out
+    }
+    switch error {
+    case .typeMismatch(let type, let context):
+        return "\(path(context.codingPath)): expected \(type)" + (context.debugDescription.isEmpty ? "" : " (\(context.debugDescription))")
+    case .valueNotFound(let type, let context):
+        return "\(path(context.codingPath)): missing \(type) value"
+    case .keyNotFound(let key, let context):
+        return "\(path(context.codingPath + [key])): required field missing"
+    case .dataCorrupted(let context):
+        let underlying = (context.underlyingError as? NSError)?.userInfo[NSDebugDescriptionErrorKey] as? String
+        return "\(path(context.codingPath)): \(underlying ?? context.debugDescription)"
+    @unknown default:
+        return "\(error)"
+    }
+}

@@ -1,0 +1,95 @@
+import Foundation
+import Testing
+import VesselDevSupport
+
+/// The `vessel` binary built next to the tests, run as docker or podman would run it.
+struct VesselCLI {
+    static let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("vessel").path
+    static let kernel = ProcessInfo.processInfo.environment["VESSEL_KERNEL"] ?? ""
+    static let initrd = ProcessInfo.processInfo.environment["VESSEL_INITRD"] ?? ""
+    static var guestAvailable: Bool { !kernel.isEmpty && !initrd.isEmpty }
+
+    let directory: String
+    var root: String { directory + "/root" }
+    var config: String { directory + "/configuration.toml" }
+
+    init() throws {
+        directory = try temporaryDirectory("vessel-cli")
+        let accelerator = ProcessInfo.processInfo.environment["VESSEL_ACCEL"] ?? "auto"
+        try """
+            [hypervisor]
+            kernel = "\(Self.kernel)"
+            initrd = "\(Self.initrd)"
+            accelerator = "\(accelerator)"
+            memory_mib = 256
+            """.write(toFile: config, atomically: true, encoding: .utf8)
+    }
+
+    struct Result {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    /// Runs `vessel --root R --config C ARGS`. Output goes through files, not pipes: a detached
+    /// shim inherits them and would keep a pipe open long after `create` returns.
+    @discardableResult
+    func run(_ arguments: [String], stdin: String? = nil, global: [String] = []) throws -> Result {
+        let token = UUID().uuidString.prefix(8)
+        let out = directory + "/out-\(token)", err = directory + "/err-\(token)", input = directory + "/in-\(token)"
+        FileManager.default.createFile(atPath: out, contents: nil)
+        FileManager.default.createFile(atPath: err, contents: nil)
+        FileManager.default.createFile(atPath: input, contents: Data((stdin ?? "").utf8))
+        defer { for file in [out, err, input] { try? FileManager.default.removeItem(atPath: file) } }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["--root", root, "--config", config] + global + arguments
+        process.standardInput = FileHandle(forReadingAtPath: input)
+        process.standardOutput = FileHandle(forWritingAtPath: out)
+        process.standardError = FileHandle(forWritingAtPath: err)
+        try process.run()
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus,
+                      stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+                      stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+    }
+
+    func bundle(_ args: [String], terminal: Bool = false) throws -> String {
+        let dir = directory + "/bundle-\(UUID().uuidString.prefix(8))"
+        try OCIBundle.make(at: dir, args: args, terminal: terminal)
+        return dir
+    }
+
+    func state(_ id: String) throws -> [String: Any] {
+        let result = try run(["state", id])
+        guard result.status == 0, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] else {
+            throw CLIError("state \(id) failed: \(result.stderr)")
+        }
+        return object
+    }
+
+    /// Nothing of the container may remain: state dir, mounts, sockets, processes.
+    func expectNothingLeft(_ id: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        #expect(!FileManager.default.fileExists(atPath: root + "/" + id), "state dir left", sourceLocation: sourceLocation)
+        let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        #expect(!mountinfo.contains(root), "mounts left: \(mountinfo.split(separator: "\n").filter { $0.contains(root) })",
+                sourceLocation: sourceLocation)
+        let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        let ours = processes.filter { pid in
+            Int(pid) != nil && ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains(root)
+        }
+        #expect(ours.isEmpty, "processes left: \(ours)", sourceLocation: sourceLocation)
+    }
+
+    func cleanUp() {
+        if let ids = try? FileManager.default.contentsOfDirectory(atPath: root) {
+            for id in ids { _ = try? run(["delete", "--force", id]) }
+        }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

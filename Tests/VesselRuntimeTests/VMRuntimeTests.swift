@@ -1,0 +1,152 @@
+import CVessel
+import Foundation
+import Testing
+import VesselRuntime
+
+/// `vessel` driving real QEMU guests (TCG here): the built kernel and initrd, a busybox bundle.
+@Suite(.serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+struct VMRuntimeTests {
+    @Test func runRelaysStdioAndPropagatesTheExitCode() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sh", "-c", "read line; echo got:$line; echo hello from $(hostname); echo to-stderr >&2; exit 42"])
+        let result = try cli.run(["run", "--bundle", bundle, "r1"], stdin: "abc\n")
+        #expect(result.status == 42, "\(result.stderr)")
+        #expect(result.stdout.contains("got:abc"), "stdout: \(result.stdout)\nstderr: \(result.stderr)")
+        #expect(result.stdout.contains("hello from vessel"))
+        #expect(result.stderr.contains("to-stderr"))
+        try cli.expectNothingLeft("r1")
+    }
+
+    @Test func createStartExecKillDelete() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sh", "-c", "echo started; exec sleep 1000"])
+        let pidFile = cli.directory + "/pid"
+        var result = try cli.run(["create", "--bundle", bundle, "--pid-file", pidFile, "c1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        var state = try cli.state("c1")
+        #expect(state["status"] as? String == "created")
+        let pid = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
+        #expect(state["pid"] as? Int == Int(pid) && pid > 0)
+
+        result = try cli.run(["create", "--bundle", bundle, "c1"])
+        #expect(result.status == 1 && result.stderr.contains("container with id exists: c1"), "\(result.stderr)")
+        #expect(try cli.run(["start", "c1"]).status == 0)
+        #expect(try cli.state("c1")["status"] as? String == "running")
+        result = try cli.run(["start", "c1"])
+        #expect(result.status == 1 && result.stderr.contains("cannot start an already running container"), "\(result.stderr)")
+
+        result = try cli.run(["exec", "c1", "sh", "-c", "echo exec-$((6*7)) in $(hostname); exit 3"])
+        #expect(result.status == 3, "\(result.stderr)")
+        #expect(result.stdout.contains("exec-42 in vessel"), "\(result.stdout)")
+        result = try cli.run(["ps", "--format", "json", "c1"])
+        #expect(result.stdout.contains("\(pid)"))
+
+        #expect(try cli.run(["pause", "c1"]).status == 0)
+        #expect(try cli.state("c1")["status"] as? String == "paused")
+        #expect(try cli.run(["resume", "c1"]).status == 0)
+        #expect(try cli.state("c1")["status"] as? String == "running")
+
+        result = try cli.run(["delete", "c1"])
+        #expect(result.status == 1 && result.stderr.contains("cannot delete container c1 that is not stopped: running"), "\(result.stderr)")
+        #expect(try cli.run(["kill", "c1", "KILL"]).status == 0)
+        // The shim exits with the container; the state then says stopped.
+        #expect(ProcessIdentity.waitGone(pid: pid, timeout: 60))
+        #expect(try cli.state("c1")["status"] as? String == "stopped")
+        result = try cli.run(["kill", "c1"])
+        #expect(result.status == 1 && result.stderr.contains("container not running"))
+        #expect(try cli.run(["delete", "c1"]).status == 0)
+        try cli.expectNothingLeft("c1")
+    }
+
+    @Test func terminalThroughTheConsoleSocket() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sh", "-c", "tty; stty size; read answer; echo answer=$answer"], terminal: true)
+        let socketPath = cli.directory + "/console.sock"
+        let listener = try unixListener(socketPath)
+        defer { close(listener) }
+        let received = ReceivedFD()
+        let acceptor = Thread {
+            let connection = accept(listener, nil, nil)
+            var name = [CChar](repeating: 0, count: 256)
+            received.fd = vessel_recv_fd(connection, &name, name.count)
+            close(connection)
+        }
+        acceptor.start()
+        let pidFile = cli.directory + "/pid"
+        var result = try cli.run(["create", "--bundle", bundle, "--console-socket", socketPath, "--pid-file", pidFile, "t1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let master = received.fd
+        #expect(master >= 0)
+        guard master >= 0 else { return }
+        defer { close(master) }
+        _ = vessel_set_winsize(master, 33, 101)
+        result = try cli.run(["start", "t1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        var seen = try readUntil(master, "33 101", timeout: 60)
+        _ = "yes\n".withCString { write(master, $0, 4) }
+        seen += try readUntil(master, "answer=yes", timeout: 60)
+        #expect(seen.contains("/dev/pts/"), "\(seen)")
+        #expect(seen.contains("answer=yes"), "\(seen)")
+        let pid = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
+        #expect(ProcessIdentity.waitGone(pid: pid, timeout: 60))
+        #expect(try cli.run(["delete", "t1"]).status == 0)
+        try cli.expectNothingLeft("t1")
+    }
+
+    @Test func killedQEMUMeansAStoppedContainerAndDeleteCleansUp() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sleep", "1000"])
+        let pidFile = cli.directory + "/pid"
+        #expect(try cli.run(["run", "--detach", "--bundle", bundle, "--pid-file", pidFile, "k1"]).status == 0)
+        #expect(try cli.state("k1")["status"] as? String == "running")
+        let stateFile = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: cli.root + "/k1/state.json"))) as? [String: Any]
+        let qemu = Int32(stateFile?["qemuPid"] as? Int ?? 0)
+        #expect(qemu > 0)
+        kill(qemu, SIGKILL)
+        let shim = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
+        #expect(ProcessIdentity.waitGone(pid: shim, timeout: 60))
+        let state = try cli.state("k1")
+        #expect(state["status"] as? String == "stopped")
+        #expect((state["failure"] as? String)?.contains("QEMU exited") == true, "\(state)")
+        #expect(try cli.run(["delete", "k1"]).status == 0)
+        try cli.expectNothingLeft("k1")
+    }
+}
+
+final class ReceivedFD: @unchecked Sendable {
+    // @unchecked: written by the acceptor thread before `create` returns (the shim sends the fd first).
+    var fd: Int32 = -1
+}
+
+func unixListener(_ path: String) throws -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+    let rc = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    guard fd >= 0, rc == 0, listen(fd, 1) == 0 else { throw CLIError("cannot listen on \(path)") }
+    return fd
+}
+
+func readUntil(_ fd: Int32, _ text: String, timeout: Double) throws -> String {
+    var seen = ""
+    let deadline = Date().addingTimeInterval(timeout)
+    var buffer = [UInt8](repeating: 0, count: 4096)
+    while !seen.contains(text) {
+        guard Date() < deadline else { throw CLIError("no \"\(text)\" within \(timeout) s; got: \(seen)") }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        guard poll(&p, 1, 500) >= 0 else { break }
+        if p.revents & Int16(POLLIN) != 0 {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            seen += String(decoding: buffer[0..<n], as: UTF8.self)
+        }
+    }
+    return seen
+}
