@@ -91,10 +91,12 @@ run: kernel initrd vessel
 	  'echo "hello from a Vessel container: $$(hostname), kernel $$(uname -r), $$(grep -c ^processor /proc/cpuinfo) vCPU"'
 	$(OUT)/vessel run --bundle $(OUT)/demo-bundle vessel-demo-$$$$
 
-bench: agent kernel initrd $(OUT)/poweroff-initrd.img
+bench: agent vessel kernel initrd $(OUT)/poweroff-initrd.img
 	$(SWIFT) build -c release --product vessel-dev
 	.build/release/vessel-dev bench --agent $(OUT)/vessel-agent --count 50
 	.build/release/vessel-dev boot-bench --kernel $(KERNEL) --initrd $(INITRD) --baseline-initrd $(OUT)/poweroff-initrd.img --count 5
+	.build/release/vessel-dev run-bench --vessel $(OUT)/vessel --kernel $(KERNEL) --initrd $(INITRD) \
+	  --baseline-initrd $(OUT)/poweroff-initrd.img --count 10
 
 # The boot benchmark's lower bound: the same kernel with an init that only powers off.
 $(OUT)/poweroff-initrd.img: bench/poweroff-init.c

@@ -107,7 +107,8 @@ let package = Package(
         .target(name: "VesselImage"),
         .executableTarget(name: "vessel-image", dependencies: ["VesselImage"]),
         .testTarget(name: "VesselImageTests", dependencies: ["VesselImage"]),
-        .executableTarget(name: "vessel-dev", dependencies: ["VesselDevSupport", "VesselAgentClient", "VesselProtocol", "VesselVM"]),
+        .executableTarget(name: "vessel-dev", dependencies: ["VesselDevSupport", "VesselAgentClient", "VesselProtocol", "VesselVM",
+                                                           "VesselRuntime", "VesselVsock"]),
         .testTarget(
             name: "VesselProtocolTests",
             dependencies: [

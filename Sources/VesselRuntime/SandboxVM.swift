@@ -34,6 +34,21 @@ public final class SandboxVM: @unchecked Sendable {
                                     options: options)
         }
         backendThread = backend.start()
+        let vmConfig = Self.vmConfig(config, paths: paths)
+        do {
+            vm = try GuestVM(vmConfig, consoleLog: paths.consoleLog, dieWithParent: true)
+        } catch {
+            backend.stop()
+            _ = backendThread.join()
+            throw RuntimeError("start QEMU: \(error)")
+        }
+        if vm.accelerator == .tcg && vmConfig.accelerator == .auto {
+            log.warning("KVM does not work on this host: the guest runs under TCG emulation (slow)")
+        }
+    }
+
+    /// The QEMU command for this sandbox (the benchmark boots its lower bound with the same one).
+    public static func vmConfig(_ config: RuntimeConfig, paths: ContainerPaths) -> VMConfig {
         let h = config.hypervisor
         var vmConfig = VMConfig(kernel: h.kernel, initrd: h.initrd)
         vmConfig.qemu = h.path
@@ -45,16 +60,7 @@ public final class SandboxVM: @unchecked Sendable {
         vmConfig.vsockSocket = paths.vhostUserSocket
         vmConfig.shares = [SharedDirectory(tag: GuestBundle.shareTag, path: paths.shared)]
         vmConfig.qmpSocket = paths.qmpSocket
-        do {
-            vm = try GuestVM(vmConfig, consoleLog: paths.consoleLog, dieWithParent: true)
-        } catch {
-            backend.stop()
-            _ = backendThread.join()
-            throw RuntimeError("start QEMU: \(error)")
-        }
-        if vm.accelerator == .tcg && vmConfig.accelerator == .auto {
-            log.warning("KVM does not work on this host: the guest runs under TCG emulation (slow)")
-        }
+        return vmConfig
     }
 
     /// Blocks until the agent announces itself on the console (no polling of the socket).
@@ -73,8 +79,9 @@ public final class SandboxVM: @unchecked Sendable {
     /// Watches QEMU and the backend: `onFailure` runs once if either dies while `isShuttingDown` is false.
     public func watch(isShuttingDown: @escaping @Sendable () -> Bool, onFailure: @escaping @Sendable (String) -> Void) {
         Thread.detachNewThread { [vm] in
-            let status = (try? vm.waitForExit(timeout: .infinity)) ?? -1
-            if !isShuttingDown() { onFailure("QEMU exited with status \(status)") }
+            var status: Int32?
+            while status == nil { status = try? vm.waitForExit(timeout: 86_400) }
+            if !isShuttingDown() { onFailure("QEMU exited with status \(status!)") }
         }
         Thread.detachNewThread { [backendThread, vm] in
             let result = backendThread.join()

@@ -2,7 +2,9 @@ import Foundation
 import VesselAgentClient
 import VesselDevSupport
 import VesselProtocol
+import VesselRuntime
 import VesselVM
+import VesselVsock
 
 // Developer tool: `demo` runs a busybox container through a host-mode agent; `bench` measures the
 // agent next to crun and runc in one run (the numbers `make bench` prints).
@@ -11,6 +13,7 @@ let usage = """
     usage: vessel-dev demo [--agent PATH]
            vessel-dev bench [--agent PATH] [--count N]
            vessel-dev boot-bench --kernel K --initrd I --baseline-initrd B [--count N]
+           vessel-dev run-bench --vessel PATH --kernel K --initrd I --baseline-initrd B [--count N]
            vessel-dev bundle DIR [--tty] -- COMMAND...   (an OCI bundle with a busybox rootfs)
     """
 
@@ -200,6 +203,84 @@ func bootBench() throws {
     }
 }
 
+/// Runs a command with stdio to /dev/null (no Foundation polling); returns (exit status, milliseconds).
+func timed(_ arguments: [String]) throws -> (Int32, Double) {
+    var pid: pid_t = 0
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    for fd in [0, 1, 2] as [Int32] { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+    let argv = arguments.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    let start = ContinuousClock.now
+    guard posix_spawn(&pid, arguments[0], &actions, nil, argv, environ) == 0 else { throw DevSupportError("cannot spawn \(arguments[0])") }
+    var status: Int32 = 0
+    waitpid(pid, &status, 0)
+    let elapsed = ContinuousClock.now - start
+    return ((status >> 8) & 0xff, Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
+}
+
+func pssKiB(_ pid: Int32) -> Int {
+    let text = (try? String(contentsOfFile: "/proc/\(pid)/smaps_rollup", encoding: .utf8)) ?? ""
+    let line = text.split(separator: "\n").first { $0.hasPrefix("Pss:") } ?? ""
+    return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+}
+
+/// Cold `vessel run BUNDLE` of /bin/true next to the same QEMU command booting a power-off init;
+/// then `vessel exec true` latency and the host PSS of one idle sandbox.
+func runBench() throws {
+    let count = Int(option("--count", default: "10")) ?? 10
+    let vessel = option("--vessel", default: "out/vessel")
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-run-bench-\(getpid())").path
+    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    var config = RuntimeConfig()
+    config.hypervisor.kernel = option("--kernel", default: "out/bzImage")
+    config.hypervisor.initrd = option("--initrd", default: "out/initrd.img")
+    try config.toml().write(toFile: dir + "/config.toml", atomically: true, encoding: .utf8)
+    let cli = [vessel, "--root", dir + "/root", "--config", dir + "/config.toml"]
+    try OCIBundle.make(at: dir + "/true", args: ["true"])
+    try OCIBundle.make(at: dir + "/sleep", args: ["sleep", "100000"])
+
+    var runs: [Double] = [], lower: [Double] = []
+    for i in 0..<count {
+        let (status, ms) = try timed(cli + ["run", "--bundle", dir + "/true", "bench-\(i)"])
+        guard status == 0 else { throw DevSupportError("vessel run failed with status \(status)") }
+        runs.append(ms)
+        // The lower bound: the sandbox's own QEMU command and vsock backend, with an init that powers off.
+        let paths = ContainerPaths(root: dir + "/lower", id: "l\(i)")
+        try FileManager.default.createDirectory(atPath: paths.shared, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: paths.socketDirectory, withIntermediateDirectories: true)
+        let backend = try VsockBackend(vhostUserSocketPath: paths.vhostUserSocket, hybridSocketPath: paths.hybridSocket, guestCID: 3)
+        let thread = backend.start()
+        var vmConfig = SandboxVM.vmConfig(config, paths: paths)
+        vmConfig.initrd = option("--baseline-initrd", default: "out/poweroff-initrd.img")
+        let vm = try GuestVM(vmConfig)
+        _ = try vm.waitForExit(timeout: 120)
+        lower.append(Date().timeIntervalSince(vm.startedAt) * 1000)
+        backend.stop()
+        _ = thread.join()
+        try? FileManager.default.removeItem(atPath: paths.socketDirectory)
+    }
+    let r = median(runs), b = median(lower)
+    print("cold `vessel run` of /bin/true: \(format(r)); same QEMU command with a power-off init: \(format(b)); "
+        + "ratio \(String(format: "%.2f", r / b))x (medians of \(count))")
+
+    guard try timed(cli + ["run", "--detach", "--bundle", dir + "/sleep", "idle"]).0 == 0 else { throw DevSupportError("vessel run --detach failed") }
+    defer { _ = try? timed(cli + ["delete", "--force", "idle"]) }
+    var execs: [Double] = []
+    for _ in 0..<count {
+        let (status, ms) = try timed(cli + ["exec", "idle", "true"])
+        guard status == 0 else { throw DevSupportError("vessel exec failed with status \(status)") }
+        execs.append(ms)
+    }
+    let state = try StateStore(root: dir + "/root").load("idle")
+    sleep(2)
+    let shim = pssKiB(state.pid), qemu = pssKiB(state.qemuPid)
+    print("`vessel exec idle true`: \(format(median(execs))) (median of \(count))")
+    print("host PSS of one idle sandbox: \(shim + qemu) KiB (shim with the vsock backend \(shim) KiB, QEMU \(qemu) KiB)")
+}
+
 let command = CommandLine.arguments.dropFirst().first ?? ""
 do {
     switch command {
@@ -211,6 +292,7 @@ do {
         try OCIBundle.make(at: dir, args: Array(args[(dash + 1)...]), terminal: args.contains("--tty"))
     case "bench": try await bench()
     case "boot-bench": try bootBench()
+    case "run-bench": try runBench()
     case "oci-bench":
         let args = CommandLine.arguments
         try ociBench(runtime: args[2], bundle: args[3], count: Int(args[4]) ?? 10)

@@ -73,11 +73,13 @@ struct VMRuntimeTests {
             var name = [CChar](repeating: 0, count: 256)
             received.fd = vessel_recv_fd(connection, &name, name.count)
             close(connection)
+            received.done.signal()
         }
         acceptor.start()
         let pidFile = cli.directory + "/pid"
         var result = try cli.run(["create", "--bundle", bundle, "--console-socket", socketPath, "--pid-file", pidFile, "t1"])
         #expect(result.status == 0, "\(result.stderr)")
+        #expect(received.done.wait(timeout: .now() + 30) == .success)
         let master = received.fd
         #expect(master >= 0)
         guard master >= 0 else { return }
@@ -118,8 +120,9 @@ struct VMRuntimeTests {
 }
 
 final class ReceivedFD: @unchecked Sendable {
-    // @unchecked: written by the acceptor thread before `create` returns (the shim sends the fd first).
+    // @unchecked: written by the acceptor thread before it signals `done`.
     var fd: Int32 = -1
+    let done = DispatchSemaphore(value: 0)
 }
 
 func unixListener(_ path: String) throws -> Int32 {
