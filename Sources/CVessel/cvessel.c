@@ -17,6 +17,7 @@
 #include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -253,4 +254,11 @@ int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach) {
     attr.attach_flags = attach ? BPF_F_ALLOW_MULTI : 0;
     int rc = (int)syscall(SYS_bpf, attach ? BPF_PROG_ATTACH : BPF_PROG_DETACH, &attr, sizeof(attr));
     return rc < 0 ? -errno : rc;
+}
+
+long vessel_fs_type(const char *path) {
+    struct statfs fs;
+    if (statfs(path, &fs) < 0)
+        return -1;
+    return (long)fs.f_type;
 }

@@ -41,13 +41,19 @@ public enum Agent {
     }
 
     public static func run(_ options: AgentOptions) async throws {
+        var options = options
         let terminationSignals = blockTerminationSignals()
+        let level = Logger.Level(rawValue: options.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = Logger.Level(rawValue: options.logLevel) ?? .info
+            handler.logLevel = level
             return handler
         }
         let logger = Logger(label: "vessel-agent")
+        if !options.noPivot && GuestInit.rootIsInitramfs() {
+            options.noPivot = true
+            logger.info("/ is the initramfs: containers enter their root with MS_MOVE and chroot, not pivot_root")
+        }
         // Helpers are this very binary: keep an fd so a replaced or deleted file cannot matter.
         let exeFD = try Linux.open("/proc/self/exe", O_RDONLY)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -55,7 +61,7 @@ public enum Agent {
         pool.start()
         _ = Reaper.shared
         let termination = Termination()
-        let sandbox = Sandbox(options: options, launcher: Launcher(exeFD: exeFD, group: group, pool: pool, logger: logger), logger: logger)
+        let sandbox = Sandbox(options: options, launcher: Launcher(exeFD: exeFD, group: group, pool: pool, logger: logger, noPivot: options.noPivot), logger: logger)
         let server = TTRPCServer(services: AgentService.make(sandbox, options: options, termination: termination), group: group)
         switch options.serverAddress {
         case .unix(let path): try await server.bind(unixPath: path)

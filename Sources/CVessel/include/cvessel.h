@@ -49,6 +49,8 @@ void vessel_cloexec_from(int from);
 pid_t vessel_reap_one(int nohang, int *status);
 int vessel_reboot_poweroff(void);
 int vessel_pipe2(int fds[2], int flags);
+/// statfs(2)'s f_type (RAMFS_MAGIC, TMPFS_MAGIC...) of the filesystem holding `path`, or -1 with errno.
+long vessel_fs_type(const char *path);
 
 /// Capabilities as 64-bit masks (bit n = capability n), set with capset(2) version 3.
 int vessel_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);
