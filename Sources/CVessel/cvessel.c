@@ -8,6 +8,7 @@
 #include <linux/capability.h>
 #include <linux/sched.h>
 #include <linux/openat2.h>
+#include <linux/vm_sockets.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -15,6 +16,7 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -254,6 +256,27 @@ int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach) {
     attr.attach_flags = attach ? BPF_F_ALLOW_MULTI : 0;
     int rc = (int)syscall(SYS_bpf, attach ? BPF_PROG_ATTACH : BPF_PROG_DETACH, &attr, sizeof(attr));
     return rc < 0 ? -errno : rc;
+}
+
+int vessel_vsock_connect(uint32_t cid, uint32_t port) {
+    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_vm addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    int rc;
+    do {
+        rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
 }
 
 long vessel_fs_type(const char *path) {

@@ -29,7 +29,10 @@ public enum Agent {
             done.signal()
         }
         done.wait { result.withLock { $0 } != nil }
-        if guest { GuestInit.powerOff(log: printError) }
+        if guest {
+            LogForwarder.shared.flush(seconds: 1)
+            GuestInit.powerOff(log: printError)
+        }
         exit(result.withLock { $0 } ?? 1)
     }
 
@@ -43,11 +46,18 @@ public enum Agent {
     public static func run(_ options: AgentOptions) async throws {
         var options = options
         let terminationSignals = blockTerminationSignals()
+        let forwardLogs = options.logPort != nil && !options.hostMode
+        if let port = options.logPort, forwardLogs {
+            LogForwarder.shared.start(port: port)
+        } else {
+            LogForwarder.shared.disable()
+        }
         let level = Logger.Level(rawValue: options.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            var console = StreamLogHandler.standardError(label: label)
+            console.logLevel = level
+            guard forwardLogs else { return console }
+            return MultiplexLogHandler([console, ForwardingLogHandler(label: label, logLevel: level)])
         }
         let logger = Logger(label: "vessel-agent")
         if !options.noPivot && GuestInit.rootIsInitramfs() {
@@ -183,7 +193,9 @@ enum SelfTest {
     }
 }
 
-/// One line on standard error, without touching the C `stderr` global from concurrent code.
+/// One line on standard error, without touching the C `stderr` global from concurrent code, and
+/// to the host's log port when there is one.
 func printError(_ line: String) {
     try? Linux.writeAll(2, Array((line + "\n").utf8))
+    LogForwarder.shared.append(line)
 }

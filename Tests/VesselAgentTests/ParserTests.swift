@@ -88,4 +88,15 @@ struct ParserTests {
         #expect(!MountInfo.rootIsNamespaceRoot(host))
         #expect(!GuestInit.rootIsInitramfs(), "the test host's / is not an initramfs")
     }
+
+    @Test func logForwarderKeepsTheNewestLinesAndCountsTheRest() {
+        let forwarder = LogForwarder()
+        for index in 0..<(LogForwarder.capacity + 6) { forwarder.append("line \(index)") }
+        let (lines, dropped) = forwarder.backlog
+        #expect(lines.count == LogForwarder.capacity && dropped == 6)
+        #expect(lines.first == "line 6" && lines.last == "line \(LogForwarder.capacity + 5)")
+        forwarder.disable()
+        forwarder.append("after")
+        #expect(forwarder.backlog.lines.isEmpty)
+    }
 }
