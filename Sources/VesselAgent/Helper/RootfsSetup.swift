@@ -183,9 +183,19 @@ struct RootfsSetup {
         guard let resolved = realpath(root, nil) else { throw LinuxError(stage: "realpath", detail: root) }
         let newRoot = String(cString: resolved)
         free(resolved)
-        let outside = try MountInfo.read().map(\.mountPoint).filter { point in
-            point != "/" && point != newRoot && !point.hasPrefix(newRoot + "/")
+        // By mount id, not path: the root may be a bind over a storage mounted at the same path.
+        let mounts = try MountInfo.read()
+        guard let rootMount = mounts.last(where: { $0.mountPoint == newRoot }) else {
+            throw LinuxError(stage: "mountinfo", errno: ENOENT, detail: "no mount at \(newRoot)")
         }
+        var keep: Set<Int> = [rootMount.id]
+        var grew = true
+        while grew {
+            let children = mounts.filter { keep.contains($0.parentID) && !keep.contains($0.id) }
+            keep.formUnion(children.map(\.id))
+            grew = !children.isEmpty
+        }
+        let outside = mounts.filter { !keep.contains($0.id) && $0.mountPoint != "/" }.map(\.mountPoint)
         try sys("chdir", root) { chdir(root) }
         try sys("mount --move", root) { Glibc.mount(".", "/", nil, MountFlags.move.rawValue, nil) }
         // Deepest first; a mount that went with its parent answers EINVAL.
