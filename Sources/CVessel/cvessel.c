@@ -16,8 +16,8 @@
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
@@ -212,6 +212,34 @@ int vessel_reboot_poweroff(void) {
 
 int vessel_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 
+int vessel_vsock_connect(uint32_t cid, uint32_t port) {
+    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_vm addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    int rc;
+    do {
+        rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+long vessel_fs_type(const char *path) {
+    struct statfs fs;
+    if (statfs(path, &fs) < 0)
+        return -1;
+    return (long)fs.f_type;
+}
+
 int vessel_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable) {
     struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
     struct __user_cap_data_struct data[2];
@@ -256,32 +284,4 @@ int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach) {
     attr.attach_flags = attach ? BPF_F_ALLOW_MULTI : 0;
     int rc = (int)syscall(SYS_bpf, attach ? BPF_PROG_ATTACH : BPF_PROG_DETACH, &attr, sizeof(attr));
     return rc < 0 ? -errno : rc;
-}
-
-int vessel_vsock_connect(uint32_t cid, uint32_t port) {
-    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return -errno;
-    struct sockaddr_vm addr;
-    memset(&addr, 0, sizeof(addr));
-    addr.svm_family = AF_VSOCK;
-    addr.svm_cid = cid;
-    addr.svm_port = port;
-    int rc;
-    do {
-        rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
-    } while (rc < 0 && errno == EINTR);
-    if (rc < 0) {
-        int err = errno;
-        close(fd);
-        return -err;
-    }
-    return fd;
-}
-
-long vessel_fs_type(const char *path) {
-    struct statfs fs;
-    if (statfs(path, &fs) < 0)
-        return -1;
-    return (long)fs.f_type;
 }
