@@ -27,7 +27,8 @@ struct GuestContainerTests {
                     $0.driver = "9p"
                     $0.source = "vessel"
                     $0.fstype = "9p"
-                    $0.options = ["trans=virtio", "version=9p2000.L", "msize=524288", "nodev"]
+                    // As the runtime's GuestBundle.storage sends them, plus a flag word.
+                    $0.options = ["trans=virtio", "version=9p2000.L", "msize=524288", "cache=mmap", "nodev"]
                     $0.mountPoint = Self.sharedMount
                 }]
             })
