@@ -77,7 +77,7 @@ struct StorageTable {
         a.driver == b.driver && a.source == b.source && a.fstype == b.fstype && a.options == b.options
     }
 
-    /// The mount point's components below `base`, resolved beneath it (RESOLVE_BENEATH): a symlink
+    /// `base` as the root of every lookup, with escapes refused (RESOLVE_BENEATH): a symlink
     /// planted under /run cannot send a mount elsewhere.
     private func beneathBase() throws -> (RootedPath, Int32) {
         try Linux.mkdirAll(base)
