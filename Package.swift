@@ -83,7 +83,7 @@ let package = Package(
         .testTarget(
             name: "VesselVMTests",
             dependencies: [
-                "VesselVM", "VesselVsock", "VesselAgentClient", "VesselProtocol",
+                "VesselVM", "VesselVsock", "VesselAgentClient", "VesselDevSupport", "VesselProtocol",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

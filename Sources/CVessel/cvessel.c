@@ -8,6 +8,7 @@
 #include <linux/capability.h>
 #include <linux/sched.h>
 #include <linux/openat2.h>
+#include <linux/vm_sockets.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -226,6 +228,34 @@ int vessel_reboot_poweroff(void) {
 }
 
 int vessel_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
+int vessel_vsock_connect(uint32_t cid, uint32_t port) {
+    int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct sockaddr_vm addr;
+    memset(&addr, 0, sizeof(addr));
+    addr.svm_family = AF_VSOCK;
+    addr.svm_cid = cid;
+    addr.svm_port = port;
+    int rc;
+    do {
+        rc = connect(fd, (struct sockaddr *)&addr, sizeof(addr));
+    } while (rc < 0 && errno == EINTR);
+    if (rc < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+long vessel_fs_type(const char *path) {
+    struct statfs fs;
+    if (statfs(path, &fs) < 0)
+        return -1;
+    return (long)fs.f_type;
+}
 
 int vessel_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable) {
     struct __user_cap_header_struct header = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};

@@ -29,7 +29,10 @@ public enum Agent {
             done.signal()
         }
         done.wait { result.withLock { $0 } != nil }
-        if guest { GuestInit.powerOff(log: printError) }
+        if guest {
+            LogForwarder.shared.flush(seconds: 1)
+            GuestInit.powerOff(log: printError)
+        }
         exit(result.withLock { $0 } ?? 1)
     }
 
@@ -41,13 +44,26 @@ public enum Agent {
     }
 
     public static func run(_ options: AgentOptions) async throws {
+        var options = options
         let terminationSignals = blockTerminationSignals()
+        let forwardLogs = options.logPort != nil && !options.hostMode
+        if let port = options.logPort, forwardLogs {
+            LogForwarder.shared.start(port: port)
+        } else {
+            LogForwarder.shared.disable()
+        }
+        let level = Logger.Level(rawValue: options.logLevel) ?? .info
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = Logger.Level(rawValue: options.logLevel) ?? .info
-            return handler
+            var console = StreamLogHandler.standardError(label: label)
+            console.logLevel = level
+            guard forwardLogs else { return console }
+            return MultiplexLogHandler([console, ForwardingLogHandler(label: label, logLevel: level)])
         }
         let logger = Logger(label: "vessel-agent")
+        if !options.noPivot && GuestInit.rootIsInitramfs() {
+            options.noPivot = true
+            logger.info("/ is the initramfs: containers enter their root with MS_MOVE and chroot, not pivot_root")
+        }
         // Helpers are this very binary: keep an fd so a replaced or deleted file cannot matter.
         let exeFD = try Linux.open("/proc/self/exe", O_RDONLY)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -55,7 +71,7 @@ public enum Agent {
         pool.start()
         _ = Reaper.shared
         let termination = Termination()
-        let sandbox = Sandbox(options: options, launcher: Launcher(exeFD: exeFD, group: group, pool: pool, logger: logger), logger: logger)
+        let sandbox = Sandbox(options: options, launcher: Launcher(exeFD: exeFD, group: group, pool: pool, logger: logger, noPivot: options.noPivot), logger: logger)
         let server = TTRPCServer(services: AgentService.make(sandbox, options: options, termination: termination), group: group)
         switch options.serverAddress {
         case .unix(let path): try await server.bind(unixPath: path)
@@ -177,7 +193,9 @@ enum SelfTest {
     }
 }
 
-/// One line on standard error, without touching the C `stderr` global from concurrent code.
+/// One line on standard error, without touching the C `stderr` global from concurrent code, and
+/// to the host's log port when there is one.
 func printError(_ line: String) {
     try? Linux.writeAll(2, Array((line + "\n").utf8))
+    LogForwarder.shared.append(line)
 }

@@ -18,6 +18,10 @@ public struct AgentOptions: Sendable {
     public var logPort: UInt32?
     public var containerPipeSize: Int?
     public var hotplugTimeout = 3
+    /// Containers enter their root with MS_MOVE + chroot instead of pivot_root (runc's --no-pivot).
+    /// Forced on when "/" is the initramfs, where pivot_root fails; `--no-pivot` or
+    /// `agent.no_pivot` ask for it anywhere.
+    public var noPivot = false
     /// `agent.selftest=crash,poweroff`: what the boot test asks of PID 1 before the host can reach
     /// the agent (a crashing child must be reaped; a power-off request must end QEMU cleanly).
     public var selftest: [String] = []
@@ -37,11 +41,15 @@ public struct AgentOptions: Sendable {
         throw AgentError.invalidArgument("server address \(text): expected unix:///path or vsock://-1:PORT")
     }
 
-    /// Parses `--server-addr X --run-dir X --log-level X`.
+    /// Parses `--server-addr X --run-dir X --log-level X --no-pivot`.
     public static func parse(_ arguments: [String]) throws -> AgentOptions {
         var options = AgentOptions()
         var rest = arguments[...]
         while let flag = rest.popFirst() {
+            if flag == "--no-pivot" {
+                options.noPivot = true
+                continue
+            }
             guard let value = rest.popFirst() else { throw AgentError.invalidArgument("\(flag) needs a value") }
             switch flag {
             case "--server-addr": options.serverAddress = try parseServerAddress(value)

@@ -64,6 +64,7 @@ enum GuestInit {
             case "debug_console": options.debugConsole = true
             case "debug_console_vport": options.debugConsolePort = UInt32(value) ?? options.debugConsolePort
             case "log_vport": options.logPort = UInt32(value)
+            case "no_pivot": options.noPivot = true
             case "container_pipe_size": options.containerPipeSize = Int(value)
             case "hotplug_timeout": options.hotplugTimeout = Int(value) ?? options.hotplugTimeout
             case "selftest": options.selftest = value.split(separator: ",").map(String.init)
@@ -71,6 +72,14 @@ enum GuestInit {
             }
         }
         return (options, unknown)
+    }
+
+    /// "/" is the kernel's initramfs (ramfs or tmpfs, and the root of the mount tree): there
+    /// pivot_root(2) fails with EINVAL, in every mount namespace cloned from ours.
+    static func rootIsInitramfs() -> Bool {
+        let type = vessel_fs_type("/")
+        guard type == 0x8584_58f6 || type == 0x0102_1994 else { return false }
+        return (try? MountInfo.rootIsNamespaceRoot(MountInfo.read())) ?? false
     }
 
     /// Milliseconds since the kernel started (/proc/uptime).

@@ -31,6 +31,7 @@ struct Launcher {
     let group: any EventLoopGroup
     let pool: NIOThreadPool
     let logger: Logger
+    let noPivot: Bool
 
     /// The container's init, set up inside new namespaces and blocked before exec.
     func createInit(id: String, spec: Grpc_Spec, namespaces: UInt64) async throws -> (ContainerProcess, syncFD: Int32) {
@@ -46,6 +47,7 @@ struct Launcher {
                 $0.hostPid = pid
                 $0.bundle = Hooks.bundle(of: spec)
                 $0.pauseForCreateRuntime = !spec.hooks.createRuntime.isEmpty
+                $0.noPivot = noPivot
             }
             try await blocking { try send(config, agentEnd) }
             var report = try await blocking { [logger] in try receiveReport(agentEnd, logger) }

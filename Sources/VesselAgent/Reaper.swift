@@ -132,4 +132,19 @@ final class Condition: @unchecked Sendable {
         while !ready() { pthread_cond_wait(cond, mutex) }
         pthread_mutex_unlock(mutex)
     }
+
+    /// As `wait(until:)`, giving up after `seconds`; returns whether `ready` held.
+    func wait(seconds: Double, until ready: () -> Bool) -> Bool {
+        var deadline = timespec()
+        clock_gettime(CLOCK_REALTIME, &deadline)
+        let nanoseconds = Int(deadline.tv_nsec) + Int(seconds * 1e9)
+        deadline.tv_sec += nanoseconds / 1_000_000_000
+        deadline.tv_nsec = nanoseconds % 1_000_000_000
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while !ready() {
+            if pthread_cond_timedwait(cond, mutex, &deadline) == ETIMEDOUT { return ready() }
+        }
+        return true
+    }
 }

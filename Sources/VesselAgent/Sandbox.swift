@@ -24,6 +24,8 @@ final class Container {
     var oomReported: UInt64 = 0
     /// The attached device-filter eBPF program (cgroup v2), or -1.
     var deviceProgram: Int32 = -1
+    /// Mount points of the request's storages, released at removal.
+    var storages: [String] = []
 
     init(id: String, spec: Grpc_Spec, initProcess: ContainerProcess, namespaceFDs: [(name: String, fd: Int32)], syncFD: Int32,
          cgroup: Cgroup?) {
@@ -89,6 +91,8 @@ public actor Sandbox {
     var sandboxID = ""
     var hostname = ""
     var containers: [String: Container] = [:]
+    var storages: StorageTable
+    var sandboxStorages: [String] = []
     /// Ids being created: the actor is re-entered while a create awaits its helper.
     var creating: Set<String> = []
 
@@ -96,6 +100,7 @@ public actor Sandbox {
         self.options = options
         self.launcher = launcher
         self.logger = logger
+        self.storages = StorageTable(base: options.hostMode ? options.runDirectory : "/run")
         self.cgroupLayout = Cgroup.detect()
         if cgroupLayout == nil {
             logger.warning("no usable cgroup hierarchy: limits, stats and pause are not available")
@@ -106,14 +111,20 @@ public actor Sandbox {
 
     func createSandbox(_ request: Grpc_CreateSandboxRequest) throws {
         guard sandboxID.isEmpty else { throw AgentError.alreadyExists("sandbox \(sandboxID) already exists") }
+        try Validation.storages(request.storages, base: storages.base)
+        sandboxStorages = try storages.acquire(request.storages, log: logWarning)
         sandboxID = request.sandboxID.isEmpty ? "sandbox" : request.sandboxID
         hostname = request.hostname
     }
 
     func destroySandbox() async {
         for id in containers.keys { try? await removeContainer(id, timeout: 0) }
+        storages.release(sandboxStorages, log: logWarning)
+        sandboxStorages = []
         sandboxID = ""
     }
+
+    private func logWarning(_ line: String) { logger.warning("\(line)") }
 
     // MARK: containers
 
@@ -123,9 +134,22 @@ public actor Sandbox {
         guard containers[id] == nil, !creating.contains(id) else {
             throw AgentError.alreadyExists("container \(id) already exists")
         }
-        let namespaces = try Validation.spec(request.oci)
+        try Validation.storages(request.storages, base: storages.base)
         creating.insert(id)
         defer { creating.remove(id) }
+        // Before the spec's checks: the root may live on one of them.
+        let acquired = try storages.acquire(request.storages, log: logWarning)
+        do {
+            try await createContainer(request, storages: acquired)
+        } catch {
+            storages.release(acquired, log: logWarning)
+            throw error
+        }
+    }
+
+    private func createContainer(_ request: Grpc_CreateContainerRequest, storages: [String]) async throws {
+        let id = request.containerID
+        let namespaces = try Validation.spec(request.oci)
 
         var spec = request.oci
         if spec.hostname.isEmpty && namespaces.contains(.uts) { spec.hostname = hostname }
@@ -139,6 +163,7 @@ public actor Sandbox {
             let names = ["ipc", "uts", "net", "pid", "mnt"]
             let fds = try names.map { ($0, try Linux.open("/proc/\(initProcess.pid)/ns/\($0)", O_RDONLY)) }
             let container = Container(id: id, spec: spec, initProcess: initProcess, namespaceFDs: fds, syncFD: syncFD, cgroup: cgroup)
+            container.storages = storages
             do {
                 if spec.linux.hasResources { try applyResources(spec.linux.resources, to: container) }
                 try cgroup?.add(initProcess.pid)
@@ -197,6 +222,7 @@ public actor Sandbox {
         }
         containers.removeValue(forKey: id)
         container.release()
+        storages.release(container.storages, log: logWarning)
         for process in processes { await process.io.close() }
         do {
             try await Hooks.run(container.spec.hooks.poststop, kind: "poststop",

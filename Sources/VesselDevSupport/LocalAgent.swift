@@ -15,14 +15,15 @@ public final class LocalAgent: @unchecked Sendable {
     public let process: Process
     public let client: AgentClient
 
-    public init(binary: String, logLevel: String = "warning") async throws {
+    /// `arguments` go after the usual ones (e.g. `--no-pivot`).
+    public init(binary: String, logLevel: String = "warning", arguments: [String] = []) async throws {
         directory = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-agent-\(UUID().uuidString.prefix(8))")
         rootfs = directory.appendingPathComponent("rootfs").path
         runDir = directory.appendingPathComponent("run").path
         socket = directory.appendingPathComponent("agent.sock").path
         process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--server-addr", "unix://\(socket)", "--run-dir", runDir, "--log-level", logLevel]
+        process.arguments = ["--server-addr", "unix://\(socket)", "--run-dir", runDir, "--log-level", logLevel] + arguments
         do {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             try BusyboxRootfs.make(at: rootfs)
@@ -49,8 +50,8 @@ public final class LocalAgent: @unchecked Sendable {
     }
 
     /// Runs `body` against a fresh agent and always stops it, whatever `body` does.
-    public static func with<T>(binary: String, _ body: (LocalAgent) async throws -> T) async throws -> T {
-        let agent = try await LocalAgent(binary: binary)
+    public static func with<T>(binary: String, arguments: [String] = [], _ body: (LocalAgent) async throws -> T) async throws -> T {
+        let agent = try await LocalAgent(binary: binary, arguments: arguments)
         do {
             let result = try await body(agent)
             await agent.stop()

@@ -12,8 +12,8 @@ let agentBinary: String = {
 }()
 
 /// Runs a test body against a fresh agent process and always stops it.
-func withAgent(_ body: (LocalAgent) async throws -> Void) async throws {
-    try await LocalAgent.with(binary: agentBinary, body)
+func withAgent(arguments: [String] = [], _ body: (LocalAgent) async throws -> Void) async throws {
+    try await LocalAgent.with(binary: agentBinary, arguments: arguments, body)
 }
 
 /// Short forms for the tests: ids and argv in, strings out.

@@ -97,6 +97,49 @@ struct IsolationTests {
         }
     }
 
+    /// `--no-pivot` (forced in the guest, whose "/" is the initramfs): MS_MOVE + chroot instead of
+    /// pivot_root. The container must still see only its own mounts, and read-only root, masked and
+    /// read-only paths, /proc and /dev must work as with pivot_root.
+    @Test func noPivotContainerSeesOnlyItsOwnMounts() async throws {
+        try await withAgent(arguments: ["--no-pivot"]) { agent in
+            let script = """
+                cat /proc/self/mountinfo; echo ---; \
+                touch /rootfile 2>&1; echo timer_list=$(wc -c < /proc/timer_list); \
+                (echo 1 > /proc/sys/kernel/shmmax) 2>&1; echo shmmni=$(cat /proc/sys/kernel/shmmni); \
+                echo pid=$$; ls /dev/null /dev/pts/ptmx; echo x > /dev/mynull && echo wrote; \
+                ls / | tr '\\n' ' '
+                """
+            var spec = Self.hardened(agent, script)
+            spec.root.readonly = true
+            try await agent.client.createContainer("nopivot", spec: spec)
+            try await agent.client.startContainer("nopivot")
+            let output = try await agent.output("nopivot")
+            #expect(try await agent.client.wait("nopivot") == 0, "\(output)")
+            let mountinfo = output.components(separatedBy: "---")[0]
+            let points = Set(mountinfo.split(separator: "\n").compactMap { $0.split(separator: " ").dropFirst(4).first.map(String.init) })
+            // The spec's mounts and the masks of paths this kernel has: nothing of the host.
+            let own: Set<String> = ["/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/tmp", "/proc/sys"]
+            let masks: Set<String> = ["/proc/kcore", "/proc/timer_list", "/sys/firmware", "/proc/sysrq-trigger"]
+            #expect(points.isSuperset(of: own) && points.isSubset(of: own.union(masks)), "\(mountinfo)")
+            #expect(output.contains("touch: /rootfile: Read-only file system"), "\(output)")
+            #expect(output.contains("timer_list=0\n"))
+            #expect(output.contains("Read-only file system\nshmmni=1234\n"), "\(output)")
+            #expect(output.contains("pid=1\n"))
+            #expect(output.contains("/dev/null\n/dev/pts/ptmx\nwrote\n"), "\(output)")
+            #expect(output.contains("bin dev etc proc root sys tmp"), "\(output)")
+
+            // An exec joins the moved root, not the host's.
+            try await agent.client.createContainer("long", spec: Self.hardened(agent, "sleep 1717"))
+            try await agent.client.startContainer("long")
+            try await agent.exec("long", "e", ["sh", "-c", "ls /; wc -l < /proc/self/mountinfo"])
+            let execOutput = try await agent.output("long", "e")
+            #expect(execOutput.hasPrefix("bin\ndev\netc\nproc\nroot\nsys\ntmp\n"), "\(execOutput)")
+            try await agent.client.removeContainer("long")
+            try await agent.client.removeContainer("nopivot")
+            #expect(agent.leftoverMounts().isEmpty, "\(agent.leftoverMounts())")
+        }
+    }
+
     @Test func badSpecsNameTheFieldAndLeaveNothingBehind() async throws {
         try await withAgent { agent in
             func create(_ id: String, _ change: (inout Grpc_Spec) -> Void) async throws {

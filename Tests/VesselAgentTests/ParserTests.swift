@@ -61,4 +61,42 @@ struct ParserTests {
         #expect(try AgentOptions.parseServerAddress("vsock://-1:1024") == .vsock(port: 1024))
         #expect(throws: AgentError.self) { try AgentOptions.parseServerAddress("tcp://1.2.3.4:5") }
     }
+
+    @Test func agentOptionsForNoPivotAndTheLogPort() throws {
+        let host = try AgentOptions.parse(["--server-addr", "unix:///tmp/a.sock", "--no-pivot", "--log-level", "debug"])
+        #expect(host.noPivot && host.logLevel == "debug" && host.serverAddress == .unix("/tmp/a.sock"))
+        #expect(try AgentOptions.parse([]).noPivot == false)
+        let (guest, unknown) = GuestInit.options(cmdline: "console=ttyS0 agent.log_vport=1025 agent.no_pivot agent.bogus=1\n")
+        #expect(guest.logPort == 1025 && guest.noPivot && !guest.hostMode)
+        #expect(unknown == ["agent.bogus=1"])
+    }
+
+    @Test func mountinfoLinesAndTheInitramfsRoot() {
+        // A guest booted from an initramfs: "/" is its own parent; escapes are undone.
+        let guest = MountInfo.parse("""
+            1 1 0:2 / / rw - rootfs rootfs rw
+            17 1 0:16 / /proc rw,nosuid,nodev,noexec - proc proc rw
+            23 1 0:21 / /run rw,nosuid,nodev shared:5 master:1 - tmpfs tmpfs rw,mode=755
+            30 23 0:27 / /run/vessel/my\\040share rw,relatime - 9p vessel rw,trans=virtio
+            garbage line
+            """)
+        #expect(guest.map(\.mountPoint) == ["/", "/proc", "/run", "/run/vessel/my share"])
+        #expect(guest[2].fsType == "tmpfs" && guest[3].fsType == "9p" && guest[3].source == "vessel")
+        #expect(MountInfo.rootIsNamespaceRoot(guest))
+        // An ordinary root was mounted over the (hidden) rootfs: its parent is not listed.
+        let host = MountInfo.parse("25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n26 25 0:5 / /dev rw - devtmpfs udev rw")
+        #expect(!MountInfo.rootIsNamespaceRoot(host))
+        #expect(!GuestInit.rootIsInitramfs(), "the test host's / is not an initramfs")
+    }
+
+    @Test func logForwarderKeepsTheNewestLinesAndCountsTheRest() {
+        let forwarder = LogForwarder()
+        for index in 0..<(LogForwarder.capacity + 6) { forwarder.append("line \(index)") }
+        let (lines, dropped) = forwarder.backlog
+        #expect(lines.count == LogForwarder.capacity && dropped == 6)
+        #expect(lines.first == "line 6" && lines.last == "line \(LogForwarder.capacity + 5)")
+        forwarder.disable()
+        forwarder.append("after")
+        #expect(forwarder.backlog.lines.isEmpty)
+    }
 }

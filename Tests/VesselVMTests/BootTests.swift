@@ -48,7 +48,9 @@ struct BootTests {
 }
 
 /// A guest with vsock through our hybrid backend; everything is torn down when `body` returns.
-func withVsockGuest<T>(initrd: String, parameters: [String] = [], _ body: (GuestVM, VsockBackend) async throws -> T) async throws -> T {
+/// `shares` are exported with virtio-9p (the guest mounts them by tag).
+func withVsockGuest<T>(initrd: String, parameters: [String] = [], shares: [SharedDirectory] = [],
+                       _ body: (GuestVM, VsockBackend) async throws -> T) async throws -> T {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-vm-\(UUID().uuidString.prefix(8))").path
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -61,6 +63,7 @@ func withVsockGuest<T>(initrd: String, parameters: [String] = [], _ body: (Guest
     var config = VMConfig(kernel: kernel, initrd: initrd)
     config.vsockSocket = backend.vhostUserSocketPath
     config.kernelParameters = parameters
+    config.shares = shares
     let vm = try GuestVM(config)
     defer { vm.kill() }
     try vm.waitFor("vessel-agent ready in", timeout: 120)

@@ -51,6 +51,11 @@ void vessel_cloexec_from(int from);
 pid_t vessel_reap_one(int nohang, int *status);
 int vessel_reboot_poweroff(void);
 int vessel_pipe2(int fds[2], int flags);
+/// A blocking AF_VSOCK stream connection to `cid`:`port` (guest side only); returns the fd
+/// (close-on-exec) or -errno.
+int vessel_vsock_connect(uint32_t cid, uint32_t port);
+/// statfs(2)'s f_type (RAMFS_MAGIC, TMPFS_MAGIC...) of the filesystem holding `path`, or -1 with errno.
+long vessel_fs_type(const char *path);
 
 /// Capabilities as 64-bit masks (bit n = capability n), set with capset(2) version 3.
 int vessel_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable);

@@ -52,7 +52,7 @@ public enum Helper {
             guard let go = try Linux.receiveMessage(syncFD), go.isEmpty else { exit(1) }
         }
         let hooks = config.spec.hooks
-        try RootfsSetup(spec: config.spec, log: log) {
+        try RootfsSetup(spec: config.spec, noPivot: config.noPivot, log: log) {
             try Hooks.runBlocking(hooks.createContainer, kind: "createContainer", state: state(config, "creating"))
         }.run()
         report(.ready)

@@ -6,9 +6,11 @@ import Glibc
 #endif
 
 /// Builds the container's mount namespace in the init helper: private propagation, the rootfs as a
-/// mount point, the spec's mounts resolved inside the rootfs, default /dev, hostname, pivot_root.
+/// mount point, the spec's mounts resolved inside the rootfs, default /dev, hostname, pivot_root
+/// (or, with `noPivot`, a move onto "/" and chroot).
 struct RootfsSetup {
     let spec: Grpc_Spec
+    let noPivot: Bool
     let log: (String) -> Void
     /// The createContainer hooks: in the container's namespaces, mounts done, before pivot_root.
     let beforePivot: () throws -> Void
@@ -36,7 +38,7 @@ struct RootfsSetup {
         }
         try setHostname()
         try beforePivot()
-        try pivot(into: root)
+        if noPivot { try moveRoot(root) } else { try pivot(into: root) }
         // As runc: sysctls before /proc/sys turns read-only, masks last.
         for (key, value) in spec.linux.sysctl.sorted(by: { $0.key < $1.key }) {
             try Linux.writeFile("/proc/sys/" + key.replacingDots(), value)
@@ -167,6 +169,42 @@ struct RootfsSetup {
         try sys("chdir", root) { chdir(root) }
         try sys("pivot_root", root) { vessel_pivot_root(".", ".") }
         try sys("umount old root") { umount2(".", Int32(MNT_DETACH)) }
+        try sys("chdir /") { chdir("/") }
+    }
+
+    /// For a "/" that pivot_root refuses (the initramfs, which has no parent mount), as runc's
+    /// --no-pivot: move the new root onto "/" and chroot into it. Until the chroot, absolute paths
+    /// still resolve from the old root, under the moved mount, so every mount outside the new
+    /// root can then be detached by path: the guest's /proc, /run, the 9p share and the rest, even
+    /// those the new root lived under (detached before the move they would have taken it along).
+    /// What stays is the initramfs itself, underneath: only a chroot escape (CAP_SYS_CHROOT)
+    /// could reach its files, never a guest mount.
+    private func moveRoot(_ root: String) throws {
+        guard let resolved = realpath(root, nil) else { throw LinuxError(stage: "realpath", detail: root) }
+        let newRoot = String(cString: resolved)
+        free(resolved)
+        // By mount id, not path: the root may be a bind over a storage mounted at the same path.
+        let mounts = try MountInfo.read()
+        guard let rootMount = mounts.last(where: { $0.mountPoint == newRoot }) else {
+            throw LinuxError(stage: "mountinfo", errno: ENOENT, detail: "no mount at \(newRoot)")
+        }
+        var keep: Set<Int> = [rootMount.id]
+        var grew = true
+        while grew {
+            let children = mounts.filter { keep.contains($0.parentID) && !keep.contains($0.id) }
+            keep.formUnion(children.map(\.id))
+            grew = !children.isEmpty
+        }
+        let outside = mounts.filter { !keep.contains($0.id) && $0.mountPoint != "/" }.map(\.mountPoint)
+        try sys("chdir", root) { chdir(root) }
+        try sys("mount --move", root) { Glibc.mount(".", "/", nil, MountFlags.move.rawValue, nil) }
+        // Deepest first; a mount that went with its parent answers EINVAL.
+        for point in outside.sorted(by: { $0.split(separator: "/").count > $1.split(separator: "/").count }) {
+            if umount2(point, Int32(MNT_DETACH)) != 0 && errno != EINVAL && errno != ENOENT {
+                throw LinuxError(stage: "umount", detail: point)
+            }
+        }
+        try sys("chroot") { chroot(".") }
         try sys("chdir /") { chdir("/") }
     }
 }

@@ -62,6 +62,10 @@ public nonisolated struct Vessel_HelperConfig: Sendable {
   /// the createRuntime hooks before the mounts and the createContainer hooks happen.
   public var pauseForCreateRuntime: Bool = false
 
+  /// Container init: enter the root with MS_MOVE + chroot instead of pivot_root, which the kernel
+  /// refuses when "/" is the initramfs (the guest) and which runc's --no-pivot also avoids.
+  public var noPivot: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -153,7 +157,7 @@ fileprivate nonisolated let _protobuf_package = "vessel"
 
 nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HelperConfig"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{1}process\0\u{1}namespaces\0\u{3}container_id\0\u{3}host_pid\0\u{1}bundle\0\u{3}pause_for_create_runtime\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{1}process\0\u{1}namespaces\0\u{3}container_id\0\u{3}host_pid\0\u{1}bundle\0\u{3}pause_for_create_runtime\0\u{3}no_pivot\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -168,6 +172,7 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
       case 5: try { try decoder.decodeSingularInt32Field(value: &self.hostPid) }()
       case 6: try { try decoder.decodeSingularStringField(value: &self.bundle) }()
       case 7: try { try decoder.decodeSingularBoolField(value: &self.pauseForCreateRuntime) }()
+      case 8: try { try decoder.decodeSingularBoolField(value: &self.noPivot) }()
       default: break
       }
     }
@@ -199,6 +204,9 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
     if self.pauseForCreateRuntime != false {
       try visitor.visitSingularBoolField(value: self.pauseForCreateRuntime, fieldNumber: 7)
     }
+    if self.noPivot != false {
+      try visitor.visitSingularBoolField(value: self.noPivot, fieldNumber: 8)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -210,6 +218,7 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.hostPid != rhs.hostPid {return false}
     if lhs.bundle != rhs.bundle {return false}
     if lhs.pauseForCreateRuntime != rhs.pauseForCreateRuntime {return false}
+    if lhs.noPivot != rhs.noPivot {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
