@@ -153,7 +153,7 @@ public enum SpecTemplate {
 /// An OCI bundle (config.json + busybox rootfs) as docker or podman would hand it to a runtime.
 public enum OCIBundle {
     public static func make(at path: String, args: [String], terminal: Bool = false, hostname: String = "vessel",
-                            extra: [String: Any] = [:]) throws {
+                            extraMounts: [[String: Any]] = [], extra: [String: Any] = [:]) throws {
         try BusyboxRootfs.make(at: path + "/rootfs")
         var config: [String: Any] = [
             "ociVersion": "1.1.0",
@@ -171,8 +171,8 @@ public enum OCIBundle {
             "root": ["path": "rootfs", "readonly": false],
             "hostname": hostname,
             "mounts": SpecTemplate.busybox(root: "", args: []).mounts.map {
-                ["destination": $0.destination, "type": $0.type, "source": $0.source, "options": $0.options]
-            },
+                ["destination": $0.destination, "type": $0.type, "source": $0.source, "options": $0.options] as [String: Any]
+            } + extraMounts,
             "linux": ["namespaces": ["pid", "mount", "uts", "ipc"].map { ["type": $0] }] as [String: Any],
         ]
         config.merge(extra) { $1 }

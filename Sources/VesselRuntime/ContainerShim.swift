@@ -21,6 +21,13 @@ public enum ContainerShim {
             let state = try store.load(id)
             guard let specBytes = FileManager.default.contents(atPath: paths.specFile),
                   let spec = try? Grpc_Spec(serializedBytes: specBytes) else { throw RuntimeError("container \(id): unreadable \(paths.specFile)") }
+            let cgroup = HostCgroup.relativePath(cgroupsPath: spec.linux.cgroupsPath, id: id)
+            do {
+                let joined = try HostCgroup.join(relativePath: cgroup, pid: getpid())
+                try store.update(id) { (s: inout ContainerState) throws(RuntimeError) in s.hostCgroups = joined }
+            } catch {
+                log.warning("sandbox runs without its own host cgroup: \(error)")
+            }
             let vm = try SandboxVM(config: config, paths: paths, log: log)
             sandbox = vm
             try vm.waitReady()
@@ -71,10 +78,22 @@ public enum ContainerShim {
             TerminalMode.restore()
             exit(255)
         }
-        let status = (try? await streams.wait(id, id)) ?? 255
+        var status: Int32 = 255
+        var failure: String?
+        do {
+            status = try await streams.wait(id, id)
+        } catch {
+            // The agent went away without the process exiting: the sandbox died under us.
+            shuttingDown.store(true, ordering: .releasing)
+            let qemu = try? sandbox.vm.waitForExit(timeout: 2)
+            failure = qemu.map { "QEMU exited with status \($0)" } ?? "lost the agent: \(error)"
+            log.error("sandbox of container \(id) failed: \(failure!)")
+        }
         relay.drain(timeout: 5)
         shuttingDown.store(true, ordering: .releasing)
-        _ = try? store.update(id) { (s: inout ContainerState) throws(RuntimeError) in s.status = .stopped; s.exitStatus = status }
+        _ = try? store.update(id) { (s: inout ContainerState) throws(RuntimeError) in
+            s.status = .stopped; s.exitStatus = status; s.failure = failure
+        }
         await sandbox.shutdown(agent: agent)
         SharedMounts.release(state.sharedMounts)
         TerminalMode.restore()

@@ -69,7 +69,7 @@ extension Runtime {
         let file = store.paths(id).directory + "/exec-\(execID).pb"
         try during("write \(file)") { try process.serializedData().write(to: URL(fileURLWithPath: file)) }
         defer { unlink(file) }
-        return try spawnShim(["__exec", id, execID] + (consoleSocket.map { ["--console-socket", $0] } ?? []), newSession: true)
+        return try spawnShim(["__exec"] + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id, execID], newSession: true)
     }
 
     /// The detached exec helper's side of `execDetached`.

@@ -1,3 +1,4 @@
+import CVessel
 import Foundation
 import NIOPosix
 import VesselAgentClient
@@ -39,17 +40,22 @@ public struct Runtime: Sendable {
         let state = ContainerState(id: id, bundle: bundle.bundle, rootfs: bundle.rootfs, status: .creating, created: rfc3339Now(),
                                    owner: "root", annotations: bundle.oci.annotations ?? [:], terminal: bundle.terminal)
         let paths = try store.create(state)
+        var shimStarted = false
         do {
             let spec = try during("encode the guest spec") { try bundle.guestSpec.serializedData() }
             try during("write \(paths.specFile)") { try spec.write(to: URL(fileURLWithPath: paths.specFile)) }
             let mounts = try SharedMounts.make(bundle.hostMounts, in: paths.shared)
             try store.update(id) { (s: inout ContainerState) throws(RuntimeError) in s.sharedMounts = mounts }
-            let pid = try spawnShim(["__shim", id] + (consoleSocket.map { ["--console-socket", $0] } ?? []), newSession: detachShim)
+            // Flags before the id: like runc's, our parser stops at the first positional argument.
+            let pid = try spawnShim(["__shim"] + (consoleSocket.map { ["--console-socket", $0] } ?? []) + [id], newSession: detachShim)
+            shimStarted = true
             let created = try store.load(id)
             try HostHooks.run(bundle.oci.hooks?.createRuntime, state: created, name: "createRuntime")
             try HostHooks.run(bundle.oci.hooks?.prestart, state: created, name: "prestart")
             return pid
         } catch {
+            // A failing hook comes after the shim reported: its sandbox must go too.
+            if shimStarted, let state = try? store.load(id) { stopSandbox(state) }
             cleanUp(id)
             throw error
         }
@@ -124,7 +130,16 @@ public struct Runtime: Sendable {
     }
 
     public func delete(id: String, force: Bool) throws(RuntimeError) {
-        let state = try store.load(id)
+        let state: ContainerState
+        do {
+            state = try store.load(id)
+        } catch {
+            // As runc: --force of an unknown (or half-created) container succeeds and clears what is there.
+            guard force else { throw error }
+            try StateStore.validate(id: id)
+            cleanUp(id)
+            return
+        }
         switch state.status {
         case .stopped, .created, .creating:
             break
@@ -143,6 +158,9 @@ public struct Runtime: Sendable {
         if ProcessIdentity.isAlive(pid: state.pid, startTime: state.pidStartTime) {
             Foundation.kill(state.pid, SIGKILL)
             _ = ProcessIdentity.waitGone(pid: state.pid, timeout: 10)
+            // Our own child when `create` failed late: a zombie would keep its cgroup busy.
+            var ignored: Int32 = 0
+            _ = waitpid(state.pid, &ignored, WNOHANG)
         }
         // QEMU dies with its shim (parent-death signal); this covers a shim that never set it up.
         if state.qemuPid > 0, let cmdline = try? String(contentsOfFile: "/proc/\(state.qemuPid)/cmdline", encoding: .utf8),
@@ -154,7 +172,10 @@ public struct Runtime: Sendable {
 
     /// Removes everything a container left on the host: mounts, sockets, state directory.
     func cleanUp(_ id: String) {
-        if let state = try? store.load(id) { SharedMounts.release(state.sharedMounts) }
+        if let state = try? store.load(id) {
+            SharedMounts.release(state.sharedMounts)
+            HostCgroup.remove(state.hostCgroups)
+        }
         store.remove(id)
     }
 
@@ -174,34 +195,54 @@ public struct Runtime: Sendable {
     }
 }
 
-/// OCI hooks are host programs, run by the runtime with the container's state on stdin.
+/// OCI hooks are host programs, run by the runtime with the container's state on stdin. argv[0]
+/// is the hook's own (docker's libnetwork-setkey hook is dockerd re-executed under another name).
 enum HostHooks {
     static func run(_ hooks: [OCISpec.Hook]?, state: ContainerState, name: String) throws(RuntimeError) {
         for hook in hooks ?? [] {
             let stateJSON: [String: Any] = ["ociVersion": "1.1.0", "id": state.id, "status": state.status.rawValue,
                                             "pid": state.pid, "bundle": state.bundle, "annotations": state.annotations]
-            let input = (try? JSONSerialization.data(withJSONObject: stateJSON)) ?? Data()
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: hook.path)
-            process.arguments = Array((hook.args ?? [hook.path]).dropFirst())
-            process.environment = Dictionary((hook.env ?? []).compactMap { entry -> (String, String)? in
-                guard let eq = entry.firstIndex(of: "=") else { return nil }
-                return (String(entry[..<eq]), String(entry[entry.index(after: eq)...]))
-            }, uniquingKeysWith: { $1 })
-            let stdin = Pipe()
-            process.standardInput = stdin
-            do { try process.run() } catch { throw RuntimeError("\(name) hook \(hook.path): \(error)") }
-            stdin.fileHandleForWriting.write(input)
-            try? stdin.fileHandleForWriting.close()
-            let deadline = Date().addingTimeInterval(Double(hook.timeout ?? 30))
-            while process.isRunning && Date() < deadline { usleep(5_000) }
-            if process.isRunning {
-                process.terminate()
-                throw RuntimeError("\(name) hook \(hook.path) timed out after \(hook.timeout ?? 30) s")
+            let input = [UInt8]((try? JSONSerialization.data(withJSONObject: stateJSON)) ?? Data())
+            let timeout = Double(hook.timeout ?? 30)
+            let (status, output) = try during("\(name) hook \(hook.path)") {
+                try runHook(path: hook.path, arguments: hook.args ?? [hook.path], environment: hook.env ?? [], input: input, timeout: timeout)
             }
-            if process.terminationStatus != 0 {
-                throw RuntimeError("\(name) hook \(hook.path) exited with status \(process.terminationStatus)")
+            guard let status else { throw RuntimeError("\(name) hook \(hook.path) timed out after \(Int(timeout)) s") }
+            if status != 0 {
+                let said = String(decoding: output.prefix(500), as: UTF8.self).split(separator: "\n").joined(separator: "; ")
+                throw RuntimeError("\(name) hook \(hook.path) exited with status \(status): \(said)")
             }
         }
+    }
+
+    /// Returns the exit status (nil after a timeout, the hook then killed) and what it printed.
+    static func runHook(path: String, arguments: [String], environment: [String], input: [UInt8], timeout: Double) throws -> (Int32?, [UInt8]) {
+        // Output goes to an unnamed file: a chatty hook must not block on a full pipe nobody reads yet.
+        let output = open("/tmp", VESSEL_O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600)
+        guard output >= 0 else { throw LinuxError(stage: "open O_TMPFILE /tmp") }
+        defer { close(output) }
+        let stdin = try Linux.pipe()
+        let spawned: SpawnResult
+        do {
+            spawned = try spawn(exeFD: -1, path: path, arguments: arguments, environment: environment,
+                                fds: [(stdin.read, 0), (output, 1), (output, 2)])
+        } catch {
+            for fd in [stdin.read, stdin.write] { close(fd) }
+            throw error
+        }
+        close(stdin.read)
+        signal(SIGPIPE, SIG_IGN)
+        _ = try? Linux.writeAll(stdin.write, input)
+        close(stdin.write)
+        var collected: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        let exited = ProcessIdentity.waitGone(pid: spawned.pid, timeout: timeout)
+        if !exited { kill(spawned.pid, SIGKILL) }
+        var raw: Int32 = 0
+        while waitpid(spawned.pid, &raw, 0) < 0 && errno == EINTR {}
+        let n = pread(output, &buffer, buffer.count, 0)
+        if n > 0 { collected = Array(buffer[0..<n]) }
+        if spawned.execErrno != 0 { throw LinuxError(stage: "execve", errno: spawned.execErrno, detail: path) }
+        return (exited ? ((raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)) : nil, collected)
     }
 }

@@ -78,17 +78,16 @@ public final class SandboxVM: @unchecked Sendable {
 
     /// Watches QEMU and the backend: `onFailure` runs once if either dies while `isShuttingDown` is false.
     public func watch(isShuttingDown: @escaping @Sendable () -> Bool, onFailure: @escaping @Sendable (String) -> Void) {
+        let once = FailureOnce(isShuttingDown: isShuttingDown, onFailure: onFailure)
         Thread.detachNewThread { [vm] in
             var status: Int32?
             while status == nil { status = try? vm.waitForExit(timeout: 86_400) }
-            if !isShuttingDown() { onFailure("QEMU exited with status \(status!)") }
+            once.fail("QEMU exited with status \(status!)")
         }
         Thread.detachNewThread { [backendThread, vm] in
             let result = backendThread.join()
-            if !isShuttingDown() {
-                vm.kill()
-                onFailure("the vsock backend stopped (\(result))")
-            }
+            if !isShuttingDown() { vm.kill() }
+            once.fail("the vsock backend stopped (\(result))")
         }
     }
 
@@ -101,5 +100,27 @@ public final class SandboxVM: @unchecked Sendable {
         backend.stop()
         _ = backendThread.join()
         try? FileManager.default.removeItem(atPath: paths.socketDirectory)
+    }
+}
+
+/// Both watchers may see the same death: the failure is handled by the first one only.
+private final class FailureOnce: @unchecked Sendable {
+    // @unchecked: `fired` is only touched under `lock`.
+    private let lock = NSLock()
+    private var fired = false
+    private let isShuttingDown: @Sendable () -> Bool
+    private let onFailure: @Sendable (String) -> Void
+
+    init(isShuttingDown: @escaping @Sendable () -> Bool, onFailure: @escaping @Sendable (String) -> Void) {
+        self.isShuttingDown = isShuttingDown
+        self.onFailure = onFailure
+    }
+
+    func fail(_ reason: String) {
+        let first = lock.withLock { () -> Bool in
+            defer { fired = true }
+            return !fired && !isShuttingDown()
+        }
+        if first { onFailure(reason) }
     }
 }

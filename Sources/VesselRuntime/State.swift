@@ -25,6 +25,8 @@ public struct ContainerState: Codable, Sendable {
     public var failure: String?
     /// Host bind mounts made for the guest's 9p share, undone by delete.
     public var sharedMounts: [String] = []
+    /// Host cgroup directories holding the shim and QEMU, removed by delete.
+    public var hostCgroups: [String] = []
 }
 
 /// Paths of one container. Sockets live under a short per-container directory because runtime

@@ -182,35 +182,51 @@ public final class VsockBackend: Sendable {
     }
 }
 
-/// A joinable POSIX thread running a backend.
+/// A POSIX thread running a backend; any number of threads may `join()` it, at any time.
 public final class BackendThread: @unchecked Sendable {
-    private var thread = pthread_t()
-    private final class Box {
+    // @unchecked: `result` is written once under `mutex` and read under it.
+    private final class State {
         let body: @Sendable () -> Result<VsockBackend.Exit, LinuxError>
         var result: Result<VsockBackend.Exit, LinuxError>?
-        init(_ body: @escaping @Sendable () -> Result<VsockBackend.Exit, LinuxError>) { self.body = body }
+        let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+        let finished = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+        init(_ body: @escaping @Sendable () -> Result<VsockBackend.Exit, LinuxError>) {
+            self.body = body
+            pthread_mutex_init(mutex, nil)
+            pthread_cond_init(finished, nil)
+        }
+        deinit {
+            pthread_cond_destroy(finished)
+            pthread_mutex_destroy(mutex)
+            finished.deallocate()
+            mutex.deallocate()
+        }
     }
-    private let box: Box
-    private var joined = false
+    private let state: State
 
     init(_ body: @escaping @Sendable () -> Result<VsockBackend.Exit, LinuxError>) {
-        box = Box(body)
-        let arg = Unmanaged.passRetained(box).toOpaque()
+        state = State(body)
+        var thread = pthread_t()
+        let arg = Unmanaged.passRetained(state).toOpaque()
         let rc = pthread_create(&thread, nil, { arg in
-            let b = Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue()
-            b.result = b.body()
+            let s = Unmanaged<State>.fromOpaque(arg!).takeRetainedValue()
+            let result = s.body()
+            pthread_mutex_lock(s.mutex)
+            s.result = result
+            pthread_cond_broadcast(s.finished)
+            pthread_mutex_unlock(s.mutex)
             return nil
         }, arg)
         precondition(rc == 0, "pthread_create failed: \(rc)")
+        pthread_detach(thread)
     }
 
-    /// Waits for the thread (call once).
+    /// Waits until the backend has returned.
     @discardableResult
     public func join() -> Result<VsockBackend.Exit, LinuxError> {
-        if !joined {
-            pthread_join(thread, nil)
-            joined = true
-        }
-        return box.result ?? .failure(LinuxError(stage: "backend thread", errno: 0))
+        pthread_mutex_lock(state.mutex)
+        defer { pthread_mutex_unlock(state.mutex) }
+        while state.result == nil { pthread_cond_wait(state.finished, state.mutex) }
+        return state.result!
     }
 }

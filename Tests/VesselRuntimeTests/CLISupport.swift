@@ -54,9 +54,9 @@ struct VesselCLI {
                       stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
     }
 
-    func bundle(_ args: [String], terminal: Bool = false) throws -> String {
+    func bundle(_ args: [String], terminal: Bool = false, extraMounts: [[String: Any]] = []) throws -> String {
         let dir = directory + "/bundle-\(UUID().uuidString.prefix(8))"
-        try OCIBundle.make(at: dir, args: args, terminal: terminal)
+        try OCIBundle.make(at: dir, args: args, terminal: terminal, extraMounts: extraMounts)
         return dir
     }
 
@@ -79,6 +79,9 @@ struct VesselCLI {
             Int(pid) != nil && ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains(root)
         }
         #expect(ours.isEmpty, "processes left: \(ours)", sourceLocation: sourceLocation)
+        let cgroups = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [])
+            .map { "/sys/fs/cgroup/\($0)/vessel/\(id)" }.filter { FileManager.default.fileExists(atPath: $0) }
+        #expect(cgroups.isEmpty, "cgroups left: \(cgroups)", sourceLocation: sourceLocation)
     }
 
     func cleanUp() {

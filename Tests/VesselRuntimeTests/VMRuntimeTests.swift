@@ -1,6 +1,7 @@
 import CVessel
 import Foundation
 import Testing
+import VesselDevSupport
 import VesselRuntime
 
 /// `vessel` driving real QEMU guests (TCG here): the built kernel and initrd, a busybox bundle.
@@ -21,7 +22,10 @@ struct VMRuntimeTests {
     @Test func createStartExecKillDelete() throws {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
-        let bundle = try cli.bundle(["sh", "-c", "echo started; exec sleep 1000"])
+        // Podman and docker ask for a v1 "cgroup" mount; on the guest's cgroup2 it must become cgroup2.
+        let cgroupMount: [String: Any] = ["destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                                          "options": ["nosuid", "noexec", "nodev", "ro"]]
+        let bundle = try cli.bundle(["sh", "-c", "echo started; exec sleep 1000"], extraMounts: [cgroupMount])
         let pidFile = cli.directory + "/pid"
         var result = try cli.run(["create", "--bundle", bundle, "--pid-file", pidFile, "c1"])
         #expect(result.status == 0, "\(result.stderr)")
@@ -40,6 +44,8 @@ struct VMRuntimeTests {
         result = try cli.run(["exec", "c1", "sh", "-c", "echo exec-$((6*7)) in $(hostname); exit 3"])
         #expect(result.status == 3, "\(result.stderr)")
         #expect(result.stdout.contains("exec-42 in vessel"), "\(result.stdout)")
+        result = try cli.run(["exec", "c1", "sh", "-c", "grep ' /sys/fs/cgroup ' /proc/mounts; cat /sys/fs/cgroup/cgroup.controllers"])
+        #expect(result.stdout.contains("cgroup2") && result.stdout.contains("pids"), "\(result.stdout) \(result.stderr)")
         result = try cli.run(["ps", "--format", "json", "c1"])
         #expect(result.stdout.contains("\(pid)"))
 
@@ -63,7 +69,8 @@ struct VMRuntimeTests {
     @Test func terminalThroughTheConsoleSocket() throws {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
-        let bundle = try cli.bundle(["sh", "-c", "tty; stty size; read answer; echo answer=$answer"], terminal: true)
+        let bundle = try cli.bundle(["sh", "-c", "test -t 0 && echo stdin-is-a-terminal; stty size; read answer; echo answer=$answer"],
+                                    terminal: true)
         let socketPath = cli.directory + "/console.sock"
         let listener = try unixListener(socketPath)
         defer { close(listener) }
@@ -90,12 +97,33 @@ struct VMRuntimeTests {
         var seen = try readUntil(master, "33 101", timeout: 60)
         _ = "yes\n".withCString { write(master, $0, 4) }
         seen += try readUntil(master, "answer=yes", timeout: 60)
-        #expect(seen.contains("/dev/pts/"), "\(seen)")
+        #expect(seen.contains("stdin-is-a-terminal"), "\(seen)")
         #expect(seen.contains("answer=yes"), "\(seen)")
         let pid = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
         #expect(ProcessIdentity.waitGone(pid: pid, timeout: 60))
         #expect(try cli.run(["delete", "t1"]).status == 0)
         try cli.expectNothingLeft("t1")
+    }
+
+    /// OCI hooks run on the host with the state on stdin; a failing prestart hook fails `create`
+    /// and takes the already booted sandbox with it.
+    @Test func hostHooksGetTheStateAndAFailingHookLeavesNothing() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let seen = cli.directory + "/hook-state.json"
+        let dir = cli.directory + "/hooks"
+        try OCIBundle.make(at: dir, args: ["true"], extra: ["hooks": [
+            "createRuntime": [["path": "/bin/sh", "args": ["sh", "-c", "cat > \(seen)"]]],
+            "prestart": [["path": "/bin/sh", "args": ["sh", "-c", "echo refusing; exit 3"]]],
+        ]])
+        let result = try cli.run(["create", "--bundle", dir, "h1"])
+        #expect(result.status == 1)
+        #expect(result.stderr.contains("prestart hook /bin/sh exited with status 3: refusing"), "\(result.stderr)")
+        let state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: seen))) as? [String: Any]
+        #expect(state?["id"] as? String == "h1")
+        #expect((state?["pid"] as? Int ?? 0) > 0)
+        #expect(state?["bundle"] as? String == dir)
+        try cli.expectNothingLeft("h1")
     }
 
     @Test func killedQEMUMeansAStoppedContainerAndDeleteCleansUp() throws {

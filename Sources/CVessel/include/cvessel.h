@@ -80,6 +80,7 @@ int vessel_pidfd_open(pid_t pid);
 
 /// GNU-only open flags the Swift Glibc module does not export (same values on x86_64 and arm64).
 #define VESSEL_O_PATH 010000000
+#define VESSEL_O_TMPFILE 020200000
 
 
 #ifdef __cplusplus

@@ -111,7 +111,10 @@ struct RootfsSetup {
             flags.insert(.bind)
             try Linux.mount(mount.source, procFDPath(target), nil, flags.subtracting([.readOnly, .remount]).rawValue, nil)
         } else {
-            let type = mount.type == "" ? "tmpfs" : mount.type
+            var type = mount.type == "" ? "tmpfs" : mount.type
+            // As runc on a unified host: a v1 "cgroup" mount would steal controllers from the
+            // guest's cgroup2 hierarchy (for every container, not just this one).
+            if type == "cgroup" && Linux.exists("/sys/fs/cgroup/cgroup.controllers") { type = "cgroup2" }
             let source = mount.source == "" ? type : mount.source
             if Glibc.mount(source, procFDPath(target), type, flags.rawValue, options.dataString) != 0 {
                 let error = LinuxError(stage: "mount", detail: "\(type) on \(mount.destination) (\(field))")
