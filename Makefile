@@ -97,6 +97,8 @@ bench: agent vessel kernel initrd $(OUT)/poweroff-initrd.img
 	.build/release/vessel-dev boot-bench --kernel $(KERNEL) --initrd $(INITRD) --baseline-initrd $(OUT)/poweroff-initrd.img --count 5
 	.build/release/vessel-dev run-bench --vessel $(OUT)/vessel --kernel $(KERNEL) --initrd $(INITRD) \
 	  --baseline-initrd $(OUT)/poweroff-initrd.img --count 10
+	@# Hybrid vsock through a TCG guest next to a Unix socketpair (the ceiling), measured by the VM test's guest.
+	@VESSEL_KERNEL=$(abspath $(KERNEL)) $(SWIFT) test --filter 'guestEndToEnd|socketpairNumbers' 2>&1 | grep VSOCK-BENCH
 
 # The boot benchmark's lower bound: the same kernel with an init that only powers off.
 $(OUT)/poweroff-initrd.img: bench/poweroff-init.c

@@ -58,7 +58,9 @@ public enum HostCgroup {
     /// Removes the leaf directories (and an empty "vessel" parent); they must be empty of processes.
     public static func remove(_ directories: [String]) {
         for directory in directories {
-            rmdir(directory)
+            // A just-killed shim or QEMU stays in the cgroup as a zombie until its new parent (init)
+            // reaps it: EBUSY for a moment.
+            for _ in 0..<150 where rmdir(directory) != 0 && errno == EBUSY { usleep(20_000) }
             let parent = (directory as NSString).deletingLastPathComponent
             if parent.hasSuffix("/vessel") { rmdir(parent) }
         }

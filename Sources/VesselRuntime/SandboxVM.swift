@@ -96,7 +96,14 @@ public final class SandboxVM: @unchecked Sendable {
         if let agent, vm.isRunning {
             _ = try? await agent.call("DestroySandbox", Grpc_DestroySandboxRequest())
         }
-        if (try? vm.waitForExit(timeout: 10)) == nil { vm.kill() }
+        // A guest that does not power off is asked to quit through QMP, then killed.
+        if (try? vm.waitForExit(timeout: 10)) == nil {
+            if let qmp = try? QMPClient(socketPath: paths.qmpSocket) {
+                try? qmp.quit()
+                qmp.close()
+            }
+            if (try? vm.waitForExit(timeout: 3)) == nil { vm.kill() }
+        }
         backend.stop()
         _ = backendThread.join()
         try? FileManager.default.removeItem(atPath: paths.socketDirectory)

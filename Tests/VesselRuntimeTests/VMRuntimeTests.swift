@@ -147,6 +147,29 @@ struct VMRuntimeTests {
     }
 }
 
+extension VMRuntimeTests {
+    /// The vsock backend is a thread of the shim: killing the shim kills the backend, and QEMU
+    /// follows (parent-death signal); the container is reported stopped and delete cleans up.
+    @Test func killedShimAndBackendMeanAStoppedContainer() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sleep", "1000"])
+        let pidFile = cli.directory + "/pid"
+        #expect(try cli.run(["run", "--detach", "--bundle", bundle, "--pid-file", pidFile, "s1"]).status == 0)
+        let stateFile = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: cli.root + "/s1/state.json"))) as? [String: Any]
+        let qemu = Int32(stateFile?["qemuPid"] as? Int ?? 0)
+        let shim = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
+        #expect(qemu > 0 && shim > 0)
+        kill(shim, SIGKILL)
+        #expect(ProcessIdentity.waitGone(pid: qemu, timeout: 30), "QEMU outlived its shim")
+        #expect(try cli.state("s1")["status"] as? String == "stopped")
+        let result = try cli.run(["exec", "s1", "true"])
+        #expect(result.status == 1 && result.stderr.contains("cannot exec in a stopped container"), "\(result.stderr)")
+        #expect(try cli.run(["delete", "s1"]).status == 0)
+        try cli.expectNothingLeft("s1")
+    }
+}
+
 final class ReceivedFD: @unchecked Sendable {
     // @unchecked: written by the acceptor thread before it signals `done`.
     var fd: Int32 = -1

@@ -64,6 +64,7 @@ func withVsockGuest<T>(initrd: String, parameters: [String] = [], shares: [Share
     config.vsockSocket = backend.vhostUserSocketPath
     config.kernelParameters = parameters
     config.shares = shares
+    config.qmpSocket = dir + "/qmp.sock"
     let vm = try GuestVM(config)
     defer { vm.kill() }
     try vm.waitFor("vessel-agent ready in", timeout: 120)
@@ -84,6 +85,10 @@ struct GuestAgentOverVsockTests {
             let details = try await client.call("GetGuestDetails", Grpc_GuestDetailsRequest.with { $0.memBlockSize = true },
                                                 as: Grpc_GuestDetailsResponse.self)
             #expect(details.agentDetails.initDaemon)
+            // QMP answers next to the agent (the runtime's fallback for a guest that will not power off).
+            let qmp = try QMPClient(socketPath: vm.config.qmpSocket!)
+            #expect(try qmp.status() == "running")
+            qmp.close()
             try await client.call("DestroySandbox", Grpc_DestroySandboxRequest())
             await client.close()
             try? await group.shutdownGracefully()
@@ -116,6 +121,11 @@ struct DebugConsoleTests {
         }
         #expect(seen.contains("console-42 "), "console output: \(seen)\nguest console:\n\(vm.consoleTail())")
         #expect(seen.contains("/dev/pts/"), "the shell runs on a pty: \(seen)")
+        // QMP's quit ends a guest from the outside.
+        let qmp = try QMPClient(socketPath: vm.config.qmpSocket!)
+        try qmp.quit()
+        qmp.close()
+        #expect(try vm.waitForExit(timeout: 30) == 0)
         }
     }
 }

@@ -1,0 +1,60 @@
+import Foundation
+
+/// A minimal QMP client (QEMU's JSON control socket): enough to ask for the run state and to quit
+/// a guest that did not power itself off.
+public struct QMPClient {
+    let fd: Int32
+
+    /// Connects, reads the greeting and negotiates capabilities.
+    public init(socketPath: String, timeoutMilliseconds: Int32 = 2_000) throws {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw VMError("QMP: no socket") }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(socketPath.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { Glibc.close(fd); throw VMError("QMP: path too long") }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { Glibc.close(fd); throw VMError("QMP: cannot connect to \(socketPath): \(String(cString: strerror(errno)))") }
+        var timeout = timeval(tv_sec: Int(timeoutMilliseconds / 1000), tv_usec: Int(timeoutMilliseconds % 1000) * 1000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        self.fd = fd
+        _ = try readMessage()  // {"QMP": {...}}
+        _ = try execute("qmp_capabilities")
+    }
+
+    public func close() { Glibc.close(fd) }
+
+    /// Sends one command and returns its "return" object (events that arrive first are skipped).
+    public func execute(_ command: String) throws -> [String: Any] {
+        let line = "{\"execute\": \"\(command)\"}\n"
+        guard line.withCString({ write(fd, $0, strlen($0)) }) > 0 else { throw VMError("QMP: write failed") }
+        while true {
+            let message = try readMessage()
+            if let error = message["error"] as? [String: Any] { throw VMError("QMP \(command): \(error["desc"] ?? error)") }
+            if let result = message["return"] { return result as? [String: Any] ?? [:] }
+        }
+    }
+
+    /// "running", "paused", "shutdown"...
+    public func status() throws -> String { try execute("query-status")["status"] as? String ?? "unknown" }
+
+    public func quit() throws { _ = try? execute("quit") }
+
+    private func readMessage() throws -> [String: Any] {
+        var line = [UInt8]()
+        var byte: UInt8 = 0
+        while true {
+            let n = read(fd, &byte, 1)
+            guard n == 1 else { throw VMError("QMP: connection closed") }
+            if byte == UInt8(ascii: "\n") { break }
+            line.append(byte)
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
+            throw VMError("QMP: not JSON: \(String(decoding: line, as: UTF8.self))")
+        }
+        return object
+    }
+}
