@@ -21,6 +21,27 @@ public enum Linux {
         return (fds[0], fds[1])
     }
 
+    /// A connected, close-on-exec Unix stream socket.
+    public static func connectUnix(_ path: String) throws(LinuxError) -> Int32 {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw LinuxError(stage: "connect", errno: ENAMETOOLONG, detail: path)
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 {
+            let error = LinuxError(stage: "connect", detail: path)
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
+    }
+
     public static func openPTY() throws(LinuxError) -> (master: Int32, slave: Int32) {
         var master: Int32 = -1, slave: Int32 = -1
         let rc = vessel_openpty(&master, &slave)

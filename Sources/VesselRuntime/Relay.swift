@@ -129,24 +129,14 @@ public enum ConsoleSocket {
             cfmakeraw(&raw)
             tcsetattr(slave, TCSANOW, &raw)
         }
-        let sock = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        defer { close(sock) }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socketPath.utf8)
-        guard sock >= 0, bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            close(slave)
-            throw RuntimeError("console socket \(socketPath): path too long or no socket")
-        }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(sock, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if connected != 0 {
-            let error = LinuxError(stage: "connect")
+        let sock: Int32
+        do {
+            sock = try Linux.connectUnix(socketPath)
+        } catch {
             close(slave)
             throw RuntimeError(stage: "console socket \(socketPath)", error)
         }
+        defer { close(sock) }
         let rc = vessel_send_fd(sock, "/dev/ptmx", master)
         if rc < 0 {
             close(slave)

@@ -1,4 +1,5 @@
 import Foundation
+import VesselLinux
 
 /// A minimal QMP client (QEMU's JSON control socket): enough to ask for the run state and to quit
 /// a guest that did not power itself off.
@@ -7,17 +8,8 @@ public struct QMPClient {
 
     /// Connects, reads the greeting and negotiates capabilities.
     public init(socketPath: String, timeoutMilliseconds: Int32 = 2_000) throws {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw VMError("QMP: no socket") }
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(socketPath.utf8)
-        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { Glibc.close(fd); throw VMError("QMP: path too long") }
-        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard rc == 0 else { Glibc.close(fd); throw VMError("QMP: cannot connect to \(socketPath): \(String(cString: strerror(errno)))") }
+        let fd: Int32
+        do { fd = try Linux.connectUnix(socketPath) } catch { throw VMError("QMP: \(error)") }
         var timeout = timeval(tv_sec: Int(timeoutMilliseconds / 1000), tv_usec: Int(timeoutMilliseconds % 1000) * 1000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         self.fd = fd
