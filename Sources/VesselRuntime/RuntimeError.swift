@@ -20,10 +20,12 @@ public struct RuntimeError: Error, CustomStringConvertible, Sendable {
 
 /// Wraps failures from the libraries below (Linux, VM, vsock, ttrpc) as a RuntimeError that says
 /// what the runtime was doing.
+@discardableResult
 public func during<T>(_ what: String, _ body: () throws -> T) throws(RuntimeError) -> T {
     do { return try body() } catch let error as RuntimeError { throw error } catch { throw RuntimeError("\(what): \(error)") }
 }
 
+@discardableResult
 nonisolated(nonsending) public func during<T>(_ what: String, _ body: () async throws -> T) async throws(RuntimeError) -> T {
     do { return try await body() } catch let error as RuntimeError { throw error } catch { throw RuntimeError("\(what): \(error)") }
 }

@@ -199,7 +199,7 @@ func bootBench() throws {
     print("agent RSS at ready (PID 1): \(rss.sorted()[rss.count / 2]) KiB")
     for (name, path) in [("initrd", initrd), ("kernel", kernel)] {
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
-        print("\(name) \(path): \(size ?? 0) bytes")
+        print("\(name) \(path): \(size) bytes")
     }
 }
 
@@ -251,7 +251,10 @@ func runBench() throws {
         let paths = ContainerPaths(root: dir + "/lower", id: "l\(i)")
         try FileManager.default.createDirectory(atPath: paths.shared, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: paths.socketDirectory, withIntermediateDirectories: true)
-        let backend = try VsockBackend(vhostUserSocketPath: paths.vhostUserSocket, hybridSocketPath: paths.hybridSocket, guestCID: 3)
+        var options = VsockBackend.Options()
+        options.logger.logLevel = .warning
+        let backend = try VsockBackend(vhostUserSocketPath: paths.vhostUserSocket, hybridSocketPath: paths.hybridSocket, guestCID: 3,
+                                       options: options)
         let thread = backend.start()
         var vmConfig = SandboxVM.vmConfig(config, paths: paths)
         vmConfig.initrd = option("--baseline-initrd", default: "out/poweroff-initrd.img")
