@@ -96,7 +96,7 @@ enum Hooks {
                 }
                 usleep(2000)
             }
-            let code = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+            let code = Linux.shellStatus(status)
             if code != 0 { throw LinuxError(stage: name, errno: 0, detail: "exited with status \(code)") }
         }
     }

@@ -4,6 +4,11 @@ import Glibc
 #endif
 
 public enum Linux {
+    /// A wait(2) status as a shell reports it: the exit code, or 128 + the signal.
+    public static func shellStatus(_ waitStatus: Int32) -> Int32 {
+        (waitStatus & 0x7f) == 0 ? (waitStatus >> 8) & 0xff : 128 + (waitStatus & 0x7f)
+    }
+
     public static func close(_ fd: Int32) {
         if fd >= 0 { _ = Glibc.close(fd) }
     }

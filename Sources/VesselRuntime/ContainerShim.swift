@@ -61,12 +61,7 @@ public enum ContainerShim {
         let id = state.id
         let streams = AgentClient(ttrpc, timeout: nil)
         let relay = StdioRelay(agent: streams, containerID: id, execID: id)
-        if let terminal {
-            TerminalMode.makeRaw(terminal)
-            relay.start(stdin: terminal, stdout: terminal == 0 ? 1 : terminal, stderr: nil, terminal: true)
-        } else {
-            relay.start(stdin: 0, stdout: 1, stderr: 2, terminal: false)
-        }
+        relay.start(terminal: terminal)
         let forwarder = SignalForwarder(agent: agent, containerID: id, execID: id, terminal: terminal)
         let shuttingDown = Atomic<Bool>(false)
         sandbox.watch(isShuttingDown: { shuttingDown.load(ordering: .acquiring) }) { reason in
@@ -89,14 +84,13 @@ public enum ContainerShim {
             failure = qemu.map { "QEMU exited with status \($0)" } ?? "lost the agent: \(error)"
             log.error("sandbox of container \(id) failed: \(failure!)")
         }
-        relay.drain(timeout: 5)
+        relay.finish()
         shuttingDown.store(true, ordering: .releasing)
         _ = try? store.update(id) { (s: inout ContainerState) throws(RuntimeError) in
             s.status = .stopped; s.exitStatus = status; s.failure = failure
         }
         await sandbox.shutdown(agent: agent)
         SharedMounts.release(state.sharedMounts)
-        TerminalMode.restore()
         withExtendedLifetime(forwarder) {}
         log.info("container \(id) exited with status \(status)")
         return status

@@ -50,16 +50,10 @@ extension Runtime {
         }
         let streams = AgentClient(ttrpc, timeout: nil)
         let relay = StdioRelay(agent: streams, containerID: id, execID: execID)
-        if let terminal {
-            TerminalMode.makeRaw(terminal)
-            relay.start(stdin: terminal, stdout: terminal == 0 ? 1 : terminal, stderr: nil, terminal: true)
-        } else {
-            relay.start(stdin: 0, stdout: 1, stderr: 2, terminal: false)
-        }
+        relay.start(terminal: terminal)
         let forwarder = SignalForwarder(agent: agent, containerID: id, execID: execID, terminal: terminal)
         let status = (try? await streams.wait(id, execID)) ?? 255
-        relay.drain(timeout: 5)
-        TerminalMode.restore()
+        relay.finish()
         withExtendedLifetime(forwarder) {}
         return status
     }

@@ -68,9 +68,21 @@ public final class StdioRelay: @unchecked Sendable {
         }
     }
 
-    /// Waits for the output streams to reach EOF (bounded: a daemonized grandchild may hold them).
-    public func drain(timeout: Double) {
+    /// The caller's stdio, or one terminal fd (0: our own terminal, raw until `finish`).
+    public func start(terminal: Int32?) {
+        if let terminal {
+            TerminalMode.makeRaw(terminal)
+            start(stdin: terminal, stdout: terminal == 0 ? 1 : terminal, stderr: nil, terminal: true)
+        } else {
+            start(stdin: 0, stdout: 1, stderr: 2, terminal: false)
+        }
+    }
+
+    /// Waits for the output streams to reach EOF (bounded: a daemonized grandchild may hold them)
+    /// and gives the terminal back its modes.
+    public func finish(timeout: Double = 5) {
         _ = finished.wait(timeout: .now() + timeout)
+        TerminalMode.restore()
     }
 }
 

@@ -93,6 +93,13 @@ public struct Runtime: Sendable {
         throw RuntimeError("the shim exited without a report (status \(status))")
     }
 
+    /// `run` in the foreground: the shim is our child and its exit status is the container's.
+    public func waitForShim(_ pid: Int32) -> Int32 {
+        var raw: Int32 = 0
+        while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
+        return Linux.shellStatus(raw)
+    }
+
     public func start(id: String) async throws(RuntimeError) {
         let state = try store.load(id)
         switch state.status {
@@ -243,6 +250,6 @@ enum HostHooks {
         let n = pread(output, &buffer, buffer.count, 0)
         if n > 0 { collected = Array(buffer[0..<n]) }
         if spawned.execErrno != 0 { throw LinuxError(stage: "execve", errno: spawned.execErrno, detail: path) }
-        return (exited ? ((raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)) : nil, collected)
+        return (exited ? Linux.shellStatus(raw) : nil, collected)
     }
 }

@@ -50,7 +50,7 @@ public final class GuestVM: @unchecked Sendable {
         Thread.detachNewThread { [self] in
             var raw: Int32 = 0
             while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
-            let code = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+            let code = Linux.shellStatus(raw)
             changed.withLock { status = code }
             changed.broadcast()
         }

@@ -111,9 +111,7 @@ struct CLI {
         signal(SIGTERM, SIG_IGN)
         forward.setEventHandler { kill(shim, SIGTERM) }
         forward.resume()
-        var raw: Int32 = 0
-        while waitpid(shim, &raw, 0) < 0 && errno == EINTR {}
-        let status = (raw & 0x7f) == 0 ? (raw >> 8) & 0xff : 128 + (raw & 0x7f)
+        let status = runtime.waitForShim(shim)
         if !a.flag("keep") { try? runtime.delete(id: id, force: true) }
         return status
     }
