@@ -112,32 +112,18 @@ public enum Agent {
     }
 
     private static func startSignalThread(_ set: sigset_t, termination: Termination) {
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(SignalWait(set: set, termination: termination)).toOpaque()
-        pthread_create(&thread, nil, { arg in
-            let wait = Unmanaged<SignalWait>.fromOpaque(arg!).takeRetainedValue()
-            var set = wait.set
+        Linux.startThread {
+            var set = set
             var signal: Int32 = 0
             while sigwait(&set, &signal) == 0 {
                 if signal == SIGUSR1 {
                     printError("vessel-agent rss \(GuestInit.residentKiB) KiB")
                     continue
                 }
-                wait.termination.request()
+                termination.request()
                 break
             }
-            return nil
-        }, box)
-        pthread_detach(thread)
-    }
-}
-
-private final class SignalWait {
-    let set: sigset_t
-    let termination: Termination
-    init(set: sigset_t, termination: Termination) {
-        self.set = set
-        self.termination = termination
+        }
     }
 }
 

@@ -55,14 +55,7 @@ final class LogForwarder: Sendable {
 
     func start(port: UInt32) {
         state.withLock { $0.enabled = true }
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(Job(forwarder: self, port: port)).toOpaque()
-        pthread_create(&thread, nil, { arg in
-            let job = Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue()
-            job.forwarder.run(port: job.port)
-            return nil
-        }, box)
-        pthread_detach(thread)
+        Linux.startThread { [self] in run(port: port) }
     }
 
     /// Before power-off: gives a connected host up to `seconds` to receive what is buffered.
@@ -72,14 +65,6 @@ final class LogForwarder: Sendable {
         }
     }
 
-    private final class Job {
-        let forwarder: LogForwarder
-        let port: UInt32
-        init(forwarder: LogForwarder, port: UInt32) {
-            self.forwarder = forwarder
-            self.port = port
-        }
-    }
 
     private func run(port: UInt32) {
         var retryDelay: useconds_t = 100_000

@@ -1,3 +1,4 @@
+import VesselLinux
 import CVessel
 import Synchronization
 #if canImport(Glibc)
@@ -29,14 +30,7 @@ public final class Reaper: Sendable {
     public static let shared = Reaper()
 
     private init() {
-        var thread = pthread_t()
-        let box = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { arg in
-            let reaper = Unmanaged<Reaper>.fromOpaque(arg!).takeRetainedValue()
-            reaper.loop()
-            return nil
-        }, box)
-        pthread_detach(thread)
+        Linux.startThread { [self] in loop() }
     }
 
     /// Starts tracking `pid`; call right after creating the child, before anyone waits for it.

@@ -26,6 +26,19 @@ public enum Linux {
         return (fds[0], fds[1])
     }
 
+    /// Runs `body` on a new detached POSIX thread (not a Foundation or cooperative-pool thread:
+    /// these loops block in syscalls for the life of the process).
+    public static func startThread(_ body: @escaping @Sendable () -> Void) {
+        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(Box(body)).toOpaque())
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        pthread_detach(thread)
+    }
+
     /// A connected, close-on-exec Unix stream socket.
     public static func connectUnix(_ path: String) throws(LinuxError) -> Int32 {
         var address = sockaddr_un()

@@ -19,8 +19,7 @@ public enum ContainerShim {
         var agent: AgentClient?
         do {
             let state = try store.load(id)
-            guard let specBytes = FileManager.default.contents(atPath: paths.specFile),
-                  let spec = try? Grpc_Spec(serializedBytes: specBytes) else { throw RuntimeError("container \(id): unreadable \(paths.specFile)") }
+            let spec = try store.guestSpec(id)
             let cgroup = HostCgroup.relativePath(cgroupsPath: spec.linux.cgroupsPath, id: id)
             do {
                 let joined = try HostCgroup.join(relativePath: cgroup, pid: getpid())

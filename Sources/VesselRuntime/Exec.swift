@@ -19,11 +19,7 @@ extension Runtime {
             }
         }
         if args.isEmpty { throw RuntimeError("exec: no command given (args or --process)") }
-        let paths = store.paths(id)
-        guard let data = FileManager.default.contents(atPath: paths.specFile), let spec = try? Grpc_Spec(serializedBytes: data) else {
-            throw RuntimeError("container \"\(id)\" does not exist")
-        }
-        var process = spec.process
+        var process = try store.guestSpec(id).process
         process.args = args
         process.terminal = tty
         if let cwd { process.cwd = cwd }

@@ -1,6 +1,7 @@
 import Foundation
 import CVessel
 import VesselLinux
+import VesselProtocol
 
 /// A container's record under `--root`: one directory per container holding state.json (written
 /// atomically), the guest spec, the console log and a lock. `state` works from any fresh process.
@@ -92,6 +93,14 @@ public struct StateStore: Sendable {
         }
         state.status = Self.effectiveStatus(state)
         return state
+    }
+
+    /// The guest spec `create` recorded for the container.
+    public func guestSpec(_ id: String) throws(RuntimeError) -> Grpc_Spec {
+        let file = paths(id).specFile
+        guard let data = FileManager.default.contents(atPath: file) else { throw RuntimeError("container \"\(id)\" does not exist") }
+        guard let spec = try? Grpc_Spec(serializedBytes: data) else { throw RuntimeError("container \(id): unreadable \(file)") }
+        return spec
     }
 
     public func write(_ state: ContainerState) throws(RuntimeError) {

@@ -184,8 +184,8 @@ public final class VsockBackend: Sendable {
 
 /// A POSIX thread running a backend; any number of threads may `join()` it, at any time.
 public final class BackendThread: @unchecked Sendable {
-    // @unchecked: `result` is written once under `mutex` and read under it.
-    private final class State {
+    private final class State: @unchecked Sendable {
+        // @unchecked: `result` is written once under `mutex` and read under it; the rest is immutable.
         let body: @Sendable () -> Result<VsockBackend.Exit, LinuxError>
         var result: Result<VsockBackend.Exit, LinuxError>?
         let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -205,20 +205,15 @@ public final class BackendThread: @unchecked Sendable {
     private let state: State
 
     init(_ body: @escaping @Sendable () -> Result<VsockBackend.Exit, LinuxError>) {
-        state = State(body)
-        var thread = pthread_t()
-        let arg = Unmanaged.passRetained(state).toOpaque()
-        let rc = pthread_create(&thread, nil, { arg in
-            let s = Unmanaged<State>.fromOpaque(arg!).takeRetainedValue()
-            let result = s.body()
-            pthread_mutex_lock(s.mutex)
-            s.result = result
-            pthread_cond_broadcast(s.finished)
-            pthread_mutex_unlock(s.mutex)
-            return nil
-        }, arg)
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
+        let state = State(body)
+        self.state = state
+        Linux.startThread {
+            let result = state.body()
+            pthread_mutex_lock(state.mutex)
+            state.result = result
+            pthread_cond_broadcast(state.finished)
+            pthread_mutex_unlock(state.mutex)
+        }
     }
 
     /// Waits until the backend has returned.
