@@ -8,11 +8,20 @@ PROTOC_GEN   ?= .build/release/protoc-gen-swift
 APT_PACKAGES := busybox-static libseccomp-dev libmount-dev pkg-config protobuf-compiler runc crun util-linux \
                 cpio zstd qemu-system-x86
 
+# make install: host executables into $(PREFIX)/bin, guest files into $(PREFIX)/share/vessel, a
+# default configuration into $(SYSCONFDIR)/vessel (never overwritten); DESTDIR stages it all.
+PREFIX       ?= /usr/local
+SYSCONFDIR   ?= /etc
+DESTDIR      ?=
+HOST_EXECUTABLES := vessel
+GUEST_FILES  := bzImage initrd.img initrd-debug.img
+
 KERNEL ?= $(OUT)/bzImage
 INITRD ?= $(OUT)/initrd.img
 DEBUG_INITRD ?= $(OUT)/initrd-debug.img
 
-.PHONY: all deps build agent agent-dynamic vessel kernel initrd boot proto test bench run demo clean
+.PHONY: all deps build agent agent-dynamic vessel kernel initrd boot proto test bench run demo clean \
+        install install-files uninstall
 
 all: build
 
@@ -64,16 +73,18 @@ agent-dynamic: deps
 
 # Regenerates Sources/VesselProtocol/Generated from proto/ (the output is committed).
 proto: deps
+	@scripts/install-deps.sh libprotobuf-dev
 	$(SWIFT) build -c release --product protoc-gen-swift
 	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN) --swift_out=Sources/VesselProtocol/Generated \
 	  --swift_opt=Visibility=Public -I proto $$(cd proto && find . -name '*.proto' | sed 's|^\./||' | sort)
 
-test: deps kernel initrd
+test: deps kernel initrd vessel
 	$(SWIFT) build --build-tests
 	@# Serially: the VM tests block while a TCG guest boots, and on 2 cores parallel suites would
 	@# starve each other's timing-sensitive tests (ttrpc deadlines) of the cooperative thread pool.
+	@# VESSEL_OUT: what `make install` installs (the install test stages it in a DESTDIR).
 	VESSEL_KERNEL=$(abspath $(KERNEL)) VESSEL_INITRD=$(abspath $(INITRD)) VESSEL_DEBUG_INITRD=$(abspath $(DEBUG_INITRD)) \
-	  $(SWIFT) test --skip-build --no-parallel
+	  VESSEL_OUT=$(abspath $(OUT)) $(SWIFT) test --skip-build --no-parallel
 
 demo: build
 	.build/debug/vessel-dev demo
@@ -106,6 +117,32 @@ $(OUT)/poweroff-initrd.img: bench/poweroff-init.c
 	gcc -static -Os -o $(OUT)/poweroff-init bench/poweroff-init.c
 	$(SWIFT) build --product vessel-image
 	.build/debug/vessel-image --agent $(OUT)/poweroff-init --rootfs rootfs --output $@
+
+install: vessel kernel initrd
+	@$(MAKE) --no-print-directory install-files
+
+# Copies what is built in $(OUT); the configuration only where there is none yet.
+install-files:
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/vessel $(DESTDIR)$(SYSCONFDIR)/vessel
+	install -m 755 $(addprefix $(OUT)/,$(HOST_EXECUTABLES)) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(addprefix $(OUT)/,$(GUEST_FILES)) $(DESTDIR)$(PREFIX)/share/vessel/
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml ]; then \
+	  echo "keeping $(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml"; \
+	else \
+	  sed 's|@PREFIX@|$(PREFIX)|g' packaging/configuration.toml > $(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml.new && \
+	  chmod 644 $(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml.new && \
+	  mv $(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml.new $(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml && \
+	  echo "wrote $(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml"; \
+	fi
+
+# The configuration stays when it was edited (it is the administrator's).
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(HOST_EXECUTABLES)) $(addprefix $(DESTDIR)$(PREFIX)/share/vessel/,$(GUEST_FILES))
+	-rmdir $(DESTDIR)$(PREFIX)/share/vessel 2>/dev/null
+	@conf=$(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml; \
+	if [ -e $$conf ] && sed 's|@PREFIX@|$(PREFIX)|g' packaging/configuration.toml | cmp -s - $$conf; then \
+	  rm -f $$conf; rmdir $(DESTDIR)$(SYSCONFDIR)/vessel 2>/dev/null || true; \
+	elif [ -e $$conf ]; then echo "keeping $$conf (edited)"; fi
 
 clean:
 	rm -rf .build $(STATIC_BUILD) .build-dynamic $(OUT)

@@ -28,6 +28,7 @@ let package = Package(
             name: "VesselLinux",
             dependencies: ["CVessel"]
         ),
+        .testTarget(name: "VesselLinuxTests", dependencies: ["VesselLinux"]),
         .target(
             name: "VesselProtocol",
             dependencies: [

@@ -52,6 +52,11 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 [[ $JOBS =~ ^[0-9]+$ && $JOBS -ge 1 ]] || die "bad -j value: $JOBS"
+# Resolved now: the build below changes directory, and a relative --out must mean the caller's.
+if [[ -n $OUT_DIR ]]; then
+    mkdir -p "$OUT_DIR"
+    OUT_DIR=$(cd "$OUT_DIR" && pwd)
+fi
 [[ $(uname -m) == x86_64 ]] || die "only x86_64 hosts are supported (no cross toolchain set up)"
 
 for f in "${FRAGMENTS[@]}"; do
@@ -89,8 +94,6 @@ finish() { # $1 = dir with bzImage (cache dir)
     local img=$1/bzImage result size
     result=$img
     if [[ -n $OUT_DIR ]]; then
-        mkdir -p "$OUT_DIR"
-        OUT_DIR=$(cd "$OUT_DIR" && pwd)
         cp -f "$img" "$OUT_DIR/bzImage.tmp.$$" && mv -f "$OUT_DIR/bzImage.tmp.$$" "$OUT_DIR/bzImage"
         cp -f "$1/config" "$OUT_DIR/bzImage.config"
         result=$OUT_DIR/bzImage

@@ -50,21 +50,27 @@ public struct SpawnResult: Sendable {
 }
 
 /// fork+exec done in C (no Swift runs in the child), with new namespaces from `namespaces`.
+/// A `parentDeathSignal` reaches the child when this process dies (the spawn then runs on a
+/// thread that lives as long as the process: the kernel ties the signal to the forking thread).
 public func spawn(exeFD: Int32, path: String = "", arguments: [String], environment: [String],
                   fds: [(src: Int32, dst: Int32)], namespaces: UInt64 = 0,
                   parentDeathSignal: Int32 = 0, newSession: Bool = false) throws(LinuxError) -> SpawnResult {
     let argv = CStringArray(arguments)
     let envp = CStringArray(environment)
     let map = fds.map { vessel_fd_map(src: $0.src, dst: $0.dst) }
-    var execErrno: Int32 = 0
-    let pid = argv.withPointer { a in
-        envp.withPointer { e in
-            map.withUnsafeBufferPointer { m in
-                vessel_spawn(exeFD, path, a, e, m.baseAddress, Int32(m.count), namespaces, &execErrno,
-                             parentDeathSignal, newSession ? 1 : 0)
+    func fork() -> (pid: pid_t, execErrno: Int32) {
+        var execErrno: Int32 = 0
+        let pid = argv.withPointer { a in
+            envp.withPointer { e in
+                map.withUnsafeBufferPointer { m in
+                    vessel_spawn(exeFD, path, a, e, m.baseAddress, Int32(m.count), namespaces, &execErrno,
+                                 parentDeathSignal, newSession ? 1 : 0)
+                }
             }
         }
+        return (pid, execErrno)
     }
+    let (pid, execErrno) = parentDeathSignal == 0 ? fork() : LifetimeThread.run(fork)
     if pid < 0 { throw LinuxError(stage: "clone", errno: -pid) }
     return SpawnResult(pid: pid, execErrno: execErrno)
 }

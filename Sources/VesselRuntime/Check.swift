@@ -16,9 +16,15 @@ public enum Check {
         let devices = qemu ? deviceHelp(h.path) : ""
         line(devices.contains("vhost-user-vsock-pci"), "QEMU has vhost-user-vsock-pci (hybrid vsock)", "QEMU 7.0 or newer is needed")
         line(devices.contains("virtio-9p-pci"), "QEMU has virtio-9p-pci (rootfs sharing)", "a QEMU built with virtfs support is needed")
-        let kernel = FileManager.default.fileExists(atPath: h.kernel)
-        line(kernel, "guest kernel \(h.kernel)", "make kernel, or set hypervisor.kernel")
-        line(FileManager.default.fileExists(atPath: h.initrd), "guest initrd \(h.initrd)", "make initrd, or set hypervisor.initrd")
+        print("ok   configuration: \(runtime.configPath ?? "built-in defaults (no \(RuntimeConfig.defaultPath))")")
+        func guestFile(_ path: String, _ name: String, _ what: String, _ target: String) -> Bool {
+            let exists = FileManager.default.fileExists(atPath: path)
+            let looked = path == GuestFiles.find(name) ? " (looked in \(GuestFiles.directories().joined(separator: " and ")))" : ""
+            line(exists, "guest \(what) \(path)", "\(target) or make install, or set hypervisor.\(what)" + looked)
+            return exists
+        }
+        let kernel = guestFile(h.kernel, "bzImage", "kernel", "make kernel")
+        _ = guestFile(h.initrd, "initrd.img", "initrd", "make initrd")
         if let wanted = VMConfig.Accelerator(rawValue: h.accelerator), kernel, qemu {
             let resolved = AcceleratorProbe.resolve(wanted, kernel: h.kernel, qemu: h.path)
             print(resolved == .kvm ? "ok   KVM works: guests run with hardware virtualization"

@@ -3,12 +3,13 @@ import TOMLKit
 import VesselVM
 
 /// /etc/vessel/configuration.toml (or `--config`, or $VESSEL_CONFIG). Every key is optional;
-/// defaults point at what `make` builds: bzImage and initrd.img next to the `vessel` binary (out/).
+/// the kernel and initrd default to the ones next to the `vessel` binary (what `make` builds in
+/// out/), else those in the share directory of the prefix it is installed in (`make install`).
 public struct RuntimeConfig: Codable, Sendable, Equatable {
     public struct Hypervisor: Codable, Sendable, Equatable {
         public var path = "/usr/bin/qemu-system-x86_64"
-        public var kernel = RuntimeConfig.besideExecutable("bzImage")
-        public var initrd = RuntimeConfig.besideExecutable("initrd.img")
+        public var kernel = GuestFiles.find("bzImage")
+        public var initrd = GuestFiles.find("initrd.img")
         public var machineType = "q35"
         public var vcpus = 1
         public var memoryMiB = 256
@@ -79,11 +80,6 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
     public static let defaultPath = "/etc/vessel/configuration.toml"
     public static let environmentVariable = "VESSEL_CONFIG"
 
-    static func besideExecutable(_ name: String) -> String {
-        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-        return URL(fileURLWithPath: exe).deletingLastPathComponent().appendingPathComponent(name).path
-    }
-
     /// `explicit` (--config) must exist; otherwise $VESSEL_CONFIG, then the default path, then defaults.
     public static func load(explicit: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment) throws(RuntimeError) -> (RuntimeConfig, String?) {
         let path = explicit ?? environment[environmentVariable].flatMap { $0.isEmpty ? nil : $0 }
@@ -133,13 +129,21 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
         }
     }
 
-    /// The guest files must exist before anything is created; the message says which make target builds them.
+    /// The guest files must exist before anything is created; the message says where the built-in
+    /// default looked and which make target provides them.
     public func checkGuestFiles() throws(RuntimeError) {
-        for (what, path, target) in [("hypervisor.path (QEMU)", hypervisor.path, "apt-get install qemu-system-x86"),
-                                     ("hypervisor.kernel", hypervisor.kernel, "make kernel"),
-                                     ("hypervisor.initrd", hypervisor.initrd, "make initrd")]
+        let qemu = "hypervisor.path (QEMU)"
+        if !FileManager.default.fileExists(atPath: hypervisor.path) {
+            throw RuntimeError("\(qemu) \(hypervisor.path) does not exist (apt-get install qemu-system-x86 provides it)")
+        }
+        for (key, path, name, target) in [("hypervisor.kernel", hypervisor.kernel, "bzImage", "make kernel"),
+                                          ("hypervisor.initrd", hypervisor.initrd, "initrd.img", "make initrd")]
         where !FileManager.default.fileExists(atPath: path) {
-            throw RuntimeError("\(what) \(path) does not exist (\(target) provides it)")
+            if path == GuestFiles.find(name) {
+                let places = GuestFiles.directories().joined(separator: " or ")
+                throw RuntimeError("\(key): no \(name) in \(places) (\(target) builds it, make install installs it, or set \(key))")
+            }
+            throw RuntimeError("\(key) \(path) does not exist (\(target) provides it)")
         }
     }
 
@@ -169,5 +173,25 @@ func describe(_ error: DecodingError) -> String {
         return "\(path(context.codingPath)): \(underlying ?? context.debugDescription)"
     @unknown default:
         return "\(error)"
+    }
+}
+
+/// Where the built-in defaults find the guest kernel and initrd: next to the executable (make's
+/// out/), then `<prefix>/share/vessel` for an executable in `<prefix>/bin` (make install).
+public enum GuestFiles {
+    public static func directories(executable: String = executablePath()) -> [String] {
+        let bin = URL(fileURLWithPath: executable).deletingLastPathComponent()
+        let share = bin.deletingLastPathComponent().appendingPathComponent("share/vessel")
+        return [bin.path, share.path]
+    }
+
+    /// The first candidate that exists, else the first one (for the error that says where it looked).
+    public static func find(_ name: String, executable: String = executablePath()) -> String {
+        let candidates = directories(executable: executable).map { $0 + "/" + name }
+        return candidates.first { FileManager.default.fileExists(atPath: $0) } ?? candidates[0]
+    }
+
+    public static func executablePath() -> String {
+        (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
     }
 }

@@ -19,7 +19,7 @@ public final class SandboxVM: @unchecked Sendable {
     let backend: VsockBackend
     let backendThread: BackendThread
 
-    /// Boots the guest. Call it from the main thread: QEMU's parent-death signal follows the spawning thread.
+    /// Boots the guest.
     public init(config: RuntimeConfig, paths: ContainerPaths, log: RuntimeLog) throws(RuntimeError) {
         self.paths = paths
         self.config = config

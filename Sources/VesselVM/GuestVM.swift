@@ -15,8 +15,7 @@ public final class GuestVM: @unchecked Sendable {
     private static let consoleLimit = 1 << 20
 
     /// Starts QEMU. With `consoleLog` the console is also appended to that file; with
-    /// `dieWithParent` QEMU gets SIGKILL when the calling thread exits (call it from a thread that
-    /// lives as long as the process, e.g. the main thread of a shim).
+    /// `dieWithParent` QEMU gets SIGKILL when this process dies.
     public init(_ config: VMConfig, consoleLog: String? = nil, dieWithParent: Bool = false) throws {
         self.config = config
         for (what, path) in [("kernel", config.kernel), ("initrd", config.initrd), ("QEMU", config.qemu)]

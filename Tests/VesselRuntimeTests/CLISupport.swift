@@ -13,7 +13,8 @@ struct VesselCLI {
     var root: String { directory + "/root" }
     var config: String { directory + "/configuration.toml" }
 
-    init() throws {
+    /// `agent` is appended to the configuration's [agent] table (e.g. "request_timeout = 2").
+    init(agent: String = "") throws {
         directory = try temporaryDirectory("vessel-cli")
         let accelerator = ProcessInfo.processInfo.environment["VESSEL_ACCEL"] ?? "auto"
         try """
@@ -22,6 +23,8 @@ struct VesselCLI {
             initrd = "\(Self.initrd)"
             accelerator = "\(accelerator)"
             memory_mib = 256
+            [agent]
+            \(agent)
             """.write(toFile: config, atomically: true, encoding: .utf8)
     }
 
@@ -33,24 +36,35 @@ struct VesselCLI {
 
     /// Runs `vessel --root R --config C ARGS`. Output goes through files, not pipes: a detached
     /// shim inherits them and would keep a pipe open long after `create` returns.
+    /// A call that outlives `timeout` is killed and fails the test instead of stalling the suite.
     @discardableResult
-    func run(_ arguments: [String], stdin: String? = nil, global: [String] = []) throws -> Result {
+    func run(_ arguments: [String], stdin: String? = nil, global: [String] = [], timeout: Double = 300,
+             stdoutFile: String? = nil, binary: String = binary, workingDirectory: String? = nil) throws -> Result {
         let token = UUID().uuidString.prefix(8)
-        let out = directory + "/out-\(token)", err = directory + "/err-\(token)", input = directory + "/in-\(token)"
+        let out = stdoutFile ?? directory + "/out-\(token)", err = directory + "/err-\(token)", input = directory + "/in-\(token)"
         FileManager.default.createFile(atPath: out, contents: nil)
         FileManager.default.createFile(atPath: err, contents: nil)
         FileManager.default.createFile(atPath: input, contents: Data((stdin ?? "").utf8))
-        defer { for file in [out, err, input] { try? FileManager.default.removeItem(atPath: file) } }
+        defer { for file in [err, input] + (stdoutFile == nil ? [out] : []) { try? FileManager.default.removeItem(atPath: file) } }
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.executableURL = URL(fileURLWithPath: binary)
+        if let workingDirectory { process.currentDirectoryURL = URL(fileURLWithPath: workingDirectory) }
         process.arguments = ["--root", root, "--config", config] + global + arguments
         process.standardInput = FileHandle(forReadingAtPath: input)
         process.standardOutput = FileHandle(forWritingAtPath: out)
         process.standardError = FileHandle(forWritingAtPath: err)
         try process.run()
-        process.waitUntilExit()
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning {
+            process.interrupt()
+            usleep(500_000)
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+            Issue.record("vessel \(arguments.joined(separator: " ")) still running after \(Int(timeout)) s: killed")
+        }
         return Result(status: process.terminationStatus,
-                      stdout: (try? String(contentsOfFile: out, encoding: .utf8)) ?? "",
+                      stdout: stdoutFile == nil ? (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" : "",
                       stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
     }
 

@@ -1,0 +1,50 @@
+import Foundation
+import Testing
+import VesselLinux
+
+@Suite(.timeLimit(.minutes(1)))
+struct SpawnTests {
+    /// The kernel sends PR_SET_PDEATHSIG when the forking thread exits. A child spawned with a
+    /// parent-death signal from a thread that then ends (as dispatch workers do after 5 s idle)
+    /// must live on: only the death of this process may kill it.
+    @Test func parentDeathSignalOutlivesTheSpawningThread() throws {
+        let spawned = ThreadResult()
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { arg in
+            let box = Unmanaged<ThreadResult>.fromOpaque(arg!).takeUnretainedValue()
+            box.result = Result { () throws(LinuxError) -> SpawnResult in
+                try spawn(exeFD: -1, path: "/bin/sleep", arguments: ["sleep", "30"], environment: [], fds: [],
+                          parentDeathSignal: SIGKILL)
+            }
+            return nil
+        }, Unmanaged.passUnretained(spawned).toOpaque())
+        #expect(rc == 0)
+        pthread_join(thread, nil)
+        let child = try #require(try spawned.result?.get())
+        #expect(child.execErrno == 0)
+        defer {
+            kill(child.pid, SIGKILL)
+            var ignored: Int32 = 0
+            waitpid(child.pid, &ignored, 0)
+        }
+        // The signal, when it comes, comes as the thread exits; give it time to be delivered.
+        usleep(300_000)
+        var status: Int32 = 0
+        let reaped = waitpid(child.pid, &status, WNOHANG)
+        #expect(reaped == 0, "the child died with its spawning thread (wait status \(status))")
+    }
+
+    @Test func execFailureIsReported() throws {
+        let spawned = try spawn(exeFD: -1, path: "/nonexistent/binary", arguments: ["x"], environment: [], fds: [],
+                                parentDeathSignal: SIGKILL)
+        var status: Int32 = 0
+        waitpid(spawned.pid, &status, 0)
+        #expect(spawned.execErrno == ENOENT)
+        #expect(Linux.shellStatus(status) == 127)
+    }
+}
+
+private final class ThreadResult: @unchecked Sendable {
+    // @unchecked: written by the thread before pthread_join returns, read after.
+    var result: Result<SpawnResult, LinuxError>?
+}
