@@ -2,7 +2,7 @@
 SWIFT        ?= swift
 OUT          ?= out
 STATIC_BUILD ?= .build-static
-PROTOC_GEN   ?= .build/release/protoc-gen-swift
+PROTOC_GEN   ?= .build/debug/protoc-gen-swift
 
 # What building and testing needs on a fresh Debian 12 (Swift itself comes from /opt/swift).
 APT_PACKAGES := busybox-static libseccomp-dev libmount-dev pkg-config protobuf-compiler runc crun util-linux \
@@ -14,6 +14,8 @@ PREFIX       ?= /usr/local
 SYSCONFDIR   ?= /etc
 DESTDIR      ?=
 HOST_EXECUTABLES := vessel
+# containerd finds its shim by name; it is the same binary (it picks the front door by argv[0]).
+HOST_LINKS   := containerd-shim-vessel-v2
 GUEST_FILES  := bzImage initrd.img initrd-debug.img
 
 KERNEL ?= $(OUT)/bzImage
@@ -46,7 +48,8 @@ vessel: deps
 	$(SWIFT) build -c release --product vessel -Xswiftc -static-stdlib
 	@mkdir -p $(OUT)
 	@strip -o $(OUT)/.vessel.new .build/release/vessel && mv $(OUT)/.vessel.new $(OUT)/vessel
-	@echo "$(OUT)/vessel: $$(stat -c %s $(OUT)/vessel) bytes"
+	@for link in $(HOST_LINKS); do ln -sf vessel $(OUT)/$$link; done
+	@echo "$(OUT)/vessel: $$(stat -c %s $(OUT)/vessel) bytes (also as $(HOST_LINKS))"
 
 # The guest kernel from Debian's linux-source-6.1 and kernel-config/, cached per fragment hash.
 kernel: deps
@@ -74,7 +77,8 @@ agent-dynamic: deps
 # Regenerates Sources/VesselProtocol/Generated from proto/ (the output is committed).
 proto: deps
 	@scripts/install-deps.sh libprotobuf-dev
-	$(SWIFT) build -c release --product protoc-gen-swift
+	@# A debug build of the generator: the same output, minutes sooner than a release build.
+	$(SWIFT) build --product protoc-gen-swift
 	protoc --plugin=protoc-gen-swift=$(PROTOC_GEN) --swift_out=Sources/VesselProtocol/Generated \
 	  --swift_opt=Visibility=Public -I proto $$(cd proto && find . -name '*.proto' | sed 's|^\./||' | sort)
 
@@ -108,6 +112,8 @@ bench: agent vessel kernel initrd $(OUT)/poweroff-initrd.img
 	.build/release/vessel-dev boot-bench --kernel $(KERNEL) --initrd $(INITRD) --baseline-initrd $(OUT)/poweroff-initrd.img --count 5
 	.build/release/vessel-dev run-bench --vessel $(OUT)/vessel --kernel $(KERNEL) --initrd $(INITRD) \
 	  --baseline-initrd $(OUT)/poweroff-initrd.img --count 10
+	@# containerd: ctr run vs runc, a CRI pod's start, a second container, teardown, PSS.
+	bench/containerd-bench.sh $(OUT)/vessel $(KERNEL) $(INITRD) 5
 	@# Hybrid vsock through a TCG guest next to a Unix socketpair (the ceiling), measured by the VM test's guest.
 	@VESSEL_KERNEL=$(abspath $(KERNEL)) $(SWIFT) test --filter 'guestEndToEnd|socketpairNumbers' 2>&1 | grep VSOCK-BENCH
 
@@ -125,6 +131,7 @@ install: vessel kernel initrd
 install-files:
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/vessel $(DESTDIR)$(SYSCONFDIR)/vessel
 	install -m 755 $(addprefix $(OUT)/,$(HOST_EXECUTABLES)) $(DESTDIR)$(PREFIX)/bin/
+	for link in $(HOST_LINKS); do ln -sf vessel $(DESTDIR)$(PREFIX)/bin/$$link; done
 	install -m 644 $(addprefix $(OUT)/,$(GUEST_FILES)) $(DESTDIR)$(PREFIX)/share/vessel/
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml ]; then \
 	  echo "keeping $(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml"; \
@@ -137,7 +144,7 @@ install-files:
 
 # The configuration stays when it was edited (it is the administrator's).
 uninstall:
-	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(HOST_EXECUTABLES)) $(addprefix $(DESTDIR)$(PREFIX)/share/vessel/,$(GUEST_FILES))
+	rm -f $(addprefix $(DESTDIR)$(PREFIX)/bin/,$(HOST_EXECUTABLES) $(HOST_LINKS)) $(addprefix $(DESTDIR)$(PREFIX)/share/vessel/,$(GUEST_FILES))
 	-rmdir $(DESTDIR)$(PREFIX)/share/vessel 2>/dev/null
 	@conf=$(DESTDIR)$(SYSCONFDIR)/vessel/configuration.toml; \
 	if [ -e $$conf ] && sed 's|@PREFIX@|$(PREFIX)|g' packaging/configuration.toml | cmp -s - $$conf; then \

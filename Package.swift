@@ -88,28 +88,51 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
-        // The host runtime: configuration, bundles, state, sandboxes (QEMU + hybrid vsock), shims.
+        // Host, every process: configuration, bundles -> guest spec, records, hooks, errors.
         .target(
-            name: "VesselRuntime",
+            name: "VesselCore",
             dependencies: [
-                "CVessel", "VesselLinux", "VesselProtocol", "VesselAgentClient", "VesselVM", "VesselVsock",
-                .product(name: "NIOPosix", package: "swift-nio"),
+                "VesselLinux", "VesselProtocol",
                 .product(name: "TOMLKit", package: "TOMLKit"),
-                .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        // The runc-compatible CLI (docker and podman call it) and the per-container shim it re-executes.
-        .executableTarget(name: "vessel", dependencies: ["VesselRuntime"]),
+        // Host, the sandbox owner process: QEMU + vsock backend, the agent connection, stdio
+        // sessions, events; containerd's Task API for both front doors.
+        .target(
+            name: "VesselSandbox",
+            dependencies: [
+                "VesselCore", "VesselLinux", "VesselProtocol", "VesselAgentClient", "VesselVM", "VesselVsock",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        // Host, front door 1: runc's command line (docker, podman, CRI-O-style pods) and the process monitors.
+        .target(
+            name: "VesselOCI",
+            dependencies: [
+                "VesselCore", "VesselLinux", "VesselProtocol", "VesselSandbox", "VesselVM",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            ]
+        ),
+        // Host, front door 2: containerd's shim v2 (containerd, Kubernetes through CRI).
+        .target(
+            name: "VesselContainerd",
+            dependencies: ["VesselCore", "VesselLinux", "VesselProtocol", "VesselSandbox"]
+        ),
+        // `vessel`, and `containerd-shim-vessel-v2` as a link to it: chooses the front door by name.
+        .executableTarget(name: "vessel", dependencies: ["VesselOCI", "VesselContainerd"]),
         .testTarget(
             name: "VesselRuntimeTests",
-            dependencies: ["VesselRuntime", "VesselDevSupport", "CVessel"]
+            dependencies: ["VesselCore", "VesselSandbox", "VesselOCI", "VesselContainerd", "VesselDevSupport", "VesselProtocol",
+                           "VesselLinux", "CVessel"]
         ),
         // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.
         .target(name: "VesselImage"),
         .executableTarget(name: "vessel-image", dependencies: ["VesselImage"]),
         .testTarget(name: "VesselImageTests", dependencies: ["VesselImage"]),
         .executableTarget(name: "vessel-dev", dependencies: ["VesselDevSupport", "VesselAgentClient", "VesselProtocol", "VesselVM",
-                                                           "VesselRuntime", "VesselVsock"]),
+                                                           "VesselCore", "VesselSandbox", "VesselVsock"]),
         .testTarget(
             name: "VesselProtocolTests",
             dependencies: [

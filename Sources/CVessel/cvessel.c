@@ -9,6 +9,7 @@
 #include <linux/sched.h>
 #include <linux/openat2.h>
 #include <linux/vm_sockets.h>
+#include <net/if.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -350,3 +351,25 @@ int vessel_get_winsize(int fd, uint16_t *rows, uint16_t *cols) {
 }
 
 int vessel_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+int vessel_loopback_up(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+    int rc = ioctl(fd, SIOCGIFFLAGS, &ifr);
+    if (rc == 0) {
+        ifr.ifr_flags |= IFF_UP;
+        rc = ioctl(fd, SIOCSIFFLAGS, &ifr);
+    }
+    int err = rc < 0 ? -errno : 0;
+    close(fd);
+    return err;
+}
+
+int vessel_ptsname(int master, char *name, size_t size) {
+    int rc = ptsname_r(master, name, size);
+    return rc == 0 ? 0 : -rc;
+}

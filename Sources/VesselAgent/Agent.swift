@@ -15,25 +15,20 @@ public enum Agent {
     /// line, and powers the VM off at the end instead of exiting.
     public static func main(_ arguments: [String]) -> Never {
         let guest = getpid() == 1
-        let done = Condition()
-        let result = Mutex<Int32?>(nil)
-        Task.detached {
-            var status: Int32 = 0
+        let status = Linux.runMain(takingSignals: [SIGTERM, SIGINT, SIGUSR1]) { signals in
             do {
-                try await run(guest ? guestOptions() : try AgentOptions.parse(arguments))
+                try await run(guest ? guestOptions() : try AgentOptions.parse(arguments), signals: signals)
+                return 0
             } catch {
                 printError("vessel-agent: \(error)")
-                status = 1
+                return 1
             }
-            result.withLock { $0 = status }
-            done.signal()
         }
-        done.wait { result.withLock { $0 } != nil }
         if guest {
             LogForwarder.shared.flush(seconds: 1)
             GuestInit.powerOff(log: printError)
         }
-        exit(result.withLock { $0 } ?? 1)
+        exit(status)
     }
 
     private static func guestOptions() -> AgentOptions {
@@ -43,9 +38,9 @@ public enum Agent {
         return options
     }
 
-    public static func run(_ options: AgentOptions) async throws {
+    /// `signals`: SIGTERM, SIGINT and SIGUSR1 as `Linux.runMain` takes them.
+    public static func run(_ options: AgentOptions, signals: AsyncStream<Int32>?) async throws {
         var options = options
-        let terminationSignals = blockTerminationSignals()
         let forwardLogs = options.logPort != nil && !options.hostMode
         if let port = options.logPort, forwardLogs {
             LogForwarder.shared.start(port: port)
@@ -91,7 +86,7 @@ public enum Agent {
             // The one line the host (and the boot test) waits for on the console.
             printError("vessel-agent ready in \(GuestInit.uptimeMilliseconds) ms (rss \(GuestInit.residentKiB) KiB)")
         }
-        startSignalThread(terminationSignals, termination: termination)
+        if let signals { watch(signals, termination: termination) }
         await SelfTest.run(options.selftest, exeFD: exeFD, termination: termination)
         await termination.wait()
         logger.info("vessel-agent stopping")
@@ -100,28 +95,16 @@ public enum Agent {
         await server.close()
     }
 
-    /// SIGTERM/SIGINT end the agent after its containers are removed; SIGUSR1 logs the agent's
-    /// RSS. They are blocked before any thread exists (so every thread inherits the mask) and taken
-    /// with sigwait on a thread of their own.
-    private static func blockTerminationSignals() -> sigset_t {
-        var set = sigset_t()
-        sigemptyset(&set)
-        for signal in [SIGTERM, SIGINT, SIGUSR1] { sigaddset(&set, signal) }
-        pthread_sigmask(SIG_BLOCK, &set, nil)
-        return set
-    }
-
-    private static func startSignalThread(_ set: sigset_t, termination: Termination) {
-        Linux.startThread {
-            var set = set
-            var signal: Int32 = 0
-            while sigwait(&set, &signal) == 0 {
+    /// SIGTERM/SIGINT end the agent after its containers are removed; SIGUSR1 logs the agent's RSS.
+    private static func watch(_ signals: AsyncStream<Int32>, termination: Termination) {
+        Task {
+            for await signal in signals {
                 if signal == SIGUSR1 {
                     printError("vessel-agent rss \(GuestInit.residentKiB) KiB")
                     continue
                 }
                 termination.request()
-                break
+                return
             }
         }
     }

@@ -33,13 +33,17 @@ struct Launcher {
     let logger: Logger
     let noPivot: Bool
 
-    /// The container's init, set up inside new namespaces and blocked before exec.
-    func createInit(id: String, spec: Grpc_Spec, namespaces: UInt64) async throws -> (ContainerProcess, syncFD: Int32) {
-        let (io, child) = try await ProcessIO.make(terminal: spec.process.terminal, group: group)
+    /// The container's init, set up inside new namespaces (or the pod's `joined` ones) and
+    /// blocked before exec.
+    func createInit(id: String, spec: Grpc_Spec, namespaces: UInt64, joined: [(name: String, fd: Int32)]) async throws
+        -> (ContainerProcess, syncFD: Int32)
+    {
+        let (pipes, child) = try await Self.stdio(terminal: spec.process.terminal, group: group)
         let (agentEnd, helperEnd) = try Linux.socketPair()
         var pid: pid_t = 0
+        var pty: Int32 = -1
         do {
-            pid = try startHelper(.initContainer, child: child, sync: helperEnd, extraFDs: [], namespaces: namespaces)
+            pid = try startHelper(.initContainer, child: child, sync: helperEnd, extraFDs: joined.map(\.fd), namespaces: namespaces)
             let config = Vessel_HelperConfig.with {
                 $0.spec = spec
                 $0.process = spec.process
@@ -48,10 +52,11 @@ struct Launcher {
                 $0.bundle = Hooks.bundle(of: spec)
                 $0.pauseForCreateRuntime = !spec.hooks.createRuntime.isEmpty
                 $0.noPivot = noPivot
+                $0.joinNamespaces = joined.map(\.name)
             }
             try await blocking { try send(config, agentEnd) }
             var report = try await blocking { [logger] in try receiveReport(agentEnd, logger) }
-            if report?.kind == .createRuntime {
+            if report.message?.kind == .createRuntime {
                 let state = Hooks.State(spec: spec, id: id, status: "creating", pid: pid)
                 try await Hooks.run(spec.hooks.createRuntime, kind: "createRuntime", state: state)
                 report = try await blocking { [logger] in
@@ -59,10 +64,15 @@ struct Launcher {
                     return try receiveReport(agentEnd, logger)
                 }
             }
-            if report?.kind == .ready {
+            pty = report.pty
+            if report.message?.kind == .ready {
+                // From here the io owns the master, also when wrapping it fails.
+                let master = pty
+                pty = -1
+                let io = try await Self.io(pipes, master: master, group: group)
                 return (ContainerProcess(execID: "", pid: pid, io: io), agentEnd)
             }
-            if let report, report.kind == .error { throw helperFailure(report) }
+            if let message = report.message, message.kind == .error { throw helperFailure(message) }
             throw AgentError.internal("container init helper exited before it was ready")
         } catch {
             if pid > 0 {
@@ -71,7 +81,38 @@ struct Launcher {
                 Reaper.shared.forget(pid)
             }
             Linux.close(agentEnd)
-            await io.close()
+            Linux.close(pty)
+            await pipes?.close()
+            throw error
+        }
+    }
+
+    /// New IPC, UTS and network namespaces (loopback up, the pod's hostname) for the containers of
+    /// the sandbox to join; returns fds to them, which keep them alive.
+    func sandboxNamespaces(hostname: String) async throws -> [(name: String, fd: Int32)] {
+        let child = try ProcessIO.ChildEnds.devNull()
+        let (agentEnd, helperEnd) = try Linux.socketPair()
+        defer { Linux.close(agentEnd) }
+        let flags = [Namespace.ipc, .uts, .network].reduce(UInt64(0)) { $0 | $1.cloneFlag }
+        let pid = try startHelper(.sandboxNamespaces, child: child, sync: helperEnd, extraFDs: [], namespaces: flags)
+        defer { Reaper.shared.forget(pid) }
+        do {
+            let config = Vessel_HelperConfig.with { $0.spec.hostname = hostname }
+            let report = try await blocking { [logger] in
+                try send(config, agentEnd)
+                return try receiveReport(agentEnd, logger)
+            }
+            guard report.message?.kind == .ready else {
+                if let message = report.message, message.kind == .error { throw helperFailure(message) }
+                throw AgentError.internal("the sandbox namespace helper exited before it was ready")
+            }
+            let fds = try ["ipc", "uts", "net"].map { ($0, try Linux.open("/proc/\(pid)/ns/\($0)", O_RDONLY)) }
+            Linux.close(agentEnd)
+            _ = await Reaper.shared.wait(pid)
+            return fds
+        } catch {
+            kill(pid, SIGKILL)
+            _ = await Reaper.shared.wait(pid)
             throw error
         }
     }
@@ -82,7 +123,7 @@ struct Launcher {
         defer { Linux.close(syncFD) }
         let report = try await blocking { [logger] () throws -> Vessel_HelperReport? in
             try Linux.sendMessage(syncFD, [])
-            return try receiveReport(syncFD, logger)
+            return try receiveReport(syncFD, logger).message
         }
         if let report, report.kind == .error { throw helperFailure(report) }
     }
@@ -96,31 +137,63 @@ struct Launcher {
             if containerSpec.linux.hasSeccomp { $0.spec.linux.seccomp = containerSpec.linux.seccomp }
             $0.namespaces = namespaceFDs.map(\.name)
         }
-        let (io, child) = try await ProcessIO.make(terminal: process.terminal, group: group)
-        let (agentEnd, helperEnd) = try Linux.socketPair()
-        defer { Linux.close(agentEnd) }
+        let (pipes, child) = try await Self.stdio(terminal: process.terminal, group: group)
+        let started: (pid: pid_t, pty: Int32)
         do {
-            let helper = try startHelper(.exec, child: child, sync: helperEnd, extraFDs: namespaceFDs.map(\.fd), namespaces: 0)
-            let reports = try await blocking { [logger] () throws -> [Vessel_HelperReport] in
-                try send(config, agentEnd)
-                var reports: [Vessel_HelperReport] = []
-                while let report = try receiveReport(agentEnd, logger) { reports.append(report) }
-                return reports
-            }
-            _ = await Reaper.shared.wait(helper)
-            Reaper.shared.forget(helper)
-            let pid = reports.first { $0.kind == .pid }?.pid
-            if let pid { Reaper.shared.watch(pid) }
-            if let failure = reports.first(where: { $0.kind == .error }) {
-                if let pid { _ = await Reaper.shared.wait(pid); Reaper.shared.forget(pid) }
-                throw helperFailure(failure)
-            }
-            guard let pid else { throw AgentError.internal("exec helper exited without starting the process") }
-            return ContainerProcess(execID: execID, pid: pid, io: io)
+            started = try await runExecHelper(config, child: child, namespaceFDs: namespaceFDs)
         } catch {
-            await io.close()
+            if let pipes { await pipes.close() }
             throw error
         }
+        let io = try await Self.io(pipes, master: started.pty, group: group)
+        return ContainerProcess(execID: execID, pid: started.pid, io: io)
+    }
+
+    /// The exec helper's whole conversation: the pid of the process it forked (and its pty).
+    private func runExecHelper(_ config: Vessel_HelperConfig, child: ProcessIO.ChildEnds,
+                               namespaceFDs: [(name: String, fd: Int32)]) async throws -> (pid: pid_t, pty: Int32) {
+        let (agentEnd, helperEnd) = try Linux.socketPair()
+        defer { Linux.close(agentEnd) }
+        let helper = try startHelper(.exec, child: child, sync: helperEnd, extraFDs: namespaceFDs.map(\.fd), namespaces: 0)
+        let outcome = try await blocking { [logger] () throws -> HelperOutcome in
+            try send(config, agentEnd)
+            var outcome = HelperOutcome()
+            while true {
+                let next = try receiveReport(agentEnd, logger)
+                if next.pty >= 0 { outcome.pty = next.pty }
+                guard let message = next.message else { return outcome }
+                outcome.reports.append(message)
+            }
+        }
+        _ = await Reaper.shared.wait(helper)
+        Reaper.shared.forget(helper)
+        let pid = outcome.reports.first { $0.kind == .pid }?.pid
+        if let pid { Reaper.shared.watch(pid) }
+        if let failure = outcome.reports.first(where: { $0.kind == .error }) {
+            Linux.close(outcome.pty)
+            if let pid {
+                _ = await Reaper.shared.wait(pid)
+                Reaper.shared.forget(pid)
+            }
+            throw helperFailure(failure)
+        }
+        guard let pid else {
+            Linux.close(outcome.pty)
+            throw AgentError.internal("exec helper exited without starting the process")
+        }
+        return (pid, outcome.pty)
+    }
+
+    /// Pipes, or for a terminal process /dev/null until its helper sends the pty.
+    private static func stdio(terminal: Bool, group: any EventLoopGroup) async throws -> (ProcessIO?, ProcessIO.ChildEnds) {
+        if terminal { return (nil, try ProcessIO.ChildEnds.devNull()) }
+        let (io, child) = try await ProcessIO.pipes(group: group)
+        return (io, child)
+    }
+
+    private static func io(_ pipes: ProcessIO?, master: Int32, group: any EventLoopGroup) async throws -> ProcessIO {
+        guard let pipes else { return try await ProcessIO.terminal(master: master, group: group) }
+        return pipes
     }
 
     private func startHelper(_ mode: Helper.Mode, child: ProcessIO.ChildEnds, sync: Int32, extraFDs: [Int32],
@@ -148,19 +221,33 @@ struct Launcher {
     }
 }
 
+private struct HelperOutcome: Sendable {
+    var reports: [Vessel_HelperReport] = []
+    var pty: Int32 = -1
+}
+
 private func send(_ config: Vessel_HelperConfig, _ fd: Int32) throws {
     let bytes: [UInt8] = try config.serializedBytes()
     try Linux.sendMessage(fd, bytes)
 }
 
-/// The next report that is not a log line; log lines go to the agent's log on the way.
-private func receiveReport(_ fd: Int32, _ logger: Logger) throws -> Vessel_HelperReport? {
+/// The next report that is neither a log line (those go to the agent's log) nor a pty (its master,
+/// sent right after it, is returned with the report that follows); nil message at EOF.
+private func receiveReport(_ fd: Int32, _ logger: Logger) throws -> (message: Vessel_HelperReport?, pty: Int32) {
+    var pty: Int32 = -1
     while let bytes = try Linux.receiveMessage(fd) {
         let report = try Vessel_HelperReport(serializedBytes: bytes)
-        guard report.kind == .log else { return report }
-        logger.info("\(report.detail)")
+        switch report.kind {
+        case .log:
+            logger.info("\(report.detail)")
+        case .pty:
+            Linux.close(pty)
+            pty = try Linux.receiveFD(fd, nameLength: Helper.ptyName.utf8.count)
+        default:
+            return (report, pty)
+        }
     }
-    return nil
+    return (nil, pty)
 }
 
 /// The helper's error, as the one-line message the caller sees ("process.cwd /nope: No such file...").

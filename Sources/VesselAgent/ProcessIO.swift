@@ -84,22 +84,16 @@ final class ProcessIO: Sendable {
     struct ChildEnds {
         var stdin: Int32, stdout: Int32, stderr: Int32
         func close() { for fd in Set([stdin, stdout, stderr]) { Linux.close(fd) } }
+
+        static func devNull() throws -> ChildEnds {
+            let null = try Linux.open("/dev/null", O_RDWR)
+            return ChildEnds(stdin: null, stdout: null, stderr: null)
+        }
     }
 
-    /// Creates the pipes (or pty) and wraps the agent's ends in NIO channels.
-    static func make(terminal: Bool, group: any EventLoopGroup) async throws -> (ProcessIO, ChildEnds) {
-        if terminal {
-            let (master, slave) = try Linux.openPTY()
-            do {
-                let (reader, channel) = try await readerChannel(group) { $0.takingOwnershipOfDescriptor(inputOutput: master) }
-                let io = ProcessIO(stdin: channel, stdout: (reader, channel), stderr: nil, terminal: true, masterFD: master)
-                return (io, ChildEnds(stdin: slave, stdout: slave, stderr: slave))
-            } catch {
-                Linux.close(master)
-                Linux.close(slave)
-                throw error
-            }
-        }
+    /// Creates the pipes and wraps the agent's ends in NIO channels. (A terminal process gets
+    /// /dev/null instead until its helper opened the pty inside the container: `terminal(master:)`.)
+    static func pipes(group: any EventLoopGroup) async throws -> (ProcessIO, ChildEnds) {
         let stdin = try Linux.pipe(), stdout = try Linux.pipe(), stderr = try Linux.pipe()
         let child = ChildEnds(stdin: stdin.read, stdout: stdout.write, stderr: stderr.write)
         do {
@@ -109,6 +103,18 @@ final class ProcessIO: Sendable {
             return (ProcessIO(stdin: input, stdout: out, stderr: err, terminal: false, masterFD: -1), child)
         } catch {
             child.close()
+            throw error
+        }
+    }
+
+    /// A terminal process's pty master (the helper sent it), wrapped for all three streams.
+    static func terminal(master: Int32, group: any EventLoopGroup) async throws -> ProcessIO {
+        guard master >= 0 else { throw AgentError.internal("the helper sent no pty for a terminal process") }
+        do {
+            let (reader, channel) = try await readerChannel(group) { $0.takingOwnershipOfDescriptor(inputOutput: master) }
+            return ProcessIO(stdin: channel, stdout: (reader, channel), stderr: nil, terminal: true, masterFD: master)
+        } catch {
+            Linux.close(master)
             throw error
         }
     }

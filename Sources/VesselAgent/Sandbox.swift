@@ -93,6 +93,8 @@ public actor Sandbox {
     var containers: [String: Container] = [:]
     var storages: StorageTable
     var sandboxStorages: [String] = []
+    /// The pod's IPC, UTS and network namespaces, which every container of the sandbox joins.
+    var sharedNamespaces: [(name: String, fd: Int32)] = []
     /// Ids being created: the actor is re-entered while a create awaits its helper.
     var creating: Set<String> = []
 
@@ -109,10 +111,19 @@ public actor Sandbox {
 
     // MARK: sandbox
 
-    func createSandbox(_ request: Grpc_CreateSandboxRequest) throws {
-        guard sandboxID.isEmpty else { throw AgentError.alreadyExists("sandbox \(sandboxID) already exists") }
+    func createSandbox(_ request: Grpc_CreateSandboxRequest) async throws {
+        guard sandboxID.isEmpty, !creating.contains("") else { throw AgentError.alreadyExists("sandbox \(sandboxID) already exists") }
         try Validation.storages(request.storages, base: storages.base)
-        sandboxStorages = try storages.acquire(request.storages, log: logWarning)
+        creating.insert("")
+        defer { creating.remove("") }
+        let acquired = try storages.acquire(request.storages, log: logWarning)
+        do {
+            sharedNamespaces = try await launcher.sandboxNamespaces(hostname: request.hostname)
+        } catch {
+            storages.release(acquired, log: logWarning)
+            throw error
+        }
+        sandboxStorages = acquired
         sandboxID = request.sandboxID.isEmpty ? "sandbox" : request.sandboxID
         hostname = request.hostname
     }
@@ -121,6 +132,8 @@ public actor Sandbox {
         for id in containers.keys { try? await removeContainer(id, timeout: 0) }
         storages.release(sandboxStorages, log: logWarning)
         sandboxStorages = []
+        for (_, fd) in sharedNamespaces { Linux.close(fd) }
+        sharedNamespaces = []
         sandboxID = ""
     }
 
@@ -152,12 +165,18 @@ public actor Sandbox {
         let namespaces = try Validation.spec(request.oci)
 
         var spec = request.oci
-        if spec.hostname.isEmpty && namespaces.contains(.uts) { spec.hostname = hostname }
+        if spec.hostname.isEmpty && (namespaces.contains(.uts) || !sharedNamespaces.isEmpty) { spec.hostname = hostname }
         if cgroupLayout == nil, spec.mounts.contains(where: { $0.type.hasPrefix("cgroup") }) {
             logger.info("container \(id): no cgroup v2 here, cgroup mounts skipped")
         }
-        let flags = namespaces.reduce(UInt64(0)) { $0 | $1.cloneFlag }
-        let (initProcess, syncFD) = try await launcher.createInit(id: id, spec: spec, namespaces: flags)
+        // A pod's containers share its IPC and UTS namespaces (Kubernetes' pod model; in a VM the
+        // "host's" are the pod's anyway) and, unless they asked for none, its network namespace.
+        let joined = sharedNamespaces.filter { shared in shared.name != "net" || namespaces.contains(.network) }
+        for name in ["ipc", "uts"] where !joined.isEmpty && !spec.linux.namespaces.contains(where: { $0.type == name }) {
+            spec.linux.namespaces.append(.with { $0.type = name })
+        }
+        let flags = namespaces.filter { ns in !joined.contains { $0.name == ns.procName } }.reduce(UInt64(0)) { $0 | $1.cloneFlag }
+        let (initProcess, syncFD) = try await launcher.createInit(id: id, spec: spec, namespaces: flags, joined: joined)
         do {
             let cgroup = try cgroupLayout.map { try Cgroup.create($0, relative: "vessel/\(sandboxID.isEmpty ? "agent" : sandboxID)/\(id)") }
             let names = ["ipc", "uts", "net", "pid", "mnt"]

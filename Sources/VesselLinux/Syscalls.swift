@@ -39,15 +39,41 @@ public enum Linux {
         pthread_detach(thread)
     }
 
-    /// A connected, close-on-exec Unix stream socket.
-    public static func connectUnix(_ path: String) throws(LinuxError) -> Int32 {
+    /// Runs a blocking call on a thread of its own and awaits it, so that blocking calls never
+    /// occupy the cooperative pool.
+    public static func blocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in startThread { continuation.resume(returning: body()) } }
+    }
+
+    private static func unixAddress(_ path: String, stage: String) throws(LinuxError) -> sockaddr_un {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            throw LinuxError(stage: "connect", errno: ENAMETOOLONG, detail: path)
+            throw LinuxError(stage: stage, errno: ENAMETOOLONG, detail: path)
         }
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: bytes) }
+        return address
+    }
+
+    /// A listening, close-on-exec Unix stream socket at `path` (mode 0600).
+    public static func listenUnix(_ path: String) throws(LinuxError) -> Int32 {
+        var address = try unixAddress(path, stage: "bind")
+        let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 || listen(fd, 128) != 0 || chmod(path, 0o600) != 0 {
+            let error = LinuxError(stage: rc != 0 ? "bind" : "listen", detail: path)
+            Glibc.close(fd)
+            throw error
+        }
+        return fd
+    }
+
+    /// A connected, close-on-exec Unix stream socket.
+    public static func connectUnix(_ path: String) throws(LinuxError) -> Int32 {
+        var address = try unixAddress(path, stage: "connect")
         let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         let rc = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
@@ -96,6 +122,17 @@ public enum Linux {
             offset += n
         }
         return buffer
+    }
+
+    /// Reads `fd` to EOF.
+    public static func readAll(_ fd: Int32) throws(LinuxError) -> [UInt8] {
+        var out = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 16 << 10)
+        while true {
+            let n = try sys("read") { chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress!, $0.count) } }
+            if n == 0 { return out }
+            out.append(contentsOf: chunk[0..<n])
+        }
     }
 
     /// Reads a whole small file (procfs, sysfs, cgroupfs).
@@ -162,6 +199,38 @@ public enum Linux {
     }
 
     public static var pageSize: Int { Int(sysconf(Int32(_SC_PAGESIZE))) }
+
+    /// An unnamed read-write file in `directory` (O_TMPFILE): gone with its last fd.
+    public static func anonymousFile(in directory: String) throws(LinuxError) -> Int32 {
+        try sys("open O_TMPFILE", directory) { Glibc.open(directory, VESSEL_O_TMPFILE | O_RDWR | O_CLOEXEC, 0o600) }
+    }
+
+    /// Waits for a child of ours (retrying on EINTR); its shell status (exit code, or 128+signal).
+    @discardableResult
+    public static func reap(_ pid: pid_t) -> Int32 {
+        var raw: Int32 = 0
+        while waitpid(pid, &raw, 0) < 0 && Glibc.errno == EINTR {}
+        return shellStatus(raw)
+    }
+
+    /// A pidfd (close-on-exec): readable once the process has exited, whoever reaps it.
+    public static func pidfdOpen(_ pid: pid_t) throws(LinuxError) -> Int32 {
+        try sys("pidfd_open", "\(pid)") { vessel_pidfd_open(pid) }
+    }
+
+    /// Waits (without polling) until `pid` has exited, up to `timeout` seconds (`.infinity`: no
+    /// bound); true when it has (or never existed).
+    public static func waitGone(pid: pid_t, timeout: Double) -> Bool {
+        guard let fd = try? pidfdOpen(pid) else { return true }
+        defer { close(fd) }
+        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let milliseconds = timeout >= Double(Int32.max) / 1000 ? -1 : Int32(max(0, timeout * 1000))
+        while true {
+            let n = poll(&p, 1, milliseconds)
+            if n < 0 && Glibc.errno == EINTR { continue }
+            return n > 0
+        }
+    }
 }
 
 /// Converts Swift strings to a NULL-terminated C string array that lives as long as the value.

@@ -45,8 +45,8 @@ public final class GuestVM: @unchecked Sendable {
             throw VMError("cannot start \(config.qemu): \(error)")
         }
         let reader = pipe.read
-        Thread.detachNewThread { [self] in readConsole(reader, log: log) }
-        Thread.detachNewThread { [self] in
+        Linux.startThread { [self] in readConsole(reader, log: log) }
+        Linux.startThread { [self] in
             var raw: Int32 = 0
             while waitpid(pid, &raw, 0) < 0 && errno == EINTR {}
             let code = Linux.shellStatus(raw)

@@ -2,7 +2,8 @@ import Foundation
 import VesselAgentClient
 import VesselDevSupport
 import VesselProtocol
-import VesselRuntime
+import VesselCore
+import VesselSandbox
 import VesselVM
 import VesselVsock
 
@@ -248,22 +249,21 @@ func runBench() throws {
         guard status == 0 else { throw DevSupportError("vessel run failed with status \(status)") }
         runs.append(ms)
         // The lower bound: the sandbox's own QEMU command and vsock backend, with an init that powers off.
-        let paths = ContainerPaths(root: dir + "/lower", id: "l\(i)")
+        let paths = SandboxPaths(root: dir + "/lower", id: "l\(i)")
         try FileManager.default.createDirectory(atPath: paths.shared, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: paths.socketDirectory, withIntermediateDirectories: true)
         var options = VsockBackend.Options()
         options.logger.logLevel = .warning
         let backend = try VsockBackend(vhostUserSocketPath: paths.vhostUserSocket, hybridSocketPath: paths.hybridSocket, guestCID: 3,
                                        options: options)
         let thread = backend.start()
-        var vmConfig = SandboxVM.vmConfig(config, paths: paths)
+        var vmConfig = SandboxVMConfig.make(config, paths: paths)
         vmConfig.initrd = option("--baseline-initrd", default: "out/poweroff-initrd.img")
         let vm = try GuestVM(vmConfig)
         _ = try vm.waitForExit(timeout: 120)
         lower.append(Date().timeIntervalSince(vm.startedAt) * 1000)
         backend.stop()
         _ = thread.join()
-        try? FileManager.default.removeItem(atPath: paths.socketDirectory)
+        try? FileManager.default.removeItem(atPath: paths.directory)
     }
     let r = median(runs), b = median(lower)
     print("cold `vessel run` of /bin/true: \(format(r)); same QEMU command with a power-off init: \(format(b)); "
@@ -277,11 +277,14 @@ func runBench() throws {
         guard status == 0 else { throw DevSupportError("vessel exec failed with status \(status)") }
         execs.append(ms)
     }
-    let state = try StateStore(root: dir + "/root").load("idle")
+    let store = StateStore(root: dir + "/root")
+    let record = try store.load("idle")
+    guard let sandbox = store.loadSandbox(record.sandbox) else { throw DevSupportError("no sandbox record for idle") }
     sleep(2)
-    let shim = pssKiB(state.pid), qemu = pssKiB(state.qemuPid)
+    let monitor = pssKiB(record.pid), owner = pssKiB(sandbox.ownerPid), qemu = pssKiB(sandbox.qemuPid)
     print("`vessel exec idle true`: \(format(median(execs))) (median of \(count))")
-    print("host PSS of one idle sandbox: \(shim + qemu) KiB (shim with the vsock backend \(shim) KiB, QEMU \(qemu) KiB)")
+    print("host PSS of one idle sandbox: \(monitor + owner + qemu) KiB (owner with the vsock backend \(owner) KiB, QEMU \(qemu) KiB, "
+        + "process monitor \(monitor) KiB)")
 }
 
 let command = CommandLine.arguments.dropFirst().first ?? ""

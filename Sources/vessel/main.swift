@@ -1,32 +1,12 @@
 import Foundation
-import VesselRuntime
+import VesselContainerd
+import VesselLinux
+import VesselOCI
 
-// Global flags come before the command, as with runc.
-var tokens = Array(CommandLine.arguments.dropFirst())
-var globalTokens: [String] = []
-while let first = tokens.first, first.hasPrefix("-"), !["-v", "--version", "-h", "--help"].contains(first) {
-    globalTokens.append(tokens.removeFirst())
-    let takesValue = ["--root", "-root", "--log", "-log", "--log-format", "-log-format", "--config", "-config", "--criu", "--rootless"]
-    if takesValue.contains(first), let value = tokens.first { globalTokens.append(value); tokens.removeFirst() }
+// One binary, two front doors: runc's command line as `vessel`, containerd's shim v2 as
+// `containerd-shim-vessel-v2` (a link to it).
+let arguments = CommandLine.arguments
+if URL(fileURLWithPath: arguments.first ?? "").lastPathComponent == ContainerdShim.binaryName {
+    exit(Linux.runMain(takingSignals: ContainerdShim.signals(arguments)) { await ContainerdShim.main(arguments, signals: $0) })
 }
-let command = tokens.first ?? "help"
-let commandArguments = Array(tokens.dropFirst())
-
-let status: Int32
-do throws(RuntimeError) {
-    let global = try Arguments(globalTokens, flags: ["debug", "systemd-cgroup"],
-                               options: ["root", "log", "log-format", "config", "criu", "rootless"])
-    let format = RuntimeLog.Format(rawValue: global.option("log-format") ?? "text")
-    guard let format else { throw RuntimeError("invalid log format \"\(global.option("log-format") ?? "")\": use text or json") }
-    let log = RuntimeLog(path: global.option("log"), format: format, debug: global.flag("debug"))
-    do throws(RuntimeError) {
-        status = try await CLI(global: global, globalTokens: globalTokens, log: log).run(command, commandArguments)
-    } catch {
-        log.error(error.message)
-        status = error.exitCode
-    }
-} catch {
-    FileHandle.standardError.write(Data((error.message + "\n").utf8))
-    status = 1
-}
-exit(status)
+exit(Linux.runMain(takingSignals: CLI.signals(arguments)) { await CLI.main(arguments, signals: $0) })

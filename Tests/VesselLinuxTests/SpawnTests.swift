@@ -48,3 +48,24 @@ private final class ThreadResult: @unchecked Sendable {
     // @unchecked: written by the thread before pthread_join returns, read after.
     var result: Result<SpawnResult, LinuxError>?
 }
+
+@Suite(.timeLimit(.minutes(1)))
+struct RemoveTreeTests {
+    /// A sandbox directory holds bind mounts of the caller's rootfs: removing it must never
+    /// delete what the mounts show.
+    @Test func mountedDataSurvivesTheRemoval() throws {
+        let base = "/tmp/vessel-removetree-\(getpid())"
+        let source = base + "/source", tree = base + "/tree"
+        defer { _ = Linux.removeTree(base) }
+        try Linux.mkdirAll(source + "/bin")
+        try Linux.mkdirAll(tree + "/shared/c1/rootfs")
+        try Linux.mkdirAll(tree + "/plain/sub")
+        FileManager.default.createFile(atPath: source + "/bin/sh", contents: Data("data".utf8))
+        FileManager.default.createFile(atPath: tree + "/plain/sub/file", contents: Data())
+        try Linux.mount(source, tree + "/shared/c1/rootfs", nil, MountFlags([.bind]).rawValue, nil)
+        #expect(Linux.removeTree(tree))
+        #expect(!Linux.exists(tree))
+        #expect((try? String(contentsOfFile: source + "/bin/sh", encoding: .utf8)) == "data")
+        #expect(!((try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? "").contains(tree))
+    }
+}

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VesselCore
 import VesselDevSupport
 
 /// The `vessel` binary built next to the tests, run as docker or podman would run it.
@@ -82,15 +83,27 @@ struct VesselCLI {
         return object
     }
 
-    /// Nothing of the container may remain: state dir, mounts, sockets, processes.
+    /// The sandbox record a lone container's owner writes (QEMU's and the owner's pids).
+    func sandbox(_ id: String) throws -> SandboxRecord {
+        let file = SandboxPaths(root: root, id: id).recordFile
+        return try JSONDecoder().decode(SandboxRecord.self, from: Data(contentsOf: URL(fileURLWithPath: file)))
+    }
+
+    /// Nothing of the container may remain: state dir, sandbox dir, mounts, sockets, processes.
     func expectNothingLeft(_ id: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
         #expect(!FileManager.default.fileExists(atPath: root + "/" + id), "state dir left", sourceLocation: sourceLocation)
-        let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
-        #expect(!mountinfo.contains(root), "mounts left: \(mountinfo.split(separator: "\n").filter { $0.contains(root) })",
+        let sandboxDirectory = SandboxPaths(root: root, id: id).directory
+        #expect(!FileManager.default.fileExists(atPath: sandboxDirectory), "sandbox dir \(sandboxDirectory) left",
                 sourceLocation: sourceLocation)
+        let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        let mounts = mountinfo.split(separator: "\n").filter { $0.contains(root) || $0.contains(sandboxDirectory) }
+        #expect(mounts.isEmpty, "mounts left: \(mounts)", sourceLocation: sourceLocation)
+        // The owner and the monitors name the root and end with the id, QEMU names the sandbox directory.
         let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         let ours = processes.filter { pid in
-            Int(pid) != nil && ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains(root)
+            guard Int(pid) != nil, let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8) else { return false }
+            let args = cmdline.split(separator: "\0").map(String.init)
+            return (args.contains(root) && args.last == id) || cmdline.contains(sandboxDirectory)
         }
         #expect(ours.isEmpty, "processes left: \(ours)", sourceLocation: sourceLocation)
         let cgroups = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [])

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import VesselDevSupport
-import VesselRuntime
+import VesselCore
 
 /// Real callers of an OCI runtime, installed from Debian when missing, with all their state in a
 /// temporary directory: podman (conmon) and dockerd 20.10 (containerd + containerd-shim-runc-v2).
@@ -40,17 +40,7 @@ struct CallerTests {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
         let dir = cli.directory
-        // An image without a registry: a busybox rootfs packed by umoci, converted by skopeo for `docker load`.
-        try BusyboxRootfs.make(at: dir + "/busybox")
-        for step in [["/usr/bin/umoci", "init", "--layout", dir + "/oci"],
-                     ["/usr/bin/umoci", "new", "--image", dir + "/oci:busybox"],
-                     ["/usr/bin/umoci", "unpack", "--image", dir + "/oci:busybox", dir + "/unpacked"],
-                     ["/bin/cp", "-a", dir + "/busybox/.", dir + "/unpacked/rootfs/"],
-                     ["/usr/bin/umoci", "repack", "--image", dir + "/oci:busybox", dir + "/unpacked"],
-                     ["/usr/bin/skopeo", "copy", "oci:\(dir)/oci:busybox", "docker-archive:\(dir)/busybox.tar:busybox:vessel"]] {
-            let result = try command(step)
-            try #require(result.status == 0, "\(step): \(result.output)")
-        }
+        try BusyboxImage.archive(at: dir + "/busybox.tar", name: "busybox:vessel", in: dir)
         // Its own dockerd (and the containerd it starts), all state under `dir`; the runtime gets our config.
         try """
             {"runtimes": {"vessel": {"path": "\(VesselCLI.binary)", "runtimeArgs": ["--config", "\(cli.config)"]}}}
@@ -91,35 +81,3 @@ struct CallerTests {
     }
 }
 
-struct CommandResult {
-    var status: Int32
-    var output: String
-}
-
-/// Runs a program with stdout and stderr together in a file (callers' daemons may inherit them).
-func command(_ arguments: [String], environment: [String: String]? = nil) throws -> CommandResult {
-    let output = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-cmd-\(UUID().uuidString.prefix(8))").path
-    FileManager.default.createFile(atPath: output, contents: nil)
-    defer { try? FileManager.default.removeItem(atPath: output) }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: arguments[0])
-    process.arguments = Array(arguments.dropFirst())
-    if let environment { process.environment = environment }
-    process.standardInput = FileHandle.nullDevice
-    let handle = FileHandle(forWritingAtPath: output)
-    process.standardOutput = handle
-    process.standardError = handle
-    try process.run()
-    process.waitUntilExit()
-    return CommandResult(status: process.terminationStatus, output: (try? String(contentsOfFile: output, encoding: .utf8)) ?? "")
-}
-
-/// Installs the Debian packages whose programs are missing (services are not started: policy-rc.d).
-func ensureInstalled(_ programs: [String: String]) throws {
-    let missing = programs.filter { !FileManager.default.isExecutableFile(atPath: $0.key) }.map(\.value)
-    guard !missing.isEmpty else { return }
-    var environment = ProcessInfo.processInfo.environment
-    environment["DEBIAN_FRONTEND"] = "noninteractive"
-    let result = try command(["/usr/bin/apt-get", "install", "-y", "--no-install-recommends"] + missing.sorted(), environment: environment)
-    guard result.status == 0 else { throw CLIError("apt-get install \(missing) failed: \(result.output.suffix(2000))") }
-}

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import VesselRuntime
+import VesselCore
 
 /// What `make` built (out/): the files `make install` installs.
 let builtOut = ProcessInfo.processInfo.environment["VESSEL_OUT"]
@@ -35,6 +35,7 @@ struct InstallTests {
         var result = try make("install-files", destdir: destdir)
         #expect(result.status == 0, "\(result.stdout)")
         let prefix = destdir + "/usr/local"
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: prefix + "/bin/containerd-shim-vessel-v2")) == "vessel")
         for file in ["bin/vessel", "share/vessel/bzImage", "share/vessel/initrd.img", "share/vessel/initrd-debug.img"] {
             #expect(FileManager.default.fileExists(atPath: prefix + "/" + file), "\(file) not installed")
         }
@@ -72,6 +73,7 @@ struct InstallTests {
         result = try make("uninstall", destdir: destdir)
         #expect(result.status == 0, "\(result.stdout)")
         #expect(!FileManager.default.fileExists(atPath: vessel))
+        #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: prefix + "/bin/containerd-shim-vessel-v2")) == nil)
         #expect(!FileManager.default.fileExists(atPath: prefix + "/share/vessel"))
         #expect(FileManager.default.fileExists(atPath: configPath), "an edited configuration must stay")
     }

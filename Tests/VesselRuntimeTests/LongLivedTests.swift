@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import VesselDevSupport
-import VesselRuntime
+import VesselCore
 
 /// Containers as users run them: for minutes, with a lot of output. The sandbox owner once lost
 /// QEMU 5 s after it went idle (the parent-death signal followed a dispatch worker thread).

@@ -1,7 +1,9 @@
 import Foundation
 import Testing
 import VesselDevSupport
-@testable import VesselRuntime
+@testable import VesselContainerd
+@testable import VesselCore
+@testable import VesselOCI
 
 func temporaryDirectory(_ name: String = "vessel-rt") throws -> String {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8))").path
@@ -75,13 +77,15 @@ struct BundleTests {
         config["hooks"] = ["prestart": [["path": "/usr/bin/true"]]]
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: dir + "/config.json"))
 
-        let guest = try GuestBundle(bundle: dir)
-        #expect(guest.guestSpec.root.path == "/run/vessel/shared/rootfs")
+        let guest = try GuestBundle(bundle: dir, container: "c1")
+        #expect(guest.guestSpec.root.path == "/run/vessel/shared/c1/rootfs")
         #expect(guest.rootfs == dir + "/rootfs")
         let data = guest.guestSpec.mounts.first { $0.destination == "/data" }
-        #expect(data?.source.hasPrefix("/run/vessel/shared/m") == true)
-        #expect(guest.hostMounts.contains { $0.source == volume && $0.readOnly })
-        #expect(guest.guestSpec.mounts.first { $0.destination == "/dev/shm" }?.type == "tmpfs")
+        #expect(data?.source.hasPrefix("/run/vessel/shared/c1/m") == true)
+        #expect(guest.hostMounts.contains { $0.source == volume && $0.readOnly && $0.name.hasPrefix("c1/") })
+        // The pod's one /dev/shm tmpfs in the guest, not a 9p file.
+        let shm = guest.guestSpec.mounts.last { $0.destination == "/dev/shm" }
+        #expect(shm?.type == "bind" && shm?.source == GuestBundle.sandboxShm)
         #expect(guest.guestSpec.linux.namespaces.allSatisfy { $0.path.isEmpty })
         #expect(guest.guestSpec.hooks.prestart.isEmpty, "OCI hooks run on the host, not in the guest")
     }
@@ -90,29 +94,29 @@ struct BundleTests {
         let dir = try bundle()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let file = dir + "/config.json"
-        expectError("no such directory") { _ = try GuestBundle(bundle: dir + "/missing") }
+        expectError("no such directory") { _ = try GuestBundle(bundle: dir + "/missing", container: "c") }
         try Data("{\"ociVersion\": \"1.0\",\n  \"process\": nope}".utf8).write(to: URL(fileURLWithPath: file))
-        expectError("invalid JSON at line 2, column 1") { _ = try GuestBundle(bundle: dir) }
+        expectError("invalid JSON at line 2, column 1") { _ = try GuestBundle(bundle: dir, container: "c") }
         try Data(#"{"ociVersion":"1","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["a"],"rlimits":[{"type":"RLIMIT_NOFILE","hard":-1,"soft":1}]},"root":{"path":"rootfs"}}"#.utf8)
             .write(to: URL(fileURLWithPath: file))
-        expectError("process.rlimits[0].hard: -1 is out of range") { _ = try GuestBundle(bundle: dir) }
+        expectError("process.rlimits[0].hard: -1 is out of range") { _ = try GuestBundle(bundle: dir, container: "c") }
         try Data(#"{"ociVersion":"1","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":[]},"root":{"path":"rootfs"}}"#.utf8)
             .write(to: URL(fileURLWithPath: file))
-        expectError("process.args must not be empty") { _ = try GuestBundle(bundle: dir) }
+        expectError("process.args must not be empty") { _ = try GuestBundle(bundle: dir, container: "c") }
         try Data(#"{"ociVersion":"1","process":{"user":{"uid":0,"gid":"x"},"cwd":"/","args":["a"]},"root":{"path":"rootfs"}}"#.utf8)
             .write(to: URL(fileURLWithPath: file))
-        expectError("process.user.gid: expected UInt32") { _ = try GuestBundle(bundle: dir) }
+        expectError("process.user.gid: expected UInt32") { _ = try GuestBundle(bundle: dir, container: "c") }
         try Data(#"{"ociVersion":"1","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["a"]},"root":{"path":"nope"}}"#.utf8)
             .write(to: URL(fileURLWithPath: file))
-        expectError("root.path \(dir)/nope: no such directory") { _ = try GuestBundle(bundle: dir) }
+        expectError("root.path \(dir)/nope: no such directory") { _ = try GuestBundle(bundle: dir, container: "c") }
         try FileManager.default.removeItem(atPath: file)
-        expectError("config.json: cannot read") { _ = try GuestBundle(bundle: dir) }
+        expectError("config.json: cannot read") { _ = try GuestBundle(bundle: dir, container: "c") }
     }
 
     @Test func missingBindSourceIsNamed() throws {
         let dir = try bundle(["mounts": [["destination": "/x", "type": "bind", "source": "/nonexistent/src", "options": ["bind"]]]])
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        expectError("mounts[0].source /nonexistent/src: no such file or directory") { _ = try GuestBundle(bundle: dir) }
+        expectError("mounts[0].source /nonexistent/src: no such file or directory") { _ = try GuestBundle(bundle: dir, container: "c") }
     }
 }
 
@@ -124,23 +128,26 @@ struct StateTests {
         #expect((try? StateStore.validate(id: "abc_1.2+3-4")) != nil)
     }
 
-    @Test func duplicateIdsAndStaleShims() throws {
+    @Test func duplicateIdsAndDeadOwners() throws {
         let root = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: root) }
         let store = StateStore(root: root)
-        var state = ContainerState(id: "c1", bundle: "/b", rootfs: "/b/rootfs", status: .created, created: rfc3339Now(), owner: "root")
-        // A pid that is certainly not alive: the container counts as stopped.
-        state.pid = Int32.max - 1
-        _ = try store.create(state)
-        expectError("container with id exists: c1") { _ = try store.create(state) }
+        try store.claim("c1")
+        expectError("container with id exists: c1") { try store.claim("c1") }
+        var record = ContainerRecord(id: "c1", sandbox: "c1", bundle: "/b", rootfs: "/b/rootfs")
+        try record.lifecycle.apply(.created)
+        // An owner pid that is certainly not alive: the container counts as stopped.
+        record.ownerPid = Int32.max - 1
+        try store.write(record)
         #expect(try store.load("c1").status == .stopped)
-        // Our own process with its real start time counts as a live shim.
-        try store.update("c1") { (s: inout ContainerState) throws(RuntimeError) in
-            s.status = .created; s.pid = getpid(); s.pidStartTime = ProcessIdentity.startTime(of: getpid()) ?? 0
-        }
+        // Our own process with its real start time counts as a live owner.
+        record.ownerPid = getpid()
+        record.ownerStartTime = ProcessIdentity.startTime(of: getpid()) ?? 0
+        try store.write(record)
         #expect(try store.load("c1").status == .created)
-        // The same pid with another start time is a recycled pid, not our shim.
-        try store.update("c1") { (s: inout ContainerState) throws(RuntimeError) in s.status = .created; s.pidStartTime += 1 }
+        // The same pid with another start time is a recycled pid, not our owner.
+        record.ownerStartTime += 1
+        try store.write(record)
         #expect(try store.load("c1").status == .stopped)
         #expect(store.list().map(\.id) == ["c1"])
         expectError("container \"nope\" does not exist") { _ = try store.load("nope") }
@@ -148,10 +155,60 @@ struct StateTests {
         #expect(!FileManager.default.fileExists(atPath: root + "/c1"))
     }
 
+    /// The only rules for status changes, with runc's wording for the ones that do not apply.
+    @Test func lifecycleTransitions() throws {
+        var life = Lifecycle()
+        expectError("cannot start a container that is still being created") { try life.apply(.started) }
+        try life.apply(.created)
+        expectError("container not running") { try life.apply(.paused) }
+        try life.apply(.started)
+        expectError("cannot start an already running container") { try life.apply(.started) }
+        try life.apply(.paused)
+        expectError("container not running") { try life.apply(.paused) }
+        try life.apply(.resumed)
+        expectError("container not paused") { try life.apply(.resumed) }
+        try life.apply(.exited(status: 3, at: Date()))
+        #expect(life.status == .stopped && life.exitStatus == 3)
+        // A second exit (a dying sandbox after the process) keeps the first status.
+        try life.apply(.exited(status: 255, at: Date()))
+        #expect(life.exitStatus == 3)
+        expectError("cannot start a container that has stopped") { try life.apply(.started) }
+    }
+
     @Test func socketPathsFitSunPathForDockerSizedIds() {
-        let paths = ContainerPaths(root: "/var/run/docker/runtime-vessel/moby", id: String(repeating: "a", count: 64))
+        let paths = SandboxPaths(root: "/var/run/docker/runtime-vessel/moby", id: String(repeating: "a", count: 64))
         #expect(paths.hybridSocket.utf8.count + "_65535".count < 108)
-        #expect(ContainerPaths(root: "/r", id: "a").socketDirectory != ContainerPaths(root: "/r", id: "b").socketDirectory)
+        #expect(SandboxPaths(root: "/r", id: "a").directory != SandboxPaths(root: "/r", id: "b").directory)
+    }
+
+    @Test func podRolesFromCRIAndCRIOAnnotations() {
+        #expect(PodRole(annotations: [:]) == .sandbox)
+        #expect(PodRole(annotations: [PodRole.criType: "sandbox", PodRole.criSandbox: "s"]) == .sandbox)
+        #expect(PodRole(annotations: [PodRole.criType: "container", PodRole.criSandbox: "s"]) == .member(sandbox: "s"))
+        #expect(PodRole(annotations: [PodRole.crioType: "container", PodRole.crioSandbox: "p"]) == .member(sandbox: "p"))
+        #expect(PodRole(annotations: [PodRole.criType: "container"]) == .sandbox, "no sandbox id: a sandbox of its own")
+        #expect(PodRole.member(sandbox: "s").sandboxID(container: "c") == "s")
+    }
+}
+
+struct ContainerdShimTests {
+    @Test func sha256KnownAnswers() {
+        #expect(SHA256.hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        #expect(SHA256.hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        #expect(SHA256.hex(String(repeating: "a", count: 1000)).hasPrefix("41edece42d63e8d9bf515a9ba6932e1c"))
+    }
+
+    /// containerd's runc and Kata shims put a group's socket at the same place: hash of address/ns/id.
+    @Test func socketAddressAsContainerdComputesIt() {
+        let address = ContainerdShim.socketAddress(containerdAddress: "/run/containerd/containerd.sock", namespace: "k8s.io", group: "abc")
+        #expect(address == "unix:///run/containerd/s/a99a1752d3a0fadfb1f869026f16760475df03a572e20f4ccea9e6c1e5470b72")
+        #expect(ContainerdShim.cleanPath("/run//x/./y/../z/") == "/run/x/z")
+    }
+
+    @Test func goStyleFlags() throws {
+        let flags = try ContainerdShim.parse(["-namespace", "k8s.io", "--id=c1", "-address", "/run/c.sock", "-debug", "start"])
+        #expect(flags.namespace == "k8s.io" && flags.id == "c1" && flags.address == "/run/c.sock" && flags.debug && flags.action == "start")
+        expectError("flag provided but not defined: -bogus") { _ = try ContainerdShim.parse(["-bogus", "1"]) }
     }
 }
 

@@ -2,7 +2,7 @@ import CVessel
 import Foundation
 import Testing
 import VesselDevSupport
-import VesselRuntime
+import VesselCore
 
 /// `vessel` driving real QEMU guests (TCG here): the built kernel and initrd, a busybox bundle.
 @Suite(.serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
@@ -98,8 +98,8 @@ struct VMRuntimeTests {
         _ = "yes\n".withCString { write(master, $0, 4) }
         seen += try readUntil(master, "answer=yes", timeout: 60)
         #expect(seen.contains("stdin-is-a-terminal"), "\(seen)")
-        // OCI: the terminal's slave is bind-mounted at /dev/console, where ttyname finds it.
-        #expect(seen.contains("/dev/console"), "\(seen)")
+        // As under runc: the terminal is a pty of the container's own devpts.
+        #expect(seen.contains("/dev/pts/"), "\(seen)")
         #expect(seen.contains("answer=yes"), "\(seen)")
         let pid = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
         #expect(ProcessIdentity.waitGone(pid: pid, timeout: 60))
@@ -135,8 +135,7 @@ struct VMRuntimeTests {
         let pidFile = cli.directory + "/pid"
         #expect(try cli.run(["run", "--detach", "--bundle", bundle, "--pid-file", pidFile, "k1"]).status == 0)
         #expect(try cli.state("k1")["status"] as? String == "running")
-        let stateFile = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: cli.root + "/k1/state.json"))) as? [String: Any]
-        let qemu = Int32(stateFile?["qemuPid"] as? Int ?? 0)
+        let qemu = try cli.sandbox("k1").qemuPid
         #expect(qemu > 0)
         kill(qemu, SIGKILL)
         let shim = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
@@ -150,25 +149,45 @@ struct VMRuntimeTests {
 }
 
 extension VMRuntimeTests {
-    /// The vsock backend is a thread of the shim: killing the shim kills the backend, and QEMU
-    /// follows (parent-death signal); the container is reported stopped and delete cleans up.
-    @Test func killedShimAndBackendMeanAStoppedContainer() throws {
+    /// As with runc, the pid callers wait on is the container: killing the monitor (even with
+    /// SIGKILL) kills the container's process; the sandbox stays until delete, which cleans up.
+    @Test func killedMonitorMeansAStoppedContainer() throws {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
         let bundle = try cli.bundle(["sleep", "1000"])
         let pidFile = cli.directory + "/pid"
         #expect(try cli.run(["run", "--detach", "--bundle", bundle, "--pid-file", pidFile, "s1"]).status == 0)
-        let stateFile = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: cli.root + "/s1/state.json"))) as? [String: Any]
-        let qemu = Int32(stateFile?["qemuPid"] as? Int ?? 0)
-        let shim = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
-        #expect(qemu > 0 && shim > 0)
-        kill(shim, SIGKILL)
-        #expect(ProcessIdentity.waitGone(pid: qemu, timeout: 30), "QEMU outlived its shim")
-        #expect(try cli.state("s1")["status"] as? String == "stopped")
+        let monitor = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
+        #expect(monitor > 0)
+        kill(monitor, SIGKILL)
+        var status = ""
+        for _ in 0..<300 where status != "stopped" {
+            status = try cli.state("s1")["status"] as? String ?? ""
+            if status != "stopped" { usleep(100_000) }
+        }
+        #expect(status == "stopped")
         let result = try cli.run(["exec", "s1", "true"])
         #expect(result.status == 1 && result.stderr.contains("cannot exec in a stopped container"), "\(result.stderr)")
         #expect(try cli.run(["delete", "s1"]).status == 0)
         try cli.expectNothingLeft("s1")
+    }
+
+    /// The owner holds QEMU (parent-death signal) and the backend (a thread): killing it takes
+    /// the sandbox down; the container reads as stopped and delete cleans up what it left.
+    @Test func killedOwnerTakesTheSandboxDown() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sleep", "1000"])
+        #expect(try cli.run(["run", "--detach", "--bundle", bundle, "o1"]).status == 0)
+        let sandbox = try cli.sandbox("o1")
+        #expect(sandbox.qemuPid > 0 && sandbox.ownerPid > 0)
+        kill(sandbox.ownerPid, SIGKILL)
+        #expect(ProcessIdentity.waitGone(pid: sandbox.qemuPid, timeout: 30), "QEMU outlived its owner")
+        #expect(try cli.state("o1")["status"] as? String == "stopped")
+        let result = try cli.run(["exec", "o1", "true"])
+        #expect(result.status == 1 && result.stderr.contains("cannot exec in a stopped container"), "\(result.stderr)")
+        #expect(try cli.run(["delete", "o1"]).status == 0)
+        try cli.expectNothingLeft("o1")
     }
 }
 
@@ -205,4 +224,43 @@ func readUntil(_ fd: Int32, _ text: String, timeout: Double) throws -> String {
         }
     }
     return seen
+}
+
+extension VMRuntimeTests {
+    /// Pods through the OCI CLI, as Kata 1.x did for CRI-O: a container whose spec names a
+    /// sandbox in CRI-O's annotations joins that sandbox's VM.
+    @Test func crioAnnotatedContainersJoinTheSandboxVM() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let sandbox = cli.directory + "/pause"
+        try OCIBundle.make(at: sandbox, args: ["sleep", "100000"], extra: ["annotations": [PodRole.crioType: "sandbox"]])
+        let member = cli.directory + "/app"
+        try OCIBundle.make(at: member, args: ["sh", "-c", "echo app-ran; exec sleep 100000"],
+                           extra: ["annotations": [PodRole.crioType: "container", PodRole.crioSandbox: "pod1"]])
+        #expect(try cli.run(["run", "--detach", "--bundle", sandbox, "pod1"]).status == 0)
+        var result = try cli.run(["run", "--detach", "--bundle", member, "app1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let pod = try cli.sandbox("pod1")
+        #expect(!FileManager.default.fileExists(atPath: SandboxPaths(root: cli.root, id: "app1").directory), "no sandbox of its own")
+        let qemus = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { pid in
+            ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains(SandboxPaths(root: cli.root, id: "pod1").directory + "/vhost")
+        }
+        #expect(qemus == ["\(pod.qemuPid)"], "one QEMU for the pod: \(qemus)")
+        result = try cli.run(["exec", "app1", "sh", "-c", "readlink /proc/self/ns/uts"])
+        let inApp = result.stdout
+        result = try cli.run(["exec", "pod1", "sh", "-c", "readlink /proc/self/ns/uts"])
+        #expect(!inApp.isEmpty && inApp == result.stdout, "the pod's UTS namespace: \(inApp) \(result.stdout)")
+        // A member of a sandbox that is not there is refused, and leaves nothing.
+        let stray = cli.directory + "/stray"
+        try OCIBundle.make(at: stray, args: ["true"], extra: ["annotations": [PodRole.crioType: "container", PodRole.crioSandbox: "nope"]])
+        result = try cli.run(["create", "--bundle", stray, "stray1"])
+        #expect(result.status == 1 && result.stderr.contains("sandbox nope of container stray1 is not running"), "\(result.stderr)")
+        try cli.expectNothingLeft("stray1")
+
+        #expect(try cli.run(["delete", "--force", "app1"]).status == 0)
+        #expect(try cli.state("pod1")["status"] as? String == "running", "the pod outlives its member")
+        #expect(try cli.run(["delete", "--force", "pod1"]).status == 0)
+        try cli.expectNothingLeft("app1")
+        try cli.expectNothingLeft("pod1")
+    }
 }

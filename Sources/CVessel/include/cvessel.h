@@ -77,6 +77,10 @@ int vessel_send_fd(int sock, const char *name, int fd);
 int vessel_recv_fd(int sock, char *name, size_t name_size);
 int vessel_get_winsize(int fd, uint16_t *rows, uint16_t *cols);
 int vessel_pidfd_open(pid_t pid);
+/// Sets IFF_UP on the loopback interface of the caller's network namespace; -errno on failure.
+int vessel_loopback_up(void);
+/// The path of a pty master's slave (ptsname); -errno on failure.
+int vessel_ptsname(int master, char *name, size_t size);
 
 /// GNU-only open flags the Swift Glibc module does not export (same values on x86_64 and arm64).
 #define VESSEL_O_PATH 010000000

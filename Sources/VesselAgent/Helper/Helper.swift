@@ -17,6 +17,8 @@ public enum Helper {
     public enum Mode: String {
         case initContainer = "init"
         case exec = "exec"
+        /// Holds new IPC, UTS and network namespaces for the agent to open: a pod's shared ones.
+        case sandboxNamespaces = "sandbox-ns"
     }
 
     /// Entry point when argv[1] == `argument`; never returns.
@@ -35,6 +37,7 @@ public enum Helper {
             switch Mode(rawValue: mode) {
             case .initContainer: try runInit(config)
             case .exec: try runExec(config)
+            case .sandboxNamespaces: try holdNamespaces(config)
             case nil: throw LinuxError(stage: "helper mode \(mode)", errno: EINVAL)
             }
         } catch let error as LinuxError {
@@ -47,14 +50,19 @@ public enum Helper {
     }
 
     private static func runInit(_ config: Vessel_HelperConfig) throws -> Never {
+        // The pod's namespaces first: everything after happens inside them.
+        for (index, name) in config.joinNamespaces.enumerated() {
+            try sys("setns", name) { vessel_setns(firstNamespaceFD + Int32(index), 0) }
+        }
         if config.pauseForCreateRuntime {
             report(.createRuntime)
             guard let go = try Linux.receiveMessage(syncFD), go.isEmpty else { exit(1) }
         }
         let hooks = config.spec.hooks
-        try RootfsSetup(spec: config.spec, noPivot: config.noPivot, log: log) {
-            try Hooks.runBlocking(hooks.createContainer, kind: "createContainer", state: state(config, "creating"))
-        }.run()
+        let terminal = config.spec.process.terminal
+        try RootfsSetup(spec: config.spec, noPivot: config.noPivot, log: log,
+                        beforePivot: { try Hooks.runBlocking(hooks.createContainer, kind: "createContainer", state: state(config, "creating")) },
+                        afterPivot: { if terminal { try openTerminal(console: true) } }).run()
         report(.ready)
         // The start message is an empty frame; EOF means the agent went away: give up quietly.
         guard let start = try Linux.receiveMessage(syncFD), start.isEmpty else { exit(1) }
@@ -70,6 +78,7 @@ public enum Helper {
         for (index, name) in order {
             try sys("setns", name) { vessel_setns(firstNamespaceFD + Int32(index), 0) }
         }
+        if config.process.terminal { try openTerminal(console: false) }
         // setns(pid) only applies to children; CLONE_PARENT makes the process the agent's child.
         let pid = vessel_clone_parent()
         if pid < 0 { throw LinuxError(stage: "clone") }
@@ -84,6 +93,38 @@ public enum Helper {
             _exit(127)
         }
         report(.pid(pid))
+        exit(0)
+    }
+
+    /// As runc: the pty comes from the container's own devpts (so the process sees /dev/pts/N),
+    /// its master goes to the agent, its slave becomes our stdio. The init's slave is also
+    /// bind-mounted at /dev/console, as the OCI spec asks.
+    private static func openTerminal(console: Bool) throws {
+        let (master, slave) = try Linux.openPTY()
+        defer {
+            Linux.close(master)
+            Linux.close(slave)
+        }
+        if console {
+            let path = try Linux.ptyName(master)
+            if !Linux.exists("/dev/console") { Linux.close(try Linux.open("/dev/console", O_WRONLY | O_CREAT, 0o600)) }
+            try Linux.mount(path, "/dev/console", nil, MountFlags.bind.rawValue, nil)
+        }
+        report(.pty)
+        try Linux.sendFD(syncFD, name: ptyName, master)
+        for fd: Int32 in [0, 1, 2] { try sys("dup2") { dup2(slave, fd) } }
+    }
+
+    /// What the agent reads after a PTY report: exactly this many bytes come with the fd.
+    static let ptyName = "pty"
+
+    /// The pod's shared namespaces exist as long as this helper does, and the agent's fds to them after.
+    private static func holdNamespaces(_ config: Vessel_HelperConfig) throws -> Never {
+        let hostname = Array(config.spec.hostname.utf8)
+        if !hostname.isEmpty { try sys("sethostname") { hostname.withUnsafeBufferPointer { vessel_sethostname($0.baseAddress, $0.count) } } }
+        try Linux.loopbackUp()
+        report(.ready)
+        while (try? Linux.receiveMessage(syncFD)) != nil {}
         exit(0)
     }
 
@@ -104,6 +145,7 @@ public enum Helper {
         case createRuntime
         case ready
         case pid(pid_t)
+        case pty
         case error(LinuxError)
     }
 
@@ -120,6 +162,8 @@ public enum Helper {
         case .pid(let pid):
             message.kind = .pid
             message.pid = pid
+        case .pty:
+            message.kind = .pty
         case .error(let error):
             message.kind = .error
             message.stage = error.stage

@@ -14,6 +14,8 @@ struct RootfsSetup {
     let log: (String) -> Void
     /// The createContainer hooks: in the container's namespaces, mounts done, before pivot_root.
     let beforePivot: () throws -> Void
+    /// Inside the new root, before anything turns read-only (the terminal's /dev/console).
+    let afterPivot: () throws -> Void
 
     func run() throws {
         try Linux.mount("", "/", nil, MountFlags([.recursive, .private]).rawValue, nil)
@@ -36,10 +38,10 @@ struct RootfsSetup {
         for (index, device) in spec.linux.devices.enumerated() {
             try createDevice(device, field: "linux.devices[\(index)]", rooted: rooted)
         }
-        if spec.process.terminal { try bindConsole(rooted) }
         try setHostname()
         try beforePivot()
         if noPivot { try moveRoot(root) } else { try pivot(into: root) }
+        try afterPivot()
         // As runc: sysctls before /proc/sys turns read-only, masks last.
         for (key, value) in spec.linux.sysctl.sorted(by: { $0.key < $1.key }) {
             try Linux.writeFile("/proc/sys/" + key.replacingDots(), value)
@@ -53,20 +55,6 @@ struct RootfsSetup {
             let propagation = MountOptions([spec.linux.rootfsPropagation]).propagation
             try Linux.mount("", "/", nil, propagation.rawValue, nil)
         }
-    }
-
-    /// OCI: a terminal process finds its pty slave (our fd 0) at /dev/console. The pty lives in the
-    /// agent's devpts, not the container's, so this is also where ttyname(3) finds it.
-    private func bindConsole(_ rooted: RootedPath) throws {
-        let target = try rooted.create(try RootedPath.components("/dev/console", field: "/dev/console"), directory: false)
-        defer { Linux.close(target) }
-        // By path: the fd's mount belongs to the agent's namespace, which a bind refuses (EINVAL);
-        // our copy of that namespace has the same devpts mount at the same path.
-        var buffer = [CChar](repeating: 0, count: 256)
-        let n = readlink("/proc/self/fd/0", &buffer, buffer.count - 1)
-        guard n > 0 else { throw LinuxError(stage: "readlink", detail: "/proc/self/fd/0 (the terminal)") }
-        let slave = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        try Linux.mount(slave, procFDPath(target), nil, MountFlags.bind.rawValue, nil)
     }
 
     /// A recursive read-only bind of the path onto itself; missing paths are fine (as runc).

@@ -66,6 +66,10 @@ public nonisolated struct Vessel_HelperConfig: Sendable {
   /// refuses when "/" is the initramfs (the guest) and which runc's --no-pivot also avoids.
   public var noPivot: Bool = false
 
+  /// Container init: namespace names (as /proc/PID/ns/NAME) of the fds starting at 4, in order:
+  /// the sandbox's shared namespaces (a pod's IPC, UTS and network), joined instead of created.
+  public var joinNamespaces: [String] = []
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -109,6 +113,9 @@ public nonisolated struct Vessel_HelperReport: Sendable {
 
     /// namespaces exist; waiting for an empty message to go on
     case createRuntime // = 4
+
+    /// a terminal process's pty master, opened in the container's devpts, follows as SCM_RIGHTS
+    case pty // = 5
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -122,6 +129,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       case 2: self = .error
       case 3: self = .log
       case 4: self = .createRuntime
+      case 5: self = .pty
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -133,6 +141,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       case .error: return 2
       case .log: return 3
       case .createRuntime: return 4
+      case .pty: return 5
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -144,6 +153,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       .error,
       .log,
       .createRuntime,
+      .pty,
     ]
 
   }
@@ -157,7 +167,7 @@ fileprivate nonisolated let _protobuf_package = "vessel"
 
 nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HelperConfig"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{1}process\0\u{1}namespaces\0\u{3}container_id\0\u{3}host_pid\0\u{1}bundle\0\u{3}pause_for_create_runtime\0\u{3}no_pivot\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{1}process\0\u{1}namespaces\0\u{3}container_id\0\u{3}host_pid\0\u{1}bundle\0\u{3}pause_for_create_runtime\0\u{3}no_pivot\0\u{3}join_namespaces\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -173,6 +183,7 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
       case 6: try { try decoder.decodeSingularStringField(value: &self.bundle) }()
       case 7: try { try decoder.decodeSingularBoolField(value: &self.pauseForCreateRuntime) }()
       case 8: try { try decoder.decodeSingularBoolField(value: &self.noPivot) }()
+      case 9: try { try decoder.decodeRepeatedStringField(value: &self.joinNamespaces) }()
       default: break
       }
     }
@@ -207,6 +218,9 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
     if self.noPivot != false {
       try visitor.visitSingularBoolField(value: self.noPivot, fieldNumber: 8)
     }
+    if !self.joinNamespaces.isEmpty {
+      try visitor.visitRepeatedStringField(value: self.joinNamespaces, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -219,6 +233,7 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.bundle != rhs.bundle {return false}
     if lhs.pauseForCreateRuntime != rhs.pauseForCreateRuntime {return false}
     if lhs.noPivot != rhs.noPivot {return false}
+    if lhs.joinNamespaces != rhs.joinNamespaces {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -275,5 +290,5 @@ nonisolated extension Vessel_HelperReport: SwiftProtobuf.Message, SwiftProtobuf.
 }
 
 nonisolated extension Vessel_HelperReport.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READY\0\u{1}PID\0\u{1}ERROR\0\u{1}LOG\0\u{1}CREATE_RUNTIME\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READY\0\u{1}PID\0\u{1}ERROR\0\u{1}LOG\0\u{1}CREATE_RUNTIME\0\u{1}PTY\0")
 }

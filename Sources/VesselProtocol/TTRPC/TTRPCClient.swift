@@ -43,11 +43,13 @@ public final class TTRPCClient: Sendable {
         method: String,
         request: Req,
         as: Resp.Type = Resp.self,
-        timeout: Duration? = nil
+        timeout: Duration? = nil,
+        metadata: [String: String] = [:]
     ) async throws -> Resp {
         var envelope = Ttrpc_Request()
         envelope.service = service
         envelope.method = method
+        envelope.metadata = metadata.sorted { $0.key < $1.key }.map { pair in Ttrpc_KeyValue.with { $0.key = pair.key; $0.value = pair.value } }
         let bytes: [UInt8]
         do {
             envelope.payload = try request.serializedBytes()

@@ -1,0 +1,3 @@
+public enum VesselVersion {
+    public static let string = "0.2.0"
+}

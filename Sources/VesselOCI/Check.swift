@@ -1,0 +1,59 @@
+import Foundation
+import VesselCore
+import VesselVM
+
+/// `vessel check`: can this host run Vessel? One line per requirement, with a remedy when it fails.
+enum Check {
+    static func run(_ runtime: Context) -> Int32 {
+        let h = runtime.config.hypervisor
+        var failed = false
+        func line(_ ok: Bool, _ what: String, _ remedy: String = "") {
+            print("\(ok ? "ok  " : "FAIL") \(what)" + (ok || remedy.isEmpty ? "" : " -> \(remedy)"))
+            if !ok { failed = true }
+        }
+        line(geteuid() == 0, "running as root", "run vessel as root (it mounts, creates cgroups and starts VMs)")
+        let qemu = FileManager.default.isExecutableFile(atPath: h.path)
+        line(qemu, "QEMU at \(h.path)", "apt-get install qemu-system-x86, or set hypervisor.path")
+        let devices = qemu ? deviceHelp(h.path) : ""
+        line(devices.contains("vhost-user-vsock-pci"), "QEMU has vhost-user-vsock-pci (hybrid vsock)", "QEMU 7.0 or newer is needed")
+        line(devices.contains("virtio-9p-pci"), "QEMU has virtio-9p-pci (rootfs sharing)", "a QEMU built with virtfs support is needed")
+        print("ok   configuration: \(runtime.configPath ?? "built-in defaults (no \(RuntimeConfig.defaultPath))")")
+        func guestFile(_ path: String, _ name: String, _ what: String, _ target: String) -> Bool {
+            let exists = FileManager.default.fileExists(atPath: path)
+            let looked = path == GuestFiles.find(name) ? " (looked in \(GuestFiles.directories().joined(separator: " and ")))" : ""
+            line(exists, "guest \(what) \(path)", "\(target) or make install, or set hypervisor.\(what)" + looked)
+            return exists
+        }
+        let kernel = guestFile(h.kernel, "bzImage", "kernel", "make kernel")
+        _ = guestFile(h.initrd, "initrd.img", "initrd", "make initrd")
+        if let wanted = VMConfig.Accelerator(rawValue: h.accelerator), kernel, qemu {
+            let resolved = AcceleratorProbe.resolve(wanted, kernel: h.kernel, qemu: h.path)
+            print(resolved == .kvm ? "ok   KVM works: guests run with hardware virtualization"
+                                   : "ok   KVM unusable here: guests run under TCG emulation (works, much slower; enable nested virtualization for KVM)")
+        }
+        let vhostVsock = FileManager.default.fileExists(atPath: "/dev/vhost-vsock")
+        print("ok   vsock: " + (vhostVsock ? "/dev/vhost-vsock present; Vessel uses its own hybrid vsock backend anyway"
+                                           : "no /dev/vhost-vsock; Vessel's userspace hybrid vsock backend is used"))
+        let cgroup2 = FileManager.default.fileExists(atPath: "/sys/fs/cgroup/cgroup.controllers")
+            || FileManager.default.fileExists(atPath: "/sys/fs/cgroup/unified/cgroup.controllers")
+        let cgroup1 = FileManager.default.fileExists(atPath: "/sys/fs/cgroup/pids")
+        line(cgroup1 || cgroup2, "host cgroups (" + (cgroup2 ? "v2" : "") + (cgroup1 ? (cgroup2 ? "+v1" : "v1") : "") + ")",
+             "mount cgroup2 on /sys/fs/cgroup")
+        line(FileManager.default.isWritableFile(atPath: "/dev/shm") || FileManager.default.fileExists(atPath: "/proc/self/fd"),
+             "memfd shared guest memory", "a kernel with memfd_create is needed")
+        return failed ? 1 : 0
+    }
+
+    static func deviceHelp(_ qemu: String) -> String {
+        let process = Process()
+        let pipe = Pipe()
+        process.executableURL = URL(fileURLWithPath: qemu)
+        process.arguments = ["-nodefaults", "-machine", "none", "-device", "help"]
+        process.standardOutput = pipe
+        process.standardError = FileHandle.nullDevice
+        guard (try? process.run()) != nil else { return "" }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return String(decoding: data, as: UTF8.self)
+    }
+}

@@ -1,0 +1,213 @@
+import Foundation
+import SwiftProtobuf
+import VesselAgentClient
+import VesselCore
+import VesselLinux
+import VesselProtocol
+
+/// What a Create needs, from either front door.
+struct CreateRequest: Sendable {
+    var id: String
+    var bundle: String
+    /// containerd's rootfs mounts, mounted onto `<bundle>/rootfs` (empty: the bundle has its rootfs).
+    var rootfs: [Containerd_Types_Mount] = []
+    var stdio = StdioPaths()
+    /// The OCI CLI's process monitor, reported as the container's pid; 0 for containerd.
+    var monitorPid: Int32 = 0
+}
+
+extension SandboxOwner {
+    func create(_ request: CreateRequest) async throws(RuntimeError) -> Int32 {
+        let id = request.id
+        try StateStore.validate(id: id)
+        guard containers[id] == nil, !creating.contains(id) else {
+            throw RuntimeError("container with id exists: \(id)", kind: .alreadyExists)
+        }
+        guard !shuttingDown, sandboxFailure == nil else {
+            throw .precondition("sandbox \(sandboxRecord.id) is \(sandboxFailure.map { "dead: \($0)" } ?? "shutting down")")
+        }
+        creating.insert(id)
+        defer { creating.remove(id) }
+        if case .containerd = frontDoor { try store.claim(id) }
+        var rootfsMounts: [String] = []
+        do {
+            rootfsMounts = try RootfsMounts.mount(request.rootfs, bundle: request.bundle)
+            let bundle = try GuestBundle(bundle: request.bundle, container: id)
+            try checkRole(bundle, id: id)
+            return try await create(request, bundle: bundle, rootfsMounts: rootfsMounts)
+        } catch {
+            SharedMounts.release(rootfsMounts)
+            store.remove(id)
+            if containers.isEmpty { await abandonSandbox() }
+            throw error
+        }
+    }
+
+    /// The first container of a sandbox is its sandbox container; a pod's others join it.
+    private func checkRole(_ bundle: GuestBundle, id: String) throws(RuntimeError) {
+        switch bundle.pod {
+        case .member(let sandbox) where sandbox != sandboxRecord.id:
+            throw .invalid("container \(id) belongs to sandbox \(sandbox), not to \(sandboxRecord.id)")
+        case .member(let sandbox) where vm == nil:
+            throw .precondition("sandbox \(sandbox) is not running: create its sandbox container first")
+        case .sandbox where vm != nil || !containers.isEmpty:
+            throw RuntimeError("sandbox \(sandboxRecord.id) already has a sandbox container", kind: .alreadyExists)
+        default:
+            break
+        }
+    }
+
+    private func create(_ request: CreateRequest, bundle: GuestBundle, rootfsMounts: [String]) async throws(RuntimeError) -> Int32 {
+        let id = request.id
+        var record = ContainerRecord(id: id, sandbox: sandboxRecord.id, bundle: bundle.bundle, rootfs: bundle.rootfs)
+        record.annotations = bundle.oci.annotations ?? [:]
+        record.terminal = request.stdio.terminal
+        record.pid = request.monitorPid
+        let initProcess = OwnedProcess(execID: "", stdio: request.stdio, spec: nil, hostPid: request.monitorPid)
+        let container = OwnedContainer(record: record, bundle: bundle, initProcess: initProcess)
+        // "creating" while a cold sandbox boots.
+        persist(container)
+        if vm == nil { try await boot(for: bundle) }
+        guard let agent, let streams, let vm else { throw RuntimeError("sandbox \(sandboxRecord.id) has no agent", kind: .unavailable) }
+        let hostPid = request.monitorPid > 0 ? request.monitorPid : vm.qemuPid
+        container.record.pid = hostPid
+        initProcess.hostPid = hostPid
+        do {
+            container.mounts = try SharedMounts.make(bundle.hostMounts, in: paths.shared) + rootfsMounts
+            sandboxRecord.mounts += container.mounts
+            persistSandbox()
+            let state = OCIState.object(container.record, status: .creating)
+            try HostHooks.run(bundle.oci.hooks?.createRuntime, state: state, name: "createRuntime")
+            try HostHooks.run(bundle.oci.hooks?.prestart, state: state, name: "prestart")
+            initProcess.session = try await ProcessSession.open(request.stdio, agent: streams, containerID: id, execID: "")
+            try await during("create container \(id)") { try await agent.createContainer(id, spec: bundle.guestSpec) }
+            container.inGuest = true
+        } catch {
+            if container.inGuest { try? await agent.removeContainer(id) }
+            await release(container)
+            throw error
+        }
+        initProcess.session?.start()
+        containers[id] = container
+        try transition(container, initProcess, .created)
+        watchExit(container, initProcess)
+        if request.monitorPid > 0 { watchMonitor(request.monitorPid, of: container) }
+        events.publish(.create, Containerd_Events_TaskCreate.with {
+            $0.containerID = id
+            $0.bundle = bundle.bundle
+            $0.rootfs = request.rootfs
+            $0.io = .with { $0.stdin = request.stdio.stdin; $0.stdout = request.stdio.stdout; $0.stderr = request.stdio.stderr
+                $0.terminal = request.stdio.terminal }
+            $0.pid = UInt32(bitPattern: hostPid)
+        })
+        log.info("container \(id) created in sandbox \(sandboxRecord.id) (QEMU pid \(vm.qemuPid))")
+        return hostPid
+    }
+
+    /// As runc's container process: the monitor's death (SIGKILL included) kills the container.
+    private func watchMonitor(_ pid: Int32, of container: OwnedContainer) {
+        let (id, agent) = (container.id, agent)
+        Task {
+            _ = await Linux.blocking { Linux.waitGone(pid: pid, timeout: .infinity) }
+            guard await !container.initProcess.isStoppedOnActor(self) else { return }
+            try? await agent?.signal(id, "", signal: SIGKILL)
+        }
+    }
+
+    /// QEMU, the agent connection and the sandbox-wide storages: the 9p share and the pod's /dev/shm.
+    private func boot(for bundle: GuestBundle) async throws(RuntimeError) {
+        let cgroup = HostCgroup.relativePath(cgroupsPath: bundle.guestSpec.linux.cgroupsPath, id: sandboxRecord.id)
+        do {
+            sandboxRecord.hostCgroups = try HostCgroup.join(relativePath: cgroup, pid: getpid())
+        } catch {
+            log.warning("sandbox runs without its own host cgroup: \(error)")
+        }
+        let vm = try SandboxVM(config: config, paths: paths, log: log)
+        self.vm = vm
+        sandboxRecord.qemuPid = vm.qemuPid
+        persistSandbox()
+        Task {
+            let reason = await vm.failure()
+            await self.sandboxFailed(reason)
+        }
+        try await vm.waitReady()
+        let ttrpc = try await vm.connectAgent()
+        let agent = AgentClient(ttrpc, timeout: .seconds(Int64(config.agent.requestTimeout)))
+        self.agent = agent
+        streams = AgentClient(ttrpc, timeout: nil)
+        let storages = [GuestBundle.storage(msize: config.hypervisor.msize9p), GuestBundle.shmStorage]
+        try await during("create the sandbox") {
+            try await agent.call("CreateSandbox", Grpc_CreateSandboxRequest.with {
+                $0.hostname = bundle.guestSpec.hostname
+                $0.storages = storages
+                $0.sandboxID = sandboxRecord.id
+            })
+        }
+        watchOOM()
+    }
+
+    /// The agent's GetOOMEvent blocks until a container's cgroup counts an OOM kill.
+    private func watchOOM() {
+        guard let streams else { return }
+        let events = events
+        Task {
+            while let response = try? await streams.call("GetOOMEvent", Grpc_GetOOMEventRequest(), as: Grpc_OOMEvent.self) {
+                events.publish(.oom, Containerd_Events_TaskOOM.with { $0.containerID = response.containerID })
+            }
+        }
+    }
+}
+
+extension OwnedProcess {
+    /// Read on the owner's actor (the process is owner state).
+    func isStoppedOnActor(_ owner: isolated SandboxOwner) -> Bool { lifecycle.isStopped }
+}
+
+extension GuestBundle {
+    public static func storage(msize: Int) -> Grpc_Storage {
+        Grpc_Storage.with {
+            $0.driver = "9p"
+            $0.source = shareTag
+            $0.fstype = "9p"
+            $0.options = ["trans=virtio", "version=9p2000.L", "msize=\(msize)", "cache=mmap"]
+            $0.mountPoint = guestShare
+        }
+    }
+
+    static let shmStorage = Grpc_Storage.with {
+        $0.driver = "ephemeral"
+        $0.source = "shm"
+        $0.fstype = "tmpfs"
+        $0.options = ["nosuid", "nodev", "noexec", "mode=1777", "size=65536k"]
+        $0.mountPoint = sandboxShm
+    }
+}
+
+/// containerd's rootfs mounts (an overlay, or a bind of one layer) onto the bundle's rootfs directory.
+enum RootfsMounts {
+    static func mount(_ mounts: [Containerd_Types_Mount], bundle: String) throws(RuntimeError) -> [String] {
+        guard !mounts.isEmpty else { return [] }
+        let target = URL(fileURLWithPath: bundle).standardizedFileURL.path + "/rootfs"
+        var made: [String] = []
+        do {
+            try Linux.mkdirAll(target, mode: 0o755)
+            for (index, mount) in mounts.enumerated() {
+                let options = MountOptions(mount.options)
+                let isBind = mount.type == "bind" || options.isBind
+                guard isBind || ["overlay", "tmpfs"].contains(mount.type) else {
+                    throw LinuxError(stage: "rootfs[\(index)].type", errno: EINVAL, detail: mount.type)
+                }
+                let flags = isBind ? options.flags.subtracting(.readOnly) : options.flags
+                try Linux.mount(mount.source, target, isBind ? nil : mount.type, flags.rawValue, isBind ? nil : options.dataString)
+                made.append(target)
+                if isBind && options.flags.contains(.readOnly) {
+                    try Linux.mount("", target, nil, MountFlags([.bind, .remount, .readOnly]).rawValue, nil)
+                }
+            }
+        } catch {
+            SharedMounts.release(made)
+            throw RuntimeError("mount the rootfs of \(bundle): \(error)", kind: .invalidArgument)
+        }
+        return made
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import NIOPosix
+import VesselAgentClient
+import VesselCore
+import VesselLinux
+import VesselProtocol
+import VesselVM
+import VesselVsock
+
+/// One sandbox's QEMU guest and its hybrid-vsock backend. The backend is a thread of the owner;
+/// QEMU is a child that gets SIGKILL when the owner dies.
+final class SandboxVM: Sendable {
+    static let agentPort: UInt32 = 1024
+    static let readyLine = "vessel-agent ready in"
+
+    let paths: SandboxPaths
+    let config: RuntimeConfig
+    let vm: GuestVM
+    private let backend: VsockBackend
+    private let backendThread: BackendThread
+
+    /// Starts the backend and QEMU; the guest then boots on its own (`waitReady`).
+    init(config: RuntimeConfig, paths: SandboxPaths, log: RuntimeLog) throws(RuntimeError) {
+        self.paths = paths
+        self.config = config
+        try config.checkGuestFiles()
+        for socket in [paths.vhostUserSocket, paths.hybridSocket, paths.qmpSocket] { unlink(socket) }
+        backend = try during("start the vsock backend") {
+            var options = VsockBackend.Options()
+            options.logger.logLevel = log.debugEnabled ? .debug : .error
+            return try VsockBackend(vhostUserSocketPath: paths.vhostUserSocket, hybridSocketPath: paths.hybridSocket, guestCID: 3,
+                                    options: options)
+        }
+        backendThread = backend.start()
+        let vmConfig = Self.vmConfig(config, paths: paths)
+        do {
+            vm = try GuestVM(vmConfig, consoleLog: paths.consoleLog, dieWithParent: true)
+        } catch {
+            backend.stop()
+            _ = backendThread.join()
+            throw RuntimeError("start QEMU: \(error)")
+        }
+        if vm.accelerator == .tcg && vmConfig.accelerator == .auto {
+            log.warning("KVM does not work on this host: the guest runs under TCG emulation (slow)")
+        }
+    }
+
+    static func vmConfig(_ config: RuntimeConfig, paths: SandboxPaths) -> VMConfig { SandboxVMConfig.make(config, paths: paths) }
+}
+
+/// The QEMU command for a sandbox (the benchmark boots its lower bound with the same one).
+public enum SandboxVMConfig {
+    public static func make(_ config: RuntimeConfig, paths: SandboxPaths) -> VMConfig {
+        let h = config.hypervisor
+        var vmConfig = VMConfig(kernel: h.kernel, initrd: h.initrd)
+        vmConfig.qemu = h.path
+        vmConfig.machine = VMConfig.Machine(rawValue: h.machineType) ?? .q35
+        vmConfig.vcpus = h.vcpus
+        vmConfig.memoryMiB = h.memoryMiB
+        vmConfig.accelerator = VMConfig.Accelerator(rawValue: h.accelerator) ?? .auto
+        vmConfig.kernelParameters = ["agent.log=\(config.agent.logLevel)"] + (config.agent.debugConsole ? ["agent.debug_console"] : [])
+            + h.kernelParams
+        vmConfig.vsockSocket = paths.vhostUserSocket
+        vmConfig.shares = [SharedDirectory(tag: GuestBundle.shareTag, path: paths.shared)]
+        vmConfig.qmpSocket = paths.qmpSocket
+        return vmConfig
+    }
+}
+
+extension SandboxVM {
+
+    var qemuPid: Int32 { vm.pid }
+
+    /// Until the agent announces itself on the console (no polling of the socket).
+    func waitReady() async throws(RuntimeError) {
+        let (vm, timeout) = (vm, TimeInterval(config.hypervisor.bootTimeout))
+        let result = await Linux.blocking { Result { try vm.waitFor(Self.readyLine, timeout: timeout) } }
+        if case .failure(let error) = result { throw RuntimeError("start the sandbox: \(error)", kind: .unavailable) }
+    }
+
+    /// A ttrpc connection to the agent through the backend's CONNECT handshake.
+    func connectAgent() async throws(RuntimeError) -> TTRPCClient {
+        let socket = paths.hybridSocket
+        return try await during("reach the agent") {
+            let fd = try await Linux.blocking { Result { try HybridDialer.connect(socketPath: socket, port: Self.agentPort, timeoutMilliseconds: 10_000) } }
+                .get()
+            return try await TTRPCClient.connect(connectedSocket: fd, group: MultiThreadedEventLoopGroup.singleton)
+        }
+    }
+
+    /// Returns once QEMU or the backend is gone, with what happened.
+    func failure() async -> String {
+        let (vm, backendThread) = (vm, backendThread)
+        return await withTaskGroup(of: String.self) { group in
+            group.addTask {
+                await Linux.blocking {
+                    var status: Int32?
+                    while status == nil { status = try? vm.waitForExit(timeout: 86_400) }
+                    return "QEMU exited with status \(status!)"
+                }
+            }
+            group.addTask {
+                let result = await Linux.blocking { backendThread.join() }
+                return "the vsock backend stopped (\(result))"
+            }
+            let first = await group.next()!
+            vm.kill()
+            return first
+        }
+    }
+
+    /// DestroySandbox powers the guest off; QEMU is asked to quit, then killed, if it does not.
+    func shutdown(agent: AgentClient?) async {
+        if let agent, vm.isRunning {
+            _ = try? await agent.call("DestroySandbox", Grpc_DestroySandboxRequest())
+        }
+        let (vm, paths, backend, backendThread) = (vm, paths, backend, backendThread)
+        await Linux.blocking {
+            if (try? vm.waitForExit(timeout: 10)) == nil {
+                if let qmp = try? QMPClient(socketPath: paths.qmpSocket) {
+                    try? qmp.quit()
+                    qmp.close()
+                }
+                if (try? vm.waitForExit(timeout: 3)) == nil { vm.kill() }
+            }
+            backend.stop()
+            _ = backendThread.join()
+        }
+    }
+}

@@ -1,0 +1,146 @@
+import Foundation
+import Testing
+import VesselCore
+
+/// A private containerd 1.6 (Debian's) with all its state in a temporary directory, Vessel's shim
+/// on its PATH (the test build's `vessel` under the shim's name), the CRI plugin with a `vessel`
+/// runtime handler, and a local busybox image (no registry).
+final class Containerd: @unchecked Sendable {
+    // @unchecked: set up once, then only read.
+    static let image = "docker.io/library/busybox:vessel"
+    static let runtime = "io.containerd.vessel.v2"
+
+    let cli: VesselCLI
+    let directory: String
+    let socket: String
+    let namespace: String
+    private let daemon: Process
+
+    /// `namespace`: containerd's for ctr ("k8s.io" is CRI's).
+    init(namespace: String = "vessel-\(UUID().uuidString.prefix(6).lowercased())") throws {
+        try ensureInstalled(["/usr/bin/containerd": "containerd"])
+        cli = try VesselCLI()
+        directory = cli.directory + "/containerd"
+        socket = directory + "/containerd.sock"
+        self.namespace = namespace
+        try FileManager.default.createDirectory(atPath: directory + "/bin", withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: directory + "/bin/containerd-shim-vessel-v2", withDestinationPath: VesselCLI.binary)
+        try """
+            version = 2
+            root = "\(directory)/root"
+            state = "\(directory)/state"
+            [grpc]
+              address = "\(socket)"
+            [ttrpc]
+              address = "\(socket).ttrpc"
+            [plugins."io.containerd.internal.v1.opt"]
+              path = "\(directory)/opt"
+            [plugins."io.containerd.grpc.v1.cri"]
+              sandbox_image = "\(Self.image)"
+              stream_server_address = "127.0.0.1"
+              stream_server_port = "0"
+              # This machine's root lacks CAP_SYS_RESOURCE: a negative oom score for the pause task fails.
+              restrict_oom_score_adj = true
+              [plugins."io.containerd.grpc.v1.cri".cni]
+                conf_dir = "\(directory)/cni/net.d"
+                bin_dir = "\(directory)/cni/bin"
+              [plugins."io.containerd.grpc.v1.cri".containerd]
+                snapshotter = "overlayfs"
+                default_runtime_name = "vessel"
+                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
+                  runtime_type = "\(Self.runtime)"
+            """.write(toFile: directory + "/config.toml", atomically: true, encoding: .utf8)
+        daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/containerd")
+        daemon.arguments = ["--config", directory + "/config.toml"]
+        // The shim gets containerd's environment: its PATH finds Vessel's shim, VESSEL_CONFIG our configuration.
+        daemon.environment = ["PATH": directory + "/bin:/usr/sbin:/usr/bin:/sbin:/bin", "VESSEL_CONFIG": cli.config]
+        FileManager.default.createFile(atPath: directory + "/containerd.log", contents: nil)
+        daemon.standardOutput = FileHandle(forWritingAtPath: directory + "/containerd.log")
+        daemon.standardError = daemon.standardOutput
+        try daemon.run()
+        var up = false
+        for _ in 0..<300 where !up {
+            up = (try? command(["/usr/bin/ctr", "-a", socket, "version"], timeout: 10))?.status == 0
+            if !up { usleep(100_000) }
+        }
+        guard up else { throw CLIError("containerd did not come up: \(log.suffix(2000))") }
+        try BusyboxImage.archive(at: directory + "/busybox.tar", name: Self.image, in: directory, cmd: ["sleep", "1000000"])
+        let load = try ctr(["images", "import", directory + "/busybox.tar"])
+        guard load.status == 0 else { throw CLIError("ctr images import: \(load.output)") }
+    }
+
+    var log: String { (try? String(contentsOfFile: directory + "/containerd.log", encoding: .utf8)) ?? "" }
+
+    /// `ctr -a SOCKET -n NAMESPACE ARGS`.
+    @discardableResult
+    func ctr(_ arguments: [String], input: String? = nil, timeout: Double = 300) throws -> CommandResult {
+        try command(["/usr/bin/ctr", "-a", socket, "-n", namespace] + arguments, input: input, timeout: timeout)
+    }
+
+    /// `ctr run --rm --runtime io.containerd.vessel.v2 IMAGE ID ARGS`, and its exit status.
+    func run(_ id: String, _ args: [String], flags: [String] = ["--rm"], input: String? = nil) throws -> CommandResult {
+        try ctr(["run"] + flags + ["--runtime", Self.runtime, Self.image, id] + args, input: input)
+    }
+
+    /// The task's STATUS column in `ctr task ls` ("" when there is no such task).
+    func taskStatus(_ id: String) throws -> String {
+        let listing = try ctr(["task", "ls"]).output.split(separator: "\n")
+        let row = listing.first { $0.split(separator: " ", omittingEmptySubsequences: true).first.map(String.init) == id }
+        return row?.split(separator: " ", omittingEmptySubsequences: true).last.map(String.init) ?? ""
+    }
+
+    func waitForStatus(_ id: String, _ status: String, timeout: Double = 60) throws -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if try taskStatus(id) == status { return true }
+            usleep(200_000)
+        }
+        return false
+    }
+
+    /// The shim's records for this namespace (one state root per containerd namespace).
+    var store: StateStore { StateStore(root: "/run/vessel-containerd/" + namespace) }
+
+    func sandbox(_ id: String) throws -> SandboxRecord {
+        guard let record = store.loadSandbox(id) else { throw CLIError("no sandbox record for \(id)") }
+        return record
+    }
+
+    /// No owner, no QEMU, no mounts, no records of these sandboxes are left.
+    func expectNothingLeft(_ sandboxes: [String], sourceLocation: SourceLocation = #_sourceLocation) {
+        let deadline = Date().addingTimeInterval(30)
+        var left: [String] = []
+        repeat {
+            left = leftovers(sandboxes)
+            if !left.isEmpty { usleep(200_000) }
+        } while !left.isEmpty && Date() < deadline
+        #expect(left.isEmpty, "left behind: \(left)", sourceLocation: sourceLocation)
+    }
+
+    private func leftovers(_ sandboxes: [String]) -> [String] {
+        var left: [String] = []
+        let directories = sandboxes.map { store.sandboxPaths($0).directory }
+        for directory in directories where FileManager.default.fileExists(atPath: directory) { left.append(directory) }
+        let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+        left += mountinfo.split(separator: "\n").map(String.init).filter { line in directories.contains { line.contains($0) } }
+        for pid in ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []) where Int(pid) != nil {
+            guard let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8) else { continue }
+            if directories.contains(where: { cmdline.contains($0) }) || cmdline.contains("-namespace\0\(namespace)\0") {
+                left.append("process \(pid): \(cmdline.replacingOccurrences(of: "\0", with: " ").prefix(120))")
+            }
+        }
+        let records = (try? FileManager.default.contentsOfDirectory(atPath: store.root)) ?? []
+        left += records.map { "record \(store.root)/\($0)" }
+        return left
+    }
+
+    func stop() {
+        daemon.terminate()
+        daemon.waitUntilExit()
+        _ = try? command(["/bin/umount", "--recursive", "--lazy", directory + "/root"])
+        _ = try? command(["/bin/umount", "--recursive", "--lazy", directory + "/state"])
+        try? FileManager.default.removeItem(atPath: "/run/vessel-containerd/" + namespace)
+        cli.cleanUp()
+    }
+}
