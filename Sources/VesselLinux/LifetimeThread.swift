@@ -1,6 +1,4 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import Synchronization
 
 /// A thread that lives as long as the process and runs jobs handed to it, one at a time.
 ///
@@ -9,28 +7,36 @@ import Glibc
 /// worker threads that exit after about 5 s idle: a QEMU spawned from one was SIGKILLed by its own
 /// parent-death signal while its owner was alive. Spawns that ask for the signal run here.
 enum LifetimeThread {
-    /// pthread objects must not move: they live in allocated memory, not in Swift properties.
-    private final class Queue: @unchecked Sendable {
-        // @unchecked: `jobs` is only touched with `mutex` held.
-        let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-        let wakeup = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-        let finished = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-        var jobs: [() -> Void] = []
-
-        init() {
-            pthread_mutex_init(mutex, nil)
-            pthread_cond_init(wakeup, nil)
-            pthread_cond_init(finished, nil)
-        }
+    private final class Queue: Sendable {
+        let jobs = Mutex<[@Sendable () -> Void]>([])
+        let wakeup = Condition()
+        let finished = Condition()
 
         func loop() -> Never {
             while true {
-                pthread_mutex_lock(mutex)
-                while jobs.isEmpty { pthread_cond_wait(wakeup, mutex) }
-                let job = jobs.removeFirst()
-                pthread_mutex_unlock(mutex)
-                job()
+                var job: (@Sendable () -> Void)?
+                wakeup.wait {
+                    job = jobs.withLock { $0.isEmpty ? nil : $0.removeFirst() }
+                    return job != nil
+                }
+                job?()
+                finished.signal()
             }
+        }
+    }
+
+    private final class Job<T>: @unchecked Sendable {
+        // @unchecked: `result` is written on the lifetime thread before `done` is set, and read
+        // by the caller only after it saw `done`, both under `done`'s lock.
+        let body: () -> T
+        var result: T?
+        let done = Mutex(false)
+
+        init(_ body: @escaping () -> T) { self.body = body }
+
+        func run() {
+            result = body()
+            done.withLock { $0 = true }
         }
     }
 
@@ -44,21 +50,11 @@ enum LifetimeThread {
     static func run<T>(_ body: () -> T) -> T {
         let queue = queue
         return withoutActuallyEscaping(body) { body in
-            var result: T?
-            withUnsafeMutablePointer(to: &result) { slot in
-                pthread_mutex_lock(queue.mutex)
-                queue.jobs.append {
-                    let value = body()
-                    pthread_mutex_lock(queue.mutex)
-                    slot.pointee = value
-                    pthread_cond_broadcast(queue.finished)
-                    pthread_mutex_unlock(queue.mutex)
-                }
-                pthread_cond_signal(queue.wakeup)
-                while slot.pointee == nil { pthread_cond_wait(queue.finished, queue.mutex) }
-                pthread_mutex_unlock(queue.mutex)
-            }
-            return result!
+            let job = Job(body)
+            queue.jobs.withLock { $0.append(job.run) }
+            queue.wakeup.signal()
+            queue.finished.wait { job.done.withLock { $0 } }
+            return job.result!
         }
     }
 }

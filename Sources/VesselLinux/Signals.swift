@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 extension Linux {
     /// Signals taken synchronously: blocked in the calling thread (call it before any other thread
@@ -29,35 +30,14 @@ extension Linux {
     /// while the main thread waits; returns `body`'s status.
     public static func runMain(takingSignals signals: [Int32], _ body: @escaping @Sendable (AsyncStream<Int32>?) async -> Int32) -> Int32 {
         let stream = signals.isEmpty ? nil : Linux.signals(signals)
-        let done = MainResult()
-        Task.detached { done.set(await body(stream)) }
-        return done.wait()
-    }
-}
-
-/// The main thread's wait for the async body (pthread objects in allocated memory: they must not move).
-private final class MainResult: @unchecked Sendable {
-    // @unchecked: `status` is only touched with `mutex` held.
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let cond = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var status: Int32?
-
-    init() {
-        pthread_mutex_init(mutex, nil)
-        pthread_cond_init(cond, nil)
-    }
-
-    func set(_ value: Int32) {
-        pthread_mutex_lock(mutex)
-        status = value
-        pthread_cond_broadcast(cond)
-        pthread_mutex_unlock(mutex)
-    }
-
-    func wait() -> Int32 {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        while status == nil { pthread_cond_wait(cond, mutex) }
-        return status!
+        let status = Mutex<Int32?>(nil)
+        let done = Condition()
+        Task.detached {
+            let value = await body(stream)
+            status.withLock { $0 = value }
+            done.signal()
+        }
+        done.wait { status.withLock { $0 } != nil }
+        return status.withLock { $0 }!
     }
 }

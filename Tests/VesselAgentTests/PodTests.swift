@@ -55,3 +55,43 @@ struct PodTests {
         }
     }
 }
+
+/// SIGTERM (what `make` and the guest's init path send) stops the agent only after it removed its
+/// containers: none of their processes may outlive it.
+@Suite(.timeLimit(.minutes(2)))
+struct AgentTerminationTests {
+    @Test func sigtermRemovesTheContainersThenExits() async throws {
+        let agent = try await LocalAgent(binary: agentBinary)
+        try await agent.run("s1", ["sleep", "1000"])
+        try await agent.exec("s1", "e1", ["sleep", "999"])
+        let children = childPids(of: agent.process.processIdentifier)
+        #expect(children.count >= 2, "the container's init and exec are the agent's children: \(children)")
+        await agent.client.close()
+        kill(agent.process.processIdentifier, SIGTERM)
+        let deadline = Date().addingTimeInterval(30)
+        while agent.process.isRunning && Date() < deadline { usleep(20_000) }
+        #expect(!agent.process.isRunning, "the agent did not exit after SIGTERM")
+        if agent.process.isRunning { agent.process.interrupt() }
+        agent.process.waitUntilExit()
+        #expect(agent.process.terminationReason == .exit && agent.process.terminationStatus == 0,
+                "a clean exit, not death by the signal: \(agent.process.terminationReason) \(agent.process.terminationStatus)")
+        let alive = children.filter { kill($0.pid, 0) == 0 && startTime($0.pid) == $0.startTime }
+        #expect(alive.isEmpty, "container processes outlived the agent: \(alive)")
+        await agent.stop()
+    }
+
+    func childPids(of parent: Int32) -> [(pid: Int32, startTime: String)] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }.compactMap { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return nil }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            guard fields.count > 19, Int32(fields[1]) == parent else { return nil }
+            return (pid, String(fields[19]))
+        }
+    }
+
+    func startTime(_ pid: Int32) -> String? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 19 ? String(fields[19]) : nil
+    }
+}
