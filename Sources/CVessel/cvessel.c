@@ -10,6 +10,7 @@
 #include <linux/openat2.h>
 #include <linux/vm_sockets.h>
 #include <net/if.h>
+#include <linux/if_tun.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -372,4 +373,20 @@ int vessel_loopback_up(void) {
 int vessel_ptsname(int master, char *name, size_t size) {
     int rc = ptsname_r(master, name, size);
     return rc == 0 ? 0 : -rc;
+}
+
+int vessel_tap_open(const char *name, int flags) {
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    ifr.ifr_flags = (short)flags;
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
 }

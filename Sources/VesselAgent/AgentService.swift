@@ -74,6 +74,23 @@ enum AgentService {
             return Empty()
         }
         on("CopyFile") { (r: Grpc_CopyFileRequest) in try CopyFile.perform(r, base: options.runDirectory); return Empty() }
+        on("UpdateInterface") { (r: Grpc_UpdateInterfaceRequest) in try GuestNetwork.updateInterface(r.interface, pod: await sandbox.podNetwork) }
+        on("UpdateRoutes") { (r: Grpc_UpdateRoutesRequest) in
+            let routes = try GuestNetwork.updateRoutes(r.routes.routes, pod: await sandbox.podNetwork)
+            return Grpc_Routes.with { $0.routes = routes }
+        }
+        on("ListInterfaces") { (_: Grpc_ListInterfacesRequest) in
+            let interfaces = try GuestNetwork.listInterfaces(pod: await sandbox.podNetwork)
+            return Grpc_Interfaces.with { $0.interfaces = interfaces }
+        }
+        on("ListRoutes") { (_: Grpc_ListRoutesRequest) in
+            let routes = try GuestNetwork.listRoutes(pod: await sandbox.podNetwork)
+            return Grpc_Routes.with { $0.routes = routes }
+        }
+        on("AddARPNeighbors") { (r: Grpc_AddARPNeighborsRequest) in
+            try GuestNetwork.addNeighbours(r.neighbors.arpneighbors, pod: await sandbox.podNetwork)
+            return Empty()
+        }
 
         let health = TTRPCService(name: "grpc.Health")
         health.register("Check") { (_: Grpc_CheckRequest) async throws -> Grpc_HealthCheckResponse in

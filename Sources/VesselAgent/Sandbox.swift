@@ -139,6 +139,9 @@ public actor Sandbox {
 
     private func logWarning(_ line: String) { logger.warning("\(line)") }
 
+    /// The pod's network namespace (an fd the sandbox keeps), nil before CreateSandbox.
+    var podNetwork: Int32? { sharedNamespaces.first { $0.name == "net" }?.fd }
+
     // MARK: containers
 
     func createContainer(_ request: Grpc_CreateContainerRequest) async throws {

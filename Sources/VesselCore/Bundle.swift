@@ -25,6 +25,22 @@ public struct GuestBundle: Sendable {
     public let guestSpec: Grpc_Spec
     public let hostMounts: [HostMount]
     public var terminal: Bool { oci.process?.terminal ?? false }
+
+    /// The spec's network namespace on the host: the pod's network lives there.
+    public enum NetworkNamespace: Sendable, Equatable {
+        /// None in the spec: the host's network, which a VM cannot share.
+        case host
+        /// A new one, which the OCI hooks (docker's libnetwork) configure.
+        case new
+        /// One the caller made and configured (CNI, netavark).
+        case path(String)
+    }
+
+    public var networkNamespace: NetworkNamespace {
+        guard let namespace = oci.linux?.namespaces?.first(where: { $0.type == "network" }) else { return .host }
+        guard let path = namespace.path, !path.isEmpty else { return .new }
+        return .path(path)
+    }
     public var pod: PodRole { PodRole(annotations: oci.annotations ?? [:]) }
 
     /// Reads `bundle`/config.json and checks everything the guest cannot check for us. `container`

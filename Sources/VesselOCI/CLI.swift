@@ -153,6 +153,9 @@ public struct CLI {
             return try await context().monitorMain(id: try a.id(command), sandbox: a.option("sandbox"), bundle: a.option("bundle"),
                                                    execID: a.option("exec"),
                                                consoleSocket: a.option("console-socket"), signals: signals)
+        case "__hold":
+            // A sandbox's new network namespace, held while the hooks configure it: until stdin closes.
+            _ = try? Linux.readAll(0)
         case "help", "-h", "--help":
             print(Self.usage)
         default:

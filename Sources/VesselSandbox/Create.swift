@@ -67,26 +67,39 @@ extension SandboxOwner {
         let container = OwnedContainer(record: record, bundle: bundle, initProcess: initProcess)
         // "creating" while a cold sandbox boots.
         persist(container)
-        if vm == nil { try await boot(for: bundle) }
-        guard let agent, let streams, let vm else { throw RuntimeError("sandbox \(sandboxRecord.id) has no agent", kind: .unavailable) }
-        let hostPid = request.monitorPid > 0 ? request.monitorPid : vm.qemuPid
-        container.record.pid = hostPid
-        initProcess.hostPid = hostPid
-        do {
+        do throws(RuntimeError) {
             container.mounts = try SharedMounts.make(bundle.hostMounts, in: paths.shared) + rootfsMounts
             sandboxRecord.mounts += container.mounts
             persistSandbox()
-            let state = OCIState.object(container.record, status: .creating)
-            try HostHooks.run(bundle.oci.hooks?.createRuntime, state: state, name: "createRuntime")
-            try HostHooks.run(bundle.oci.hooks?.prestart, state: state, name: "prestart")
+            // The sandbox's network namespace exists before the hooks (docker's libnetwork configures
+            // it from its prestart hook, through the pid the hooks get); QEMU boots after them.
+            let holder = vm == nil ? try NamespaceHolder.make(for: bundle) : nil
+            var state = OCIState.object(container.record, status: .creating)
+            if let holder { state["pid"] = Int(holder.pid) }
+            do throws(RuntimeError) {
+                try HostHooks.run(bundle.oci.hooks?.createRuntime, state: state, name: "createRuntime")
+                try HostHooks.run(bundle.oci.hooks?.prestart, state: state, name: "prestart")
+                if vm == nil { try await boot(for: bundle, namespace: holder?.namespace) }
+            } catch {
+                holder?.end()
+                // Unless PodNetwork took the namespace over (it closes it), it ends here.
+                if let holder, network == nil { Linux.close(holder.namespace) }
+                throw error
+            }
+            holder?.end()
+            guard let agent, let streams, let vm else { throw RuntimeError("sandbox \(sandboxRecord.id) has no agent", kind: .unavailable) }
+            let hostPid = request.monitorPid > 0 ? request.monitorPid : vm.qemuPid
+            container.record.pid = hostPid
+            initProcess.hostPid = hostPid
             initProcess.session = try await ProcessSession.open(request.stdio, agent: streams, containerID: id, execID: "")
             try await during("create container \(id)") { try await agent.createContainer(id, spec: bundle.guestSpec) }
             container.inGuest = true
         } catch {
-            if container.inGuest { try? await agent.removeContainer(id) }
+            if container.inGuest { try? await agent?.removeContainer(id) }
             await release(container)
             throw error
         }
+        guard let vm else { throw RuntimeError("sandbox \(sandboxRecord.id) has no VM", kind: .unavailable) }
         initProcess.session?.start()
         containers[id] = container
         try transition(container, initProcess, .created)
@@ -98,10 +111,10 @@ extension SandboxOwner {
             $0.rootfs = request.rootfs
             $0.io = .with { $0.stdin = request.stdio.stdin; $0.stdout = request.stdio.stdout; $0.stderr = request.stdio.stderr
                 $0.terminal = request.stdio.terminal }
-            $0.pid = UInt32(bitPattern: hostPid)
+            $0.pid = UInt32(bitPattern: initProcess.hostPid)
         })
         log.info("container \(id) created in sandbox \(sandboxRecord.id) (QEMU pid \(vm.qemuPid))")
-        return hostPid
+        return initProcess.hostPid
     }
 
     /// As runc's container process: the monitor's death (SIGKILL included) kills the container.
@@ -114,15 +127,32 @@ extension SandboxOwner {
         }
     }
 
-    /// QEMU, the agent connection and the sandbox-wide storages: the 9p share and the pod's /dev/shm.
-    private func boot(for bundle: GuestBundle) async throws(RuntimeError) {
+    /// QEMU (with a virtio-net device per interface of the pod's network namespace), the agent
+    /// connection, the sandbox-wide storages (the 9p share, the pod's /dev/shm), then the guest's
+    /// side of the network.
+    private func boot(for bundle: GuestBundle, namespace: Int32?) async throws(RuntimeError) {
         let cgroup = HostCgroup.relativePath(cgroupsPath: bundle.guestSpec.linux.cgroupsPath, id: sandboxRecord.id)
         do {
             sandboxRecord.hostCgroups = try HostCgroup.join(relativePath: cgroup, pid: getpid())
         } catch {
             log.warning("sandbox runs without its own host cgroup: \(error)")
         }
-        let vm = try SandboxVM(config: config, paths: paths, log: log)
+        switch (bundle.networkNamespace, namespace) {
+        case (_, let fd?): network = try PodNetwork(namespace: fd)
+        case (.path(let path), nil): network = try PodNetwork(namespace: try PodNetwork.open(path: path))
+        case (.host, nil): log.info("sandbox \(sandboxRecord.id): the spec has no network namespace; a VM cannot share the host's: no network")
+        case (.new, nil): break
+        }
+        let vm: SandboxVM
+        do {
+            vm = try SandboxVM(config: config, paths: paths, log: log, networks: network?.devices ?? [])
+        } catch {
+            network?.disconnect()
+            network = nil
+            throw error
+        }
+        // QEMU holds the taps now: they end with it.
+        network?.closeTaps()
         self.vm = vm
         sandboxRecord.qemuPid = vm.qemuPid
         persistSandbox()
@@ -143,7 +173,25 @@ extension SandboxOwner {
                 $0.sandboxID = sandboxRecord.id
             })
         }
+        if let network { try await configureGuest(network, agent: agent) }
         watchOOM()
+    }
+
+    /// The guest's side of each interface (found by MAC), then the namespace's routes and static ARP entries.
+    private func configureGuest(_ network: PodNetwork, agent: AgentClient) async throws(RuntimeError) {
+        try await during("configure the guest's network") {
+            for interface in network.guestInterfaces {
+                _ = try await agent.call("UpdateInterface", Grpc_UpdateInterfaceRequest.with { $0.interface = interface }, as: Types_Interface.self)
+            }
+            let routes = network.guestRoutes
+            if !routes.isEmpty {
+                _ = try await agent.call("UpdateRoutes", Grpc_UpdateRoutesRequest.with { $0.routes.routes = routes }, as: Grpc_Routes.self)
+            }
+            let neighbours = network.guestNeighbours
+            if !neighbours.isEmpty {
+                try await agent.call("AddARPNeighbors", Grpc_AddARPNeighborsRequest.with { $0.neighbors.arpneighbors = neighbours })
+            }
+        }
     }
 
     /// The agent's GetOOMEvent blocks until a container's cgroup counts an OOM kill.
@@ -209,5 +257,38 @@ enum RootfsMounts {
             throw RuntimeError("mount the rootfs of \(bundle): \(error)", kind: .invalidArgument)
         }
         return made
+    }
+}
+
+/// A network namespace of the sandbox's own, for a spec that asks for a new one and has hooks
+/// that configure it (docker's libnetwork, from its prestart hook): a process holds it while the
+/// hooks run, so they have a pid inside it; the owner keeps an fd to it after.
+struct NamespaceHolder {
+    let pid: Int32
+    let namespace: Int32
+    private let release: Int32
+
+    static func make(for bundle: GuestBundle) throws(RuntimeError) -> NamespaceHolder? {
+        let hooks = bundle.oci.hooks
+        guard bundle.networkNamespace == .new, !(hooks?.prestart ?? []).isEmpty || !(hooks?.createRuntime ?? []).isEmpty else { return nil }
+        do {
+            let pipe = try Linux.pipe()
+            defer { Linux.close(pipe.read) }
+            let null = try Linux.open("/dev/null", O_RDWR)
+            defer { Linux.close(null) }
+            let spawned = try spawn(exeFD: -1, path: "/proc/self/exe", arguments: ["vessel", "__hold"], environment: [],
+                                    fds: [(pipe.read, 0), (null, 1), (null, 2)], namespaces: Namespace.network.cloneFlag,
+                                    parentDeathSignal: SIGKILL)
+            let namespace = try Linux.open("/proc/\(spawned.pid)/ns/net", O_RDONLY)
+            return NamespaceHolder(pid: spawned.pid, namespace: namespace, release: pipe.write)
+        } catch {
+            throw RuntimeError(stage: "create the sandbox's network namespace", error)
+        }
+    }
+
+    /// The holder exits; the namespace lives on through `namespace`.
+    func end() {
+        Linux.close(release)
+        Linux.reap(pid)
     }
 }

@@ -30,6 +30,8 @@ public actor SandboxOwner {
     /// The same connection without a request timeout: stdio reads and waits last as long as the process.
     var streams: AgentClient?
     var containers: [String: OwnedContainer] = [:]
+    /// The pod's interfaces joined to QEMU's taps (nil: a sandbox without network).
+    var network: PodNetwork?
     var creating: Set<String> = []
     var sandboxFailure: String?
     var shuttingDown = false
@@ -140,6 +142,8 @@ public actor SandboxOwner {
         for container in containers.values { await release(container) }
         containers = [:]
         await powerOff()
+        network?.disconnect()
+        network = nil
         SharedMounts.release(sandboxRecord.mounts)
         HostCgroup.leave(sandboxRecord.hostCgroups)
         await events.flush()

@@ -20,7 +20,7 @@ final class SandboxVM: Sendable {
     private let backendThread: BackendThread
 
     /// Starts the backend and QEMU; the guest then boots on its own (`waitReady`).
-    init(config: RuntimeConfig, paths: SandboxPaths, log: RuntimeLog) throws(RuntimeError) {
+    init(config: RuntimeConfig, paths: SandboxPaths, log: RuntimeLog, networks: [NetworkDevice] = []) throws(RuntimeError) {
         self.paths = paths
         self.config = config
         try config.checkGuestFiles()
@@ -32,7 +32,8 @@ final class SandboxVM: Sendable {
                                     options: options)
         }
         backendThread = backend.start()
-        let vmConfig = Self.vmConfig(config, paths: paths)
+        var vmConfig = Self.vmConfig(config, paths: paths)
+        vmConfig.networks = networks
         do {
             vm = try GuestVM(vmConfig, consoleLog: paths.consoleLog, dieWithParent: true)
         } catch {

@@ -32,7 +32,9 @@ public final class GuestVM: @unchecked Sendable {
         do {
             let spawned = try spawn(exeFD: -1, path: config.qemu, arguments: [config.qemu] + config.arguments(accelerator: accelerator),
                                     environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" },
-                                    fds: [(devNull, 0), (pipe.write, 1), (pipe.write, 2)], parentDeathSignal: dieWithParent ? SIGKILL : 0)
+                                    fds: [(devNull, 0), (pipe.write, 1), (pipe.write, 2)]
+                                        + config.networks.enumerated().map { ($0.element.tapFD, NetworkDevice.firstFD + Int32($0.offset)) },
+                                    parentDeathSignal: dieWithParent ? SIGKILL : 0)
             if spawned.execErrno != 0 {
                 var ignored: Int32 = 0
                 waitpid(spawned.pid, &ignored, 0)

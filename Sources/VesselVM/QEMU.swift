@@ -20,6 +20,8 @@ public struct VMConfig: Sendable {
     public var shares: [SharedDirectory] = []
     /// A QMP control socket (server, no wait) for status and clean shutdown.
     public var qmpSocket: String?
+    /// virtio-net devices on taps the caller opened; QEMU gets the fds as 3, 4, ... in this order.
+    public var networks: [NetworkDevice] = []
     public var extraArguments: [String] = []
 
     public init(kernel: String, initrd: String) {
@@ -56,7 +58,26 @@ public struct VMConfig: Sendable {
                      "-device", "\(ninePDevice),fsdev=fs\(index),mount_tag=\(share.tag)"]
         }
         if let qmpSocket { args += ["-qmp", "unix:\(qmpSocket),server=on,wait=off"] }
+        let netDevice = machine == .microvm ? "virtio-net-device" : "virtio-net-pci"
+        for (index, network) in networks.enumerated() {
+            args += ["-netdev", "tap,id=net\(index),fd=\(NetworkDevice.firstFD + Int32(index)),vhost=off",
+                     "-device", "\(netDevice),netdev=net\(index),mac=\(network.mac),host_mtu=\(network.mtu)"]
+        }
         return args + extraArguments
+    }
+}
+
+/// A virtio-net device backed by an open tap: the guest sees `mac` and `mtu` (the interface the
+/// caller configured, which the tap is connected to).
+public struct NetworkDevice: Sendable, Equatable {
+    public static let firstFD: Int32 = 3
+    public var tapFD: Int32
+    public var mac: String
+    public var mtu: UInt32
+    public init(tapFD: Int32, mac: String, mtu: UInt32) {
+        self.tapFD = tapFD
+        self.mac = mac
+        self.mtu = mtu
     }
 }
 

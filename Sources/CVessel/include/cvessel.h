@@ -79,6 +79,8 @@ int vessel_get_winsize(int fd, uint16_t *rows, uint16_t *cols);
 int vessel_pidfd_open(pid_t pid);
 /// Sets IFF_UP on the loopback interface of the caller's network namespace; -errno on failure.
 int vessel_loopback_up(void);
+/// Opens /dev/net/tun and creates the tap `name` with TUNSETIFF `flags`; the fd or -errno.
+int vessel_tap_open(const char *name, int flags);
 /// The path of a pty master's slave (ptsname); -errno on failure.
 int vessel_ptsname(int master, char *name, size_t size);
 

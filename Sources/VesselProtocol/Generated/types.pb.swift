@@ -59,8 +59,384 @@ public nonisolated enum Types_FSGroupChangePolicy: SwiftProtobuf.Enum, Swift.Cas
 
 }
 
+/// Address family of an IP address or route.
+public nonisolated enum Types_IPFamily: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+  case v4 // = 0
+  case v6 // = 1
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .v4
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .v4
+    case 1: self = .v6
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .v4: return 0
+    case .v6: return 1
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Types_IPFamily] = [
+    .v4,
+    .v6,
+  ]
+
+}
+
+public nonisolated struct Types_IPAddress: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var family: Types_IPFamily = .v4
+
+  /// textual address, e.g. "10.0.0.2"
+  public var address: String = String()
+
+  /// prefix length as a decimal string, e.g. "24"
+  public var mask: String = String()
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Types_Interface: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// guest link name to look the link up by
+  public var device: String = String()
+
+  /// name the link gets after the update
+  public var name: String = String()
+
+  public var ipaddresses: [Types_IPAddress] = []
+
+  public var mtu: UInt64 = 0
+
+  /// MAC address
+  public var hwAddr: String = String()
+
+  /// PCI path of the backing device (pciPath before Kata 3.15)
+  public var devicePath: String = String()
+
+  /// netlink link kind: "veth", "tap", "macvlan", ...
+  public var type: String = String()
+
+  /// IFF_* link flags
+  public var rawFlags: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Types_Route: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  /// CIDR; empty for the default route
+  public var dest: String = String()
+
+  public var gateway: String = String()
+
+  public var device: String = String()
+
+  public var source: String = String()
+
+  /// RT_SCOPE_* value
+  public var scope: UInt32 = 0
+
+  public var family: Types_IPFamily = .v4
+
+  /// RTNH_F_* (onlink)
+  public var flags: UInt32 = 0
+
+  public var mtu: UInt32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+}
+
+public nonisolated struct Types_ARPNeighbor: Sendable {
+  // SwiftProtobuf.Message conformance is added in an extension below. See the
+  // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
+  // methods supported on all messages.
+
+  public var toIpaddress: Types_IPAddress {
+    get {_toIpaddress ?? Types_IPAddress()}
+    set {_toIpaddress = newValue}
+  }
+  /// Returns true if `toIpaddress` has been explicitly set.
+  public var hasToIpaddress: Bool {self._toIpaddress != nil}
+  /// Clears the value of `toIpaddress`. Subsequent reads from it will return its default value.
+  public mutating func clearToIpaddress() {self._toIpaddress = nil}
+
+  public var device: String = String()
+
+  /// link-layer (MAC) address
+  public var lladdr: String = String()
+
+  /// NUD_* state
+  public var state: Int32 = 0
+
+  /// NTF_* flags
+  public var flags: Int32 = 0
+
+  public var unknownFields = SwiftProtobuf.UnknownStorage()
+
+  public init() {}
+
+  fileprivate var _toIpaddress: Types_IPAddress? = nil
+}
+
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
+
+fileprivate nonisolated let _protobuf_package = "types"
 
 nonisolated extension Types_FSGroupChangePolicy: SwiftProtobuf._ProtoNameProviding {
   public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0Always\0\u{1}OnRootMismatch\0")
+}
+
+nonisolated extension Types_IPFamily: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0v4\0\u{1}v6\0")
+}
+
+nonisolated extension Types_IPAddress: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".IPAddress"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}family\0\u{1}address\0\u{1}mask\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularEnumField(value: &self.family) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.address) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.mask) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if self.family != .v4 {
+      try visitor.visitSingularEnumField(value: self.family, fieldNumber: 1)
+    }
+    if !self.address.isEmpty {
+      try visitor.visitSingularStringField(value: self.address, fieldNumber: 2)
+    }
+    if !self.mask.isEmpty {
+      try visitor.visitSingularStringField(value: self.mask, fieldNumber: 3)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Types_IPAddress, rhs: Types_IPAddress) -> Bool {
+    if lhs.family != rhs.family {return false}
+    if lhs.address != rhs.address {return false}
+    if lhs.mask != rhs.mask {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Types_Interface: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Interface"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}device\0\u{1}name\0\u{1}IPAddresses\0\u{1}mtu\0\u{1}hwAddr\0\u{1}devicePath\0\u{1}type\0\u{3}raw_flags\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.device) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.name) }()
+      case 3: try { try decoder.decodeRepeatedMessageField(value: &self.ipaddresses) }()
+      case 4: try { try decoder.decodeSingularUInt64Field(value: &self.mtu) }()
+      case 5: try { try decoder.decodeSingularStringField(value: &self.hwAddr) }()
+      case 6: try { try decoder.decodeSingularStringField(value: &self.devicePath) }()
+      case 7: try { try decoder.decodeSingularStringField(value: &self.type) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.rawFlags) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.device.isEmpty {
+      try visitor.visitSingularStringField(value: self.device, fieldNumber: 1)
+    }
+    if !self.name.isEmpty {
+      try visitor.visitSingularStringField(value: self.name, fieldNumber: 2)
+    }
+    if !self.ipaddresses.isEmpty {
+      try visitor.visitRepeatedMessageField(value: self.ipaddresses, fieldNumber: 3)
+    }
+    if self.mtu != 0 {
+      try visitor.visitSingularUInt64Field(value: self.mtu, fieldNumber: 4)
+    }
+    if !self.hwAddr.isEmpty {
+      try visitor.visitSingularStringField(value: self.hwAddr, fieldNumber: 5)
+    }
+    if !self.devicePath.isEmpty {
+      try visitor.visitSingularStringField(value: self.devicePath, fieldNumber: 6)
+    }
+    if !self.type.isEmpty {
+      try visitor.visitSingularStringField(value: self.type, fieldNumber: 7)
+    }
+    if self.rawFlags != 0 {
+      try visitor.visitSingularUInt32Field(value: self.rawFlags, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Types_Interface, rhs: Types_Interface) -> Bool {
+    if lhs.device != rhs.device {return false}
+    if lhs.name != rhs.name {return false}
+    if lhs.ipaddresses != rhs.ipaddresses {return false}
+    if lhs.mtu != rhs.mtu {return false}
+    if lhs.hwAddr != rhs.hwAddr {return false}
+    if lhs.devicePath != rhs.devicePath {return false}
+    if lhs.type != rhs.type {return false}
+    if lhs.rawFlags != rhs.rawFlags {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Types_Route: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".Route"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}dest\0\u{1}gateway\0\u{1}device\0\u{1}source\0\u{1}scope\0\u{1}family\0\u{1}flags\0\u{1}mtu\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularStringField(value: &self.dest) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.gateway) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.device) }()
+      case 4: try { try decoder.decodeSingularStringField(value: &self.source) }()
+      case 5: try { try decoder.decodeSingularUInt32Field(value: &self.scope) }()
+      case 6: try { try decoder.decodeSingularEnumField(value: &self.family) }()
+      case 7: try { try decoder.decodeSingularUInt32Field(value: &self.flags) }()
+      case 8: try { try decoder.decodeSingularUInt32Field(value: &self.mtu) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    if !self.dest.isEmpty {
+      try visitor.visitSingularStringField(value: self.dest, fieldNumber: 1)
+    }
+    if !self.gateway.isEmpty {
+      try visitor.visitSingularStringField(value: self.gateway, fieldNumber: 2)
+    }
+    if !self.device.isEmpty {
+      try visitor.visitSingularStringField(value: self.device, fieldNumber: 3)
+    }
+    if !self.source.isEmpty {
+      try visitor.visitSingularStringField(value: self.source, fieldNumber: 4)
+    }
+    if self.scope != 0 {
+      try visitor.visitSingularUInt32Field(value: self.scope, fieldNumber: 5)
+    }
+    if self.family != .v4 {
+      try visitor.visitSingularEnumField(value: self.family, fieldNumber: 6)
+    }
+    if self.flags != 0 {
+      try visitor.visitSingularUInt32Field(value: self.flags, fieldNumber: 7)
+    }
+    if self.mtu != 0 {
+      try visitor.visitSingularUInt32Field(value: self.mtu, fieldNumber: 8)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Types_Route, rhs: Types_Route) -> Bool {
+    if lhs.dest != rhs.dest {return false}
+    if lhs.gateway != rhs.gateway {return false}
+    if lhs.device != rhs.device {return false}
+    if lhs.source != rhs.source {return false}
+    if lhs.scope != rhs.scope {return false}
+    if lhs.family != rhs.family {return false}
+    if lhs.flags != rhs.flags {return false}
+    if lhs.mtu != rhs.mtu {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
+}
+
+nonisolated extension Types_ARPNeighbor: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
+  public static let protoMessageName: String = _protobuf_package + ".ARPNeighbor"
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}toIPAddress\0\u{1}device\0\u{1}lladdr\0\u{1}state\0\u{1}flags\0")
+
+  public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
+    while let fieldNumber = try decoder.nextFieldNumber() {
+      // The use of inline closures is to circumvent an issue where the compiler
+      // allocates stack space for every case branch when no optimizations are
+      // enabled. https://github.com/apple/swift-protobuf/issues/1034
+      switch fieldNumber {
+      case 1: try { try decoder.decodeSingularMessageField(value: &self._toIpaddress) }()
+      case 2: try { try decoder.decodeSingularStringField(value: &self.device) }()
+      case 3: try { try decoder.decodeSingularStringField(value: &self.lladdr) }()
+      case 4: try { try decoder.decodeSingularInt32Field(value: &self.state) }()
+      case 5: try { try decoder.decodeSingularInt32Field(value: &self.flags) }()
+      default: break
+      }
+    }
+  }
+
+  public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
+    try { if let v = self._toIpaddress {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 1)
+    } }()
+    if !self.device.isEmpty {
+      try visitor.visitSingularStringField(value: self.device, fieldNumber: 2)
+    }
+    if !self.lladdr.isEmpty {
+      try visitor.visitSingularStringField(value: self.lladdr, fieldNumber: 3)
+    }
+    if self.state != 0 {
+      try visitor.visitSingularInt32Field(value: self.state, fieldNumber: 4)
+    }
+    if self.flags != 0 {
+      try visitor.visitSingularInt32Field(value: self.flags, fieldNumber: 5)
+    }
+    try unknownFields.traverse(visitor: &visitor)
+  }
+
+  public static func ==(lhs: Types_ARPNeighbor, rhs: Types_ARPNeighbor) -> Bool {
+    if lhs._toIpaddress != rhs._toIpaddress {return false}
+    if lhs.device != rhs.device {return false}
+    if lhs.lladdr != rhs.lladdr {return false}
+    if lhs.state != rhs.state {return false}
+    if lhs.flags != rhs.flags {return false}
+    if lhs.unknownFields != rhs.unknownFields {return false}
+    return true
+  }
 }
