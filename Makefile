@@ -112,6 +112,8 @@ bench: agent vessel kernel initrd $(OUT)/poweroff-initrd.img
 	.build/release/vessel-dev boot-bench --kernel $(KERNEL) --initrd $(INITRD) --baseline-initrd $(OUT)/poweroff-initrd.img --count 5
 	.build/release/vessel-dev run-bench --vessel $(OUT)/vessel --kernel $(KERNEL) --initrd $(INITRD) \
 	  --baseline-initrd $(OUT)/poweroff-initrd.img --count 10
+	@# Network: iperf3 both ways and ping RTT from a pod namespace, vessel vs runc.
+	bench/network-bench.sh $(OUT)/vessel $(KERNEL) $(INITRD)
 	@# containerd: ctr run vs runc, a CRI pod's start, a second container, teardown, PSS.
 	bench/containerd-bench.sh $(OUT)/vessel $(KERNEL) $(INITRD) 5
 	@# Hybrid vsock through a TCG guest next to a Unix socketpair (the ceiling), measured by the VM test's guest.

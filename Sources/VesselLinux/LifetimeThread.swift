@@ -26,16 +26,19 @@ enum LifetimeThread {
     }
 
     private final class Job<T>: @unchecked Sendable {
-        // @unchecked: `result` is written on the lifetime thread before `done` is set, and read
-        // by the caller only after it saw `done`, both under `done`'s lock.
-        let body: () -> T
+        // @unchecked: `body` and `result` are touched on the lifetime thread before `done` is
+        // set, and by the caller only after it saw `done`, both under `done`'s lock.
+        var body: (() -> T)?
         var result: T?
         let done = Mutex(false)
 
         init(_ body: @escaping () -> T) { self.body = body }
 
         func run() {
-            result = body()
+            result = body?()
+            // The caller's closure is only borrowed (`withoutActuallyEscaping`): drop it before
+            // the caller returns, or the runtime sees it escape while the loop still holds the job.
+            body = nil
             done.withLock { $0 = true }
         }
     }

@@ -153,6 +153,8 @@ public struct CLI {
             return try await context().monitorMain(id: try a.id(command), sandbox: a.option("sandbox"), bundle: a.option("bundle"),
                                                    execID: a.option("exec"),
                                                consoleSocket: a.option("console-socket"), signals: signals)
+        case "__nettest":
+            return Check.networkTest()
         case "__hold":
             // A sandbox's new network namespace, held while the hooks configure it: until stdin closes.
             _ = try? Linux.readAll(0)
@@ -258,7 +260,10 @@ public struct CLI {
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
             print(String(decoding: (try? encoder.encode(context.config)) ?? Data(), as: UTF8.self))
         } else {
-            print("# \(context.configPath ?? "built-in defaults (no \(RuntimeConfig.defaultPath))")\n" + context.config.toml())
+            print("# \(context.configPath ?? "built-in defaults (no \(RuntimeConfig.defaultPath))")")
+            print("# network: each interface of a pod's network namespace is joined to a QEMU tap by tc redirects")
+            print("# (Kata's tcfilter) and configured in the guest; a spec without a network namespace gets none")
+            print(context.config.toml())
         }
     }
 

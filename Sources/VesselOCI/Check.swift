@@ -1,5 +1,6 @@
 import Foundation
 import VesselCore
+import VesselLinux
 import VesselVM
 
 /// `vessel check`: can this host run Vessel? One line per requirement, with a remedy when it fails.
@@ -34,6 +35,9 @@ enum Check {
         let vhostVsock = FileManager.default.fileExists(atPath: "/dev/vhost-vsock")
         print("ok   vsock: " + (vhostVsock ? "/dev/vhost-vsock present; Vessel uses its own hybrid vsock backend anyway"
                                            : "no /dev/vhost-vsock; Vessel's userspace hybrid vsock backend is used"))
+        let network = networkProbe()
+        line(network == nil, "tap devices and tc ingress redirects (a pod's network reaches its VM through them)",
+             network.map { "\($0): a kernel with tun, sch_ingress, cls_u32 and act_mirred is needed" } ?? "")
         let cgroup2 = FileManager.default.fileExists(atPath: "/sys/fs/cgroup/cgroup.controllers")
             || FileManager.default.fileExists(atPath: "/sys/fs/cgroup/unified/cgroup.controllers")
         let cgroup1 = FileManager.default.fileExists(atPath: "/sys/fs/cgroup/pids")
@@ -42,6 +46,37 @@ enum Check {
         line(FileManager.default.isWritableFile(atPath: "/dev/shm") || FileManager.default.fileExists(atPath: "/proc/self/fd"),
              "memfd shared guest memory", "a kernel with memfd_create is needed")
         return failed ? 1 : 0
+    }
+
+    /// `vessel __nettest` in a network namespace of its own (nothing is left when it exits):
+    /// nil when it could join two taps the way a pod's interface is joined to QEMU's tap.
+    static func networkProbe() -> String? {
+        do {
+            let spawned = try spawn(exeFD: -1, path: "/proc/self/exe", arguments: ["vessel", "__nettest"], environment: [],
+                                    fds: [(2, 2)], namespaces: Namespace.network.cloneFlag)
+            let status = Linux.reap(spawned.pid)
+            return status == 0 ? nil : "the probe failed (status \(status))"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    /// The probe itself: two taps, an ingress qdisc on the first, a u32 + mirred redirect to the second.
+    static func networkTest() -> Int32 {
+        do {
+            let first = try Linux.openTap("vcheck0"), second = try Linux.openTap("vcheck1")
+            defer { Linux.close(first); Linux.close(second) }
+            let netlink = try RouteNetlink()
+            let links = try netlink.links()
+            guard let a = links.first(where: { $0.name == "vcheck0" }), let b = links.first(where: { $0.name == "vcheck1" }) else { return 1 }
+            try netlink.setLink(a.index, up: true)
+            try netlink.addIngressQdisc(a.index)
+            try netlink.redirectIngress(from: a.index, to: b.index)
+            return 0
+        } catch {
+            FileHandle.standardError.write(Data("network probe: \(error)\n".utf8))
+            return 1
+        }
     }
 
     static func deviceHelp(_ qemu: String) -> String {

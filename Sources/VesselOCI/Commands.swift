@@ -48,12 +48,14 @@ struct Context: Sendable {
         }
     }
 
-    /// An owner whose first container failed has nothing to own.
+    /// An owner whose first container failed has nothing to own; one that died (crashed) while
+    /// creating it left its mounts, cgroups and directory for us.
     private func stopOwner(_ sandbox: String) {
-        guard let record = store.loadSandbox(sandbox), record.ownerAlive else { return }
-        Foundation.kill(record.ownerPid, SIGTERM)
-        if !Linux.waitGone(pid: record.ownerPid, timeout: 30) { Foundation.kill(record.ownerPid, SIGKILL) }
-        _ = Linux.waitGone(pid: record.ownerPid, timeout: 10)
+        if let record = store.loadSandbox(sandbox), record.ownerAlive {
+            Foundation.kill(record.ownerPid, SIGTERM)
+            if !Linux.waitGone(pid: record.ownerPid, timeout: 30) { Foundation.kill(record.ownerPid, SIGKILL) }
+            _ = Linux.waitGone(pid: record.ownerPid, timeout: 10)
+        }
         SandboxCleanup.afterDeadOwner(store, sandbox: sandbox)
     }
 

@@ -7,10 +7,12 @@ import VesselProtocol
 /// The owner's error messages (runc's wording) come back as the one line the CLI prints.
 struct OwnerClient: Sendable {
     let ttrpc: TTRPCClient
+    let paths: SandboxPaths
 
     static func connect(_ paths: SandboxPaths) async throws(RuntimeError) -> OwnerClient {
         do {
-            return OwnerClient(ttrpc: try await TTRPCClient.connect(unixPath: paths.ownerSocket, group: MultiThreadedEventLoopGroup.singleton))
+            let ttrpc = try await TTRPCClient.connect(unixPath: paths.ownerSocket, group: MultiThreadedEventLoopGroup.singleton)
+            return OwnerClient(ttrpc: ttrpc, paths: paths)
         } catch {
             throw RuntimeError("sandbox \(paths.id) is not running (its owner does not answer: \(error))", kind: .unavailable)
         }
@@ -30,6 +32,10 @@ struct OwnerClient: Sendable {
             case .invalidArgument: .invalidArgument
             case .unavailable: .unavailable
             default: .failed
+            }
+            // The connection itself broke: the owner died mid-call.
+            if error.code == .unavailable && !ttrpc.isActive {
+                throw RuntimeError("the owner of sandbox \(paths.id) exited during \(method.name)", kind: .unavailable)
             }
             throw RuntimeError(error.message, kind: kind)
         } catch {

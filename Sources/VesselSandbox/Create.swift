@@ -134,6 +134,8 @@ extension SandboxOwner {
         let cgroup = HostCgroup.relativePath(cgroupsPath: bundle.guestSpec.linux.cgroupsPath, id: sandboxRecord.id)
         do {
             sandboxRecord.hostCgroups = try HostCgroup.join(relativePath: cgroup, pid: getpid())
+            // On record before anything else can fail: a dead owner's cleanup removes only what it finds.
+            persistSandbox()
         } catch {
             log.warning("sandbox runs without its own host cgroup: \(error)")
         }

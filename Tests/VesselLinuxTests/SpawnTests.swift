@@ -34,6 +34,31 @@ struct SpawnTests {
         #expect(reaped == 0, "the child died with its spawning thread (wait status \(status))")
     }
 
+    /// Parent-death spawns are handed to one lifetime thread; the caller's closure is borrowed, so
+    /// the thread must let go of it before the caller returns. A race there crashed an owner
+    /// ("non-escaping closure has escaped") while it started QEMU.
+    @Test func concurrentParentDeathSpawnsAllSucceed() async throws {
+        let pids = try await withThrowingTaskGroup(of: [Int32].self) { group in
+            for _ in 0..<4 {
+                group.addTask {
+                    try (0..<50).map { _ in
+                        let child = try spawn(exeFD: -1, path: "/bin/true", arguments: ["true"], environment: [], fds: [],
+                                              parentDeathSignal: SIGKILL)
+                        #expect(child.execErrno == 0)
+                        return child.pid
+                    }
+                }
+            }
+            return try await group.reduce(into: []) { $0 += $1 }
+        }
+        #expect(pids.count == 200)
+        for pid in pids {
+            var status: Int32 = 0
+            #expect(waitpid(pid, &status, 0) == pid)
+            #expect(Linux.shellStatus(status) == 0)
+        }
+    }
+
     @Test func execFailureIsReported() throws {
         let spawned = try spawn(exeFD: -1, path: "/nonexistent/binary", arguments: ["x"], environment: [], fds: [],
                                 parentDeathSignal: SIGKILL)

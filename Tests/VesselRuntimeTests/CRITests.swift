@@ -115,6 +115,67 @@ struct CRITests {
         _ = sandbox
     }
 
+    /// Kubernetes' usual network: CNI's bridge (Debian's plugins) in a namespace of the test's
+    /// own, where containerd runs. Pods get addresses, serve and fetch across the bridge, and
+    /// reach each other; the guest's interface is the pod's.
+    @Test func podsOnACNIBridgeTalkToTheHostSideAndToEachOther() throws {
+        try ensureInstalled(["/usr/bin/curl": "curl", "/usr/bin/python3": "python3"])
+        let node = try TestNamespace("vnode")
+        defer { node.delete() }
+        let containerd = try Containerd(namespace: "k8s.io", network: node)
+        defer { containerd.stop() }
+        let dir = containerd.directory
+        let cri = CRIClient(python: try CRIClient.python(), socket: containerd.socket, stubs: dir + "/stubs")
+        var pods: [(id: String, ip: String, container: String)] = []
+        for name in ["a", "b"] {
+            let pod: [String: Any] = ["metadata": ["name": "net-\(name)", "uid": "u-\(name)", "namespace": "default"], "hostname": "pod-\(name)",
+                                      "log_directory": dir + "/logs-\(name)",
+                                      "dns_config": ["servers": ["10.66.0.53"], "searches": ["vessel.test"], "options": ["ndots:2"]]]
+            try cri.writeJSON(pod, to: dir + "/pod-\(name).json")
+            let started = try cri.call(["runp", "--config", dir + "/pod-\(name).json", "--runtime", "vessel"])
+            let id = try #require(started["pod_sandbox_id"] as? String)
+            let status = try cri.call(["inspectp", id])["status"] as? [String: Any]
+            let ip = try #require((status?["network"] as? [String: Any])?["ip"] as? String)
+            let container: [String: Any] = [
+                "metadata": ["name": "web"], "image": ["image": Containerd.image], "log_path": "web.log",
+                "command": ["sh", "-c", "mkdir -p /www; echo hello-from-pod-\(name) > /www/index.html; exec httpd -f -p 8080 -h /www"],
+            ]
+            try cri.writeJSON(container, to: dir + "/web-\(name).json")
+            let created = try cri.call(["create", id, "--config", dir + "/web-\(name).json", "--pod-config", dir + "/pod-\(name).json"])
+            let containerID = try #require(created["container_id"] as? String)
+            try cri.call(["start", containerID])
+            pods.append((id, ip, containerID))
+        }
+        #expect(pods[0].ip.hasPrefix("10.66.0.") && pods[1].ip.hasPrefix("10.66.0.") && pods[0].ip != pods[1].ip, "\(pods)")
+
+        // The guest's eth0 has the pod's address and its route out through the bridge.
+        let guest = try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "ip -4 addr show eth0; ip route"])["stdout"] as? String ?? ""
+        #expect(guest.contains("inet \(pods[0].ip)/24") && guest.contains("default via 10.66.0.1"), "\(guest)")
+
+        // The files CRI wrote for the pod: its DNS and its hostname.
+        let files = try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "cat /etc/resolv.conf /etc/hostname"])["stdout"] as? String ?? ""
+        #expect(files.contains("nameserver 10.66.0.53") && files.contains("search vessel.test") && files.contains("pod-a"), "\(files)")
+
+        // Node -> pod, pod -> node (a server on the bridge's side), pod -> pod.
+        let page = try node.fetch("http://\(pods[0].ip):8080/", until: "hello-from-pod-a")
+        #expect(page.contains("hello-from-pod-a"), "\(page)")
+        let server = try node.serveHTTP("hello-from-the-node\n", address: "10.66.0.1", port: 8081, directory: dir + "/www")
+        defer { server.stop() }
+        let request = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5"
+        let fromPod = try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "\(request) 10.66.0.1 8081"])["stdout"] as? String
+        #expect(fromPod?.contains("hello-from-the-node") == true, "\(fromPod ?? "")")
+        let podToPod = try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "\(request) \(pods[1].ip) 8080"])["stdout"] as? String
+        #expect(podToPod?.contains("hello-from-pod-b") == true, "\(podToPod ?? "")")
+
+        for pod in pods {
+            try cri.call(["stopp", pod.id])
+            try cri.call(["rmp", pod.id])
+        }
+        containerd.expectNothingLeft(pods.map(\.id) + pods.map(\.container))
+        let links = try node.sh("ip link show").output
+        #expect(!links.contains("vtap"), "\(links)")
+    }
+
     func qemuProcesses() -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { pid in
             guard Int(pid) != nil, let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),

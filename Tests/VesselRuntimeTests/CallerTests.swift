@@ -36,48 +36,130 @@ struct CallerTests {
     }
 
     @Test func dockerRunsABusyboxContainer() throws {
+        let docker = try DockerDaemon()
+        defer { docker.stop() }
+        let run = try docker.docker(["run", "--rm", "--runtime", "vessel", "--network", "none", "busybox:vessel",
+                                     "sh", "-c", "echo hello-docker from $(hostname); exit 5"])
+        #expect(run.status == 5, "\(run.output)")
+        #expect(run.output.contains("hello-docker from"), "\(run.output)")
+        docker.expectNoContainersLeft()
+    }
+}
+
+/// Its own dockerd (and the containerd it starts), all state in a temporary directory, Vessel as
+/// runtime `vessel` with our configuration, a local busybox image; in `network` when given
+/// (with its bridge and iptables there), else without any network of its own.
+final class DockerDaemon: @unchecked Sendable {
+    // @unchecked: set up once, then only read.
+    let cli: VesselCLI
+    let socket: String
+    private let daemon: Process
+
+    init(network: TestNamespace? = nil) throws {
         try ensureInstalled(["/usr/sbin/dockerd": "docker.io", "/usr/bin/skopeo": "skopeo", "/usr/bin/umoci": "umoci"])
-        let cli = try VesselCLI()
-        defer { cli.cleanUp() }
+        cli = try VesselCLI()
         let dir = cli.directory
         try BusyboxImage.archive(at: dir + "/busybox.tar", name: "busybox:vessel", in: dir)
-        // Its own dockerd (and the containerd it starts), all state under `dir`; the runtime gets our config.
         try """
             {"runtimes": {"vessel": {"path": "\(VesselCLI.binary)", "runtimeArgs": ["--config", "\(cli.config)"]}}}
             """.write(toFile: dir + "/daemon.json", atomically: true, encoding: .utf8)
-        let socket = dir + "/docker.sock"
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: "/usr/sbin/dockerd")
-        daemon.arguments = ["--config-file", dir + "/daemon.json", "--data-root", dir + "/data", "--exec-root", dir + "/exec",
-                            "--pidfile", dir + "/docker.pid", "-H", "unix://" + socket, "--iptables=false", "--ip-masq=false",
-                            "--ip-forward=false", "--bridge=none", "--storage-driver", "vfs",
-                            "--exec-opt", "native.cgroupdriver=cgroupfs", "--userland-proxy=false"]
+        socket = dir + "/docker.sock"
+        let networking = network == nil
+            ? ["--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none"]
+            : ["--iptables=true", "--ip-masq=false", "--ip-forward=true"]
+        let arguments = ["/usr/sbin/dockerd", "--config-file", dir + "/daemon.json", "--data-root", dir + "/data", "--exec-root", dir + "/exec",
+                         "--pidfile", dir + "/docker.pid", "-H", "unix://" + socket, "--storage-driver", "vfs",
+                         "--exec-opt", "native.cgroupdriver=cgroupfs", "--userland-proxy=false"] + networking
+        daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: network == nil ? "/usr/sbin/dockerd" : "/usr/bin/nsenter")
+        daemon.arguments = network.map { ["--net=" + $0.path] + arguments } ?? Array(arguments.dropFirst())
         daemon.environment = ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
         FileManager.default.createFile(atPath: dir + "/dockerd.log", contents: nil)
         daemon.standardOutput = FileHandle(forWritingAtPath: dir + "/dockerd.log")
         daemon.standardError = daemon.standardOutput
         try daemon.run()
-        defer {
-            daemon.terminate()
-            daemon.waitUntilExit()
-            _ = try? command(["/bin/umount", "--recursive", "--lazy", dir + "/exec"])
-            _ = try? command(["/bin/umount", "--recursive", "--lazy", dir + "/data"])
-        }
-        let docker = ["/usr/bin/docker", "-H", "unix://" + socket]
         var up = false
         for _ in 0..<300 where !up {
-            up = (try? command(docker + ["version"]))?.status == 0
+            up = (try? docker(["version"]))?.status == 0
             if !up { usleep(100_000) }
         }
-        try #require(up, "dockerd did not come up: \((try? String(contentsOfFile: dir + "/dockerd.log", encoding: .utf8))?.suffix(2000) ?? "")")
-        let load = try command(docker + ["load", "-i", dir + "/busybox.tar"])
-        try #require(load.status == 0, "\(load.output)")
-        let run = try command(docker + ["run", "--rm", "--runtime", "vessel", "--network", "none", "busybox:vessel",
-                                        "sh", "-c", "echo hello-docker from $(hostname); exit 5"])
-        #expect(run.status == 5, "\(run.output)")
-        #expect(run.output.contains("hello-docker from"), "\(run.output)")
-        let runtimeRoot = dir + "/exec/runtime-vessel/moby"
-        #expect(((try? FileManager.default.contentsOfDirectory(atPath: runtimeRoot)) ?? []).isEmpty, "containers left in \(runtimeRoot)")
+        guard up else { throw CLIError("dockerd did not come up: \((try? String(contentsOfFile: dir + "/dockerd.log", encoding: .utf8))?.suffix(2000) ?? "")") }
+        let load = try docker(["load", "-i", dir + "/busybox.tar"])
+        guard load.status == 0 else { throw CLIError("docker load: \(load.output)") }
+    }
+
+    @discardableResult
+    func docker(_ arguments: [String]) throws -> CommandResult {
+        try command(["/usr/bin/docker", "-H", "unix://" + socket] + arguments)
+    }
+
+    func expectNoContainersLeft(sourceLocation: SourceLocation = #_sourceLocation) {
+        let runtimeRoot = cli.directory + "/exec/runtime-vessel/moby"
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: runtimeRoot)) ?? []).isEmpty, "containers left in \(runtimeRoot)",
+                sourceLocation: sourceLocation)
+    }
+
+    func stop() {
+        daemon.terminate()
+        daemon.waitUntilExit()
+        _ = try? command(["/bin/umount", "--recursive", "--lazy", cli.directory + "/exec"])
+        _ = try? command(["/bin/umount", "--recursive", "--lazy", cli.directory + "/data"])
+        cli.cleanUp()
     }
 }
 
+/// The callers' own networks, each in a network namespace of the test's own (no packet leaves it).
+@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+struct CallerNetworkTests {
+    /// podman 4.3 with netavark: `-p 18080:80` reaches busybox httpd in the VM.
+    @Test func podmanPublishesAPort() throws {
+        try ensureInstalled(["/usr/bin/podman": "podman", "/usr/bin/conmon": "conmon", "/usr/lib/podman/netavark": "netavark",
+                             "/usr/sbin/iptables": "iptables", "/usr/bin/curl": "curl"])
+        let node = try TestNamespace("vpodman")
+        defer { node.delete() }
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let dir = cli.directory
+        try BusyboxRootfs.make(at: dir + "/rootfs")
+        try FileManager.default.createDirectory(atPath: dir + "/rootfs/www", withIntermediateDirectories: true)
+        try "hello-through-podman\n".write(toFile: dir + "/rootfs/www/index.html", atomically: true, encoding: .utf8)
+        try """
+            [containers]
+            default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+            [engine]
+            cgroup_manager = "cgroupfs"
+            events_logger = "file"
+            [network]
+            network_backend = "netavark"
+            network_config_dir = "\(dir)/networks"
+            """.write(toFile: dir + "/containers.conf", atomically: true, encoding: .utf8)
+        let podman = ["/usr/bin/nsenter", "--net=" + node.path, "/usr/bin/podman", "--root", dir + "/storage", "--runroot", dir + "/run",
+                      "--storage-driver", "vfs", "--runtime", VesselCLI.binary, "--runtime-flag", "config=" + cli.config]
+        let environment = ["CONTAINERS_CONF": dir + "/containers.conf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
+        defer { _ = try? command(podman + ["rm", "--all", "--force"], environment: environment) }
+        var result = try command(podman + ["run", "-d", "--name", "web", "-p", "18080:80", "--rootfs", dir + "/rootfs",
+                                           "httpd", "-f", "-p", "80", "-h", "/www"], environment: environment)
+        #expect(result.status == 0, "\(result.output)")
+        let page = try node.fetch("http://10.88.0.1:18080/", until: "hello-through-podman")
+        #expect(page.contains("hello-through-podman"), "\(page)")
+        result = try command(podman + ["rm", "--force", "web"], environment: environment)
+        #expect(result.status == 0, "\(result.output)")
+    }
+
+    /// docker 20.10 with its bridge network (its iptables rules inside the test's namespace):
+    /// libnetwork configures the sandbox's network namespace from its prestart hook; `-p` answers.
+    @Test func dockerPublishesAPort() throws {
+        try ensureInstalled(["/usr/sbin/iptables": "iptables", "/usr/bin/curl": "curl"])
+        let node = try TestNamespace("vdocker")
+        defer { node.delete() }
+        let docker = try DockerDaemon(network: node)
+        defer { docker.stop() }
+        let result = try docker.docker(["run", "-d", "--name", "web", "--runtime", "vessel", "-p", "18081:80", "busybox:vessel",
+                                        "sh", "-c", "mkdir -p /www; echo hello-through-docker > /www/index.html; exec httpd -f -p 80 -h /www"])
+        #expect(result.status == 0, "\(result.output)")
+        let page = try node.fetch("http://172.17.0.1:18081/", until: "hello-through-docker")
+        #expect(page.contains("hello-through-docker"), "\(page)")
+        #expect(try docker.docker(["rm", "--force", "web"]).status == 0)
+        docker.expectNoContainersLeft()
+    }
+}

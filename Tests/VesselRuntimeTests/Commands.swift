@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VesselDevSupport
+import VesselLinux
 
 struct CommandResult {
     var status: Int32
@@ -8,37 +9,43 @@ struct CommandResult {
 }
 
 /// Runs a program with stdout and stderr together in a file (callers' daemons may inherit them),
-/// `input` on its stdin; one that outlives `timeout` is killed and fails the test.
+/// `input` on its stdin; one that outlives `timeout` is killed and fails the test. Spawned and
+/// reaped by us (VesselLinux's spawn, waitpid): the child starts with no signal blocked whatever
+/// the test thread blocks, and a quick exit is never missed.
 func command(_ arguments: [String], environment: [String: String]? = nil, input: String? = nil, timeout: Double = 300) throws
     -> CommandResult
 {
     let output = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-cmd-\(UUID().uuidString.prefix(8))").path
-    FileManager.default.createFile(atPath: output, contents: nil)
-    defer { try? FileManager.default.removeItem(atPath: output) }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: arguments[0])
-    process.arguments = Array(arguments.dropFirst())
-    if let environment { process.environment = environment }
-    if let input {
-        let file = output + ".in"
-        FileManager.default.createFile(atPath: file, contents: Data(input.utf8))
-        defer { try? FileManager.default.removeItem(atPath: file) }
-        process.standardInput = FileHandle(forReadingAtPath: file)
-    } else {
-        process.standardInput = FileHandle.nullDevice
+    let out = open(output, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+    guard out >= 0 else { throw CLIError("cannot create \(output)") }
+    defer {
+        close(out)
+        unlink(output)
     }
-    let handle = FileHandle(forWritingAtPath: output)
-    process.standardOutput = handle
-    process.standardError = handle
-    try process.run()
+    let inputFile = output + ".in"
+    FileManager.default.createFile(atPath: inputFile, contents: Data((input ?? "").utf8))
+    let stdin = open(input == nil ? "/dev/null" : inputFile, O_RDONLY | O_CLOEXEC)
+    defer {
+        close(stdin)
+        unlink(inputFile)
+    }
+    let environment = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
+    let spawned = try spawn(exeFD: -1, path: arguments[0], arguments: arguments, environment: environment,
+                            fds: [(stdin, 0), (out, 1), (out, 2)])
+    var raw: Int32 = 0
     let deadline = Date().addingTimeInterval(timeout)
-    while process.isRunning && Date() < deadline { usleep(20_000) }
-    if process.isRunning {
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+    var reaped = waitpid(spawned.pid, &raw, WNOHANG)
+    while reaped == 0 && Date() < deadline {
+        usleep(20_000)
+        reaped = waitpid(spawned.pid, &raw, WNOHANG)
+    }
+    if reaped == 0 {
+        kill(spawned.pid, SIGKILL)
+        waitpid(spawned.pid, &raw, 0)
         Issue.record("\(arguments.joined(separator: " ")) still running after \(Int(timeout)) s: killed")
     }
-    return CommandResult(status: process.terminationStatus, output: (try? String(contentsOfFile: output, encoding: .utf8)) ?? "")
+    if spawned.execErrno != 0 { throw CLIError("cannot run \(arguments[0]): \(String(cString: strerror(spawned.execErrno)))") }
+    return CommandResult(status: Linux.shellStatus(raw), output: (try? String(contentsOfFile: output, encoding: .utf8)) ?? "")
 }
 
 /// Installs the Debian packages whose programs are missing (services are not started: policy-rc.d).

@@ -16,8 +16,11 @@ final class Containerd: @unchecked Sendable {
     let namespace: String
     private let daemon: Process
 
-    /// `namespace`: containerd's for ctr ("k8s.io" is CRI's).
-    init(namespace: String = "vessel-\(UUID().uuidString.prefix(6).lowercased())") throws {
+    /// `namespace`: containerd's for ctr ("k8s.io" is CRI's). With `network`, containerd runs in
+    /// that network namespace (so does everything CNI makes: the bridge, the pods' veths) and CRI
+    /// gets a bridge network (Debian's CNI plugins) with `subnet`.
+    init(namespace: String = "vessel-\(UUID().uuidString.prefix(6).lowercased())", network: TestNamespace? = nil,
+         subnet: String = "10.66.0.0/24") throws {
         try ensureInstalled(["/usr/bin/containerd": "containerd"])
         cli = try VesselCLI()
         directory = cli.directory + "/containerd"
@@ -50,9 +53,26 @@ final class Containerd: @unchecked Sendable {
                 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
                   runtime_type = "\(Self.runtime)"
             """.write(toFile: directory + "/config.toml", atomically: true, encoding: .utf8)
+        if network != nil {
+            try ensureInstalled(["/usr/lib/cni/bridge": "containernetworking-plugins"])
+            try FileManager.default.createDirectory(atPath: directory + "/cni/net.d", withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: directory + "/cni/bin", withDestinationPath: "/usr/lib/cni")
+            try """
+                {"cniVersion": "0.4.0", "name": "vessel-test", "plugins": [
+                  {"type": "bridge", "bridge": "vcni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+                   "ipam": {"type": "host-local", "ranges": [[{"subnet": "\(subnet)"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+                  {"type": "loopback"}
+                ]}
+                """.write(toFile: directory + "/cni/net.d/10-vessel.conflist", atomically: true, encoding: .utf8)
+        }
         daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/containerd")
-        daemon.arguments = ["--config", directory + "/config.toml"]
+        if let network {
+            daemon.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+            daemon.arguments = ["--net=" + network.path, "/usr/bin/containerd", "--config", directory + "/config.toml"]
+        } else {
+            daemon.executableURL = URL(fileURLWithPath: "/usr/bin/containerd")
+            daemon.arguments = ["--config", directory + "/config.toml"]
+        }
         // The shim gets containerd's environment: its PATH finds Vessel's shim, VESSEL_CONFIG our configuration.
         daemon.environment = ["PATH": directory + "/bin:/usr/sbin:/usr/bin:/sbin:/bin", "VESSEL_CONFIG": cli.config]
         FileManager.default.createFile(atPath: directory + "/containerd.log", contents: nil)

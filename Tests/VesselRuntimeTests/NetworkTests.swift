@@ -38,31 +38,12 @@ struct NetworkTests {
         #expect(result.stdout.contains("default via 10.55.0.1"), "\(result.stdout)")
 
         // Outside -> pod: a client in the other namespace fetches the pod's page.
-        var page = ""
-        for _ in 0..<50 where !page.contains("hello-from-the-pod") {
-            page = try outside.sh("curl -s -m 3 http://10.55.0.2:8080/ 2>&1").output
-            if !page.contains("hello-from-the-pod") { usleep(200_000) }
-        }
+        let page = try outside.fetch("http://10.55.0.2:8080/", until: "hello-from-the-pod")
         #expect(page.contains("hello-from-the-pod"), "\(page)")
 
         // Pod -> outside: a server on the other side answers the container.
-        try FileManager.default.createDirectory(atPath: cli.directory + "/www", withIntermediateDirectories: true)
-        try "hello-from-outside\n".write(toFile: cli.directory + "/www/index.html", atomically: true, encoding: .utf8)
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        server.arguments = ["--net=" + outside.path, "/usr/bin/python3", "-m", "http.server", "--bind", "10.55.0.1", "8081",
-                            "--directory", cli.directory + "/www"]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        defer {
-            // SIGKILL: a child of the test runner may start with SIGTERM blocked.
-            kill(server.processIdentifier, SIGKILL)
-            server.waitUntilExit()
-        }
-        for _ in 0..<50 where !(try outside.sh("curl -s -m 1 http://10.55.0.1:8081/").output.contains("hello-from-outside")) {
-            usleep(100_000)
-        }
+        let server = try outside.serveHTTP("hello-from-outside\n", address: "10.55.0.1", port: 8081, directory: cli.directory + "/www")
+        defer { server.stop() }
         // nc, not wget: Debian's static busybox wget can crash on its way (glibc NSS in a static binary).
         result = try cli.run(["exec", "n1", "sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 10.55.0.1 8081"])
         #expect(result.stdout.contains("hello-from-outside"), "status \(result.status): \(result.stdout) \(result.stderr)")

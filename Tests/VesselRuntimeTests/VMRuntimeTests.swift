@@ -189,6 +189,30 @@ extension VMRuntimeTests {
         #expect(try cli.run(["delete", "o1"]).status == 0)
         try cli.expectNothingLeft("o1")
     }
+
+    /// An owner that dies while its VM boots (it once crashed there) leaves its mounts, host
+    /// cgroups and directory behind; the failing `create` must remove them.
+    @Test func anOwnerThatDiesWhileBootingLeavesNothing() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sleep", "1000"])
+        // On a thread of its own: blocking calls on the cooperative pool (2 threads here) starve
+        // the other suites' tests and this one's polling.
+        let create = Background { try cli.run(["create", "--bundle", bundle, "b1"]) }
+        let deadline = Date().addingTimeInterval(60)
+        var record: SandboxRecord?
+        while Date() < deadline {
+            if let found = try? cli.sandbox("b1"), found.qemuPid > 0 { record = found; break }
+            usleep(20_000)
+        }
+        let booting = try #require(record, "QEMU never started")
+        kill(booting.ownerPid, SIGKILL)
+        let result = try create.value()
+        #expect(result.status == 1, "\(result.stderr)")
+        #expect(result.stderr.contains("the owner of sandbox b1 exited during Create"), "\(result.stderr)")
+        #expect(ProcessIdentity.waitGone(pid: booting.qemuPid, timeout: 30), "QEMU outlived its owner")
+        try cli.expectNothingLeft("b1")
+    }
 }
 
 final class ReceivedFD: @unchecked Sendable {
@@ -262,5 +286,24 @@ extension VMRuntimeTests {
         #expect(try cli.run(["delete", "--force", "pod1"]).status == 0)
         try cli.expectNothingLeft("app1")
         try cli.expectNothingLeft("pod1")
+    }
+}
+
+/// A blocking call on a thread of its own, its result awaited without the cooperative pool.
+final class Background<T>: @unchecked Sendable {
+    // @unchecked: `result` is written by the thread before it signals `done`, read after.
+    private var result: Result<T, Error>?
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ body: @escaping @Sendable () throws -> T) {
+        Thread.detachNewThread { [self] in
+            result = Result { try body() }
+            done.signal()
+        }
+    }
+
+    func value() throws -> T {
+        done.wait()
+        return try result!.get()
     }
 }

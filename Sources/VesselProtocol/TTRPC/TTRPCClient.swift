@@ -28,6 +28,9 @@ public final class TTRPCClient: Sendable {
         try await self.make(self.bootstrap(group).withConnectedSocket(fd))
     }
 
+    /// False once the connection closed (the peer went away, or `close()`).
+    public var isActive: Bool { self.channel.isActive }
+
     /// Closes the connection; calls still pending fail with `.unavailable`.
     public func close() async {
         try? await self.channel.close()
