@@ -44,13 +44,23 @@ __attribute__((constructor(101))) static void vessel_pid1_early(void) {
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }
 
-static pid_t raw_clone3(uint64_t flags, uint64_t exit_signal) {
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+
+/// `cgroup_fd` >= 0: the child starts in that cgroup v2 directory (CLONE_INTO_CGROUP), so it is
+/// never outside it, not even for the instant a later cgroup.procs write would leave.
+static pid_t raw_clone3(uint64_t flags, uint64_t exit_signal, int cgroup_fd) {
     struct clone_args args;
     memset(&args, 0, sizeof(args));
     args.flags = flags;
     args.exit_signal = exit_signal;
+    if (cgroup_fd >= 0) {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = (uint64_t)cgroup_fd;
+    }
     long rc = syscall(SYS_clone3, &args, sizeof(args));
-    if (rc < 0 && errno == ENOSYS && flags == 0)
+    if (rc < 0 && errno == ENOSYS && flags == 0 && cgroup_fd < 0)
         return fork();
     return (pid_t)rc;
 }
@@ -120,13 +130,13 @@ fail:;
 
 pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
                    const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno,
-                   int pdeathsig, int new_session) {
+                   int pdeathsig, int new_session, int cgroup_fd) {
     int pipefd[2];
     pid_t parent = getpid();
     *exec_errno = 0;
     if (pipe2(pipefd, O_CLOEXEC) < 0)
         return -errno;
-    pid_t pid = raw_clone3(clone_flags, SIGCHLD);
+    pid_t pid = raw_clone3(clone_flags, SIGCHLD, cgroup_fd);
     if (pid == 0) {
         close(pipefd[0]);
         spawn_child(exe_fd, path, argv, envp, fds, nfds, pipefd[1], pdeathsig, parent, new_session);
@@ -150,7 +160,7 @@ pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const
 
 pid_t vessel_clone_parent(void) {
     // clone3 requires exit_signal 0 with CLONE_PARENT; the child inherits our own exit signal (SIGCHLD).
-    return raw_clone3(CLONE_PARENT, 0);
+    return raw_clone3(CLONE_PARENT, 0, -1);
 }
 
 int vessel_pivot_root(const char *new_root, const char *put_old) {

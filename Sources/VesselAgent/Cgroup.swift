@@ -70,6 +70,12 @@ struct Cgroup: Sendable {
         }
     }
 
+    /// The v2 directory, for CLONE_INTO_CGROUP (nil on v1 hosts: the caller adds the pid after).
+    func openDirectory() throws -> Int32? {
+        guard let unifiedDirectory else { return nil }
+        return try Linux.open(unifiedDirectory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    }
+
     func add(_ pid: pid_t) throws {
         for directory in directories { try Linux.writeFile(directory + "/cgroup.procs", "\(pid)") }
     }

@@ -9,9 +9,11 @@ import Glibc
 /// CGROUP_DEVICE attached to the container's cgroup. The program checks the rules last-to-first
 /// (a later rule overrides an earlier one, as in v1) and allows what no rule matches, v1's default.
 enum DeviceFilter {
-    /// Devices every container may use, appended after the spec's rules as runc does.
+    /// Devices every container may use, appended after the spec's rules as runc does; not c 5:1:
+    /// in a VM /dev/console is the guest's serial console, which ends in a file on the host (a
+    /// terminal's /dev/console is its pty, 136:N). A spec that allows it explicitly still gets it.
     static let defaultAllowed: [Grpc_LinuxDeviceCgroup] = [
-        (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2), (136, -1), (10, 200),
+        (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2), (136, -1), (10, 200),
     ].map { (major: Int64, minor: Int64) in .with { $0.allow = true; $0.type = "c"; $0.major = major; $0.minor = minor; $0.access = "rwm" } }
 
     struct Instruction: Equatable {
@@ -33,7 +35,8 @@ enum DeviceFilter {
 
     static func accessBits(_ access: String) -> Int32 {
         // BPF_DEVCG_ACC_MKNOD 1, READ 2, WRITE 4
-        access.isEmpty ? 7 : access.reduce(0) { $0 | ($1 == "m" ? 1 : $1 == "r" ? 2 : $1 == "w" ? 4 : 0) }
+        // "RWM" is as good as "rwm" (some callers write it so); anything else was refused by Validation.
+        access.isEmpty ? 7 : access.lowercased().reduce(0) { $0 | ($1 == "m" ? 1 : $1 == "r" ? 2 : $1 == "w" ? 4 : 0) }
     }
 
     /// r2 = device type, r3 = requested access, r4 = major, r5 = minor; one block per rule.
@@ -68,10 +71,14 @@ enum DeviceFilter {
         return program + [.move(0, 1), .exit]
     }
 
-    /// Loads the program for `rules` (plus the defaults) and attaches it to the cgroup directory.
-    /// Returns the program fd, which the caller keeps to detach it on replacement.
+    /// The first rule: what neither the spec nor the defaults allow is refused (a spec without
+    /// rules must not mean every device, in a guest whose devices are the VM's).
+    static let denyAll: Grpc_LinuxDeviceCgroup = .with { $0.allow = false; $0.access = "rwm" }
+
+    /// Loads the program for `rules` (after `denyAll`, before the defaults) and attaches it to the
+    /// cgroup directory. Returns the program fd, which the caller keeps to detach it on replacement.
     static func attach(_ rules: [Grpc_LinuxDeviceCgroup], cgroup: String) throws -> Int32 {
-        let instructions = program(rules + defaultAllowed).map(\.raw)
+        let instructions = program([denyAll] + rules + defaultAllowed).map(\.raw)
         func load(log: UnsafeMutableBufferPointer<CChar>?) -> Int32 {
             instructions.withUnsafeBufferPointer {
                 vessel_bpf_load_device_program($0.baseAddress, UInt32($0.count), log?.baseAddress, UInt32(log?.count ?? 0))

@@ -34,16 +34,17 @@ struct Launcher {
     let noPivot: Bool
 
     /// The container's init, set up inside new namespaces (or the pod's `joined` ones) and
-    /// blocked before exec.
-    func createInit(id: String, spec: Grpc_Spec, namespaces: UInt64, joined: [(name: String, fd: Int32)]) async throws
-        -> (ContainerProcess, syncFD: Int32)
+    /// blocked before exec; started inside `cgroup` (a v2 directory fd) when there is one.
+    func createInit(id: String, spec: Grpc_Spec, namespaces: UInt64, joined: [(name: String, fd: Int32)],
+                    cgroup: Cgroup?) async throws -> (ContainerProcess, syncFD: Int32)
     {
         let (pipes, child) = try await Self.stdio(terminal: spec.process.terminal, group: group)
         let (agentEnd, helperEnd) = try Linux.socketPair()
         var pid: pid_t = 0
         var pty: Int32 = -1
         do {
-            pid = try startHelper(.initContainer, child: child, sync: helperEnd, extraFDs: joined.map(\.fd), namespaces: namespaces)
+            pid = try startHelper(.initContainer, child: child, sync: helperEnd, extraFDs: joined.map(\.fd), namespaces: namespaces,
+                                  cgroup: cgroup)
             let config = Vessel_HelperConfig.with {
                 $0.spec = spec
                 $0.process = spec.process
@@ -131,7 +132,7 @@ struct Launcher {
     /// A process inside a running container: the helper joins the namespaces (fds kept open by the
     /// agent, so no pid can be reused under us) and forks the process as the agent's own child.
     func exec(execID: String, process: Grpc_Process, containerSpec: Grpc_Spec,
-              namespaceFDs: [(name: String, fd: Int32)]) async throws -> ContainerProcess {
+              namespaceFDs: [(name: String, fd: Int32)], cgroup: Cgroup?) async throws -> ContainerProcess {
         let config = Vessel_HelperConfig.with {
             $0.process = process
             if containerSpec.linux.hasSeccomp { $0.spec.linux.seccomp = containerSpec.linux.seccomp }
@@ -140,7 +141,7 @@ struct Launcher {
         let (pipes, child) = try await Self.stdio(terminal: process.terminal, group: group)
         let started: (pid: pid_t, pty: Int32)
         do {
-            started = try await runExecHelper(config, child: child, namespaceFDs: namespaceFDs)
+            started = try await runExecHelper(config, child: child, namespaceFDs: namespaceFDs, cgroup: cgroup)
         } catch {
             if let pipes { await pipes.close() }
             throw error
@@ -151,10 +152,11 @@ struct Launcher {
 
     /// The exec helper's whole conversation: the pid of the process it forked (and its pty).
     private func runExecHelper(_ config: Vessel_HelperConfig, child: ProcessIO.ChildEnds,
-                               namespaceFDs: [(name: String, fd: Int32)]) async throws -> (pid: pid_t, pty: Int32) {
+                               namespaceFDs: [(name: String, fd: Int32)], cgroup: Cgroup?) async throws -> (pid: pid_t, pty: Int32) {
         let (agentEnd, helperEnd) = try Linux.socketPair()
         defer { Linux.close(agentEnd) }
-        let helper = try startHelper(.exec, child: child, sync: helperEnd, extraFDs: namespaceFDs.map(\.fd), namespaces: 0)
+        let helper = try startHelper(.exec, child: child, sync: helperEnd, extraFDs: namespaceFDs.map(\.fd), namespaces: 0,
+                                     cgroup: cgroup)
         let outcome = try await blocking { [logger] () throws -> HelperOutcome in
             try send(config, agentEnd)
             var outcome = HelperOutcome()
@@ -169,6 +171,8 @@ struct Launcher {
         Reaper.shared.forget(helper)
         let pid = outcome.reports.first { $0.kind == .pid }?.pid
         if let pid { Reaper.shared.watch(pid) }
+        // v1 (host mode) cannot start a process in a cgroup: it joins once its pid is known.
+        if let pid, let cgroup, cgroup.unifiedDirectory == nil { try? cgroup.add(pid) }
         if let failure = outcome.reports.first(where: { $0.kind == .error }) {
             Linux.close(outcome.pty)
             if let pid {
@@ -196,18 +200,23 @@ struct Launcher {
         return pipes
     }
 
+    /// Every helper of a container starts inside its cgroup (v2), so what it forks (an exec'd
+    /// process) is never outside the container's limits, device filter, freezer or stats.
     private func startHelper(_ mode: Helper.Mode, child: ProcessIO.ChildEnds, sync: Int32, extraFDs: [Int32],
-                             namespaces: UInt64) throws -> pid_t {
+                             namespaces: UInt64, cgroup: Cgroup? = nil) throws -> pid_t {
+        var cgroupFD: Int32 = -1
         defer {
             child.close()
             Linux.close(sync)
+            Linux.close(cgroupFD)
         }
+        cgroupFD = try cgroup?.openDirectory() ?? -1
         var fds: [(src: Int32, dst: Int32)] = [(child.stdin, 0), (child.stdout, 1), (child.stderr, 2), (sync, Helper.syncFD)]
         for (index, fd) in extraFDs.enumerated() {
             fds.append((fd, Helper.firstNamespaceFD + Int32(index)))
         }
         let result = try spawn(exeFD: exeFD, arguments: ["vessel-agent", Helper.argument, mode.rawValue],
-                               environment: [], fds: fds, namespaces: namespaces)
+                               environment: [], fds: fds, namespaces: namespaces, cgroup: cgroupFD)
         Reaper.shared.watch(result.pid)
         if result.execErrno != 0 {
             Reaper.shared.forget(result.pid)

@@ -26,6 +26,8 @@ final class Container {
     var deviceProgram: Int32 = -1
     /// Mount points of the request's storages, released at removal.
     var storages: [String] = []
+    /// The removal under way: a second RemoveContainer waits for it instead of releasing twice.
+    var removal: Task<Void, any Error>?
 
     init(id: String, spec: Grpc_Spec, initProcess: ContainerProcess, namespaceFDs: [(name: String, fd: Int32)], syncFD: Int32,
          cgroup: Cgroup?) {
@@ -178,17 +180,28 @@ public actor Sandbox {
         for name in ["ipc", "uts"] where !joined.isEmpty && !spec.linux.namespaces.contains(where: { $0.type == name }) {
             spec.linux.namespaces.append(.with { $0.type = name })
         }
-        let flags = namespaces.filter { ns in !joined.contains { $0.name == ns.procName } }.reduce(UInt64(0)) { $0 | $1.cloneFlag }
-        let (initProcess, syncFD) = try await launcher.createInit(id: id, spec: spec, namespaces: flags, joined: joined)
+        // The cgroup namespace is not a clone flag: the init helper unshares it once it is inside
+        // the container's cgroup (it starts there), so the container sees its own cgroup as "/".
+        let flags = namespaces.filter { ns in ns != .cgroup && !joined.contains { $0.name == ns.procName } }
+            .reduce(UInt64(0)) { $0 | $1.cloneFlag }
+        let cgroup = try cgroupLayout.map { try Cgroup.create($0, relative: "vessel/\(sandboxID.isEmpty ? "agent" : sandboxID)/\(id)") }
+        let initProcess: ContainerProcess, syncFD: Int32
         do {
-            let cgroup = try cgroupLayout.map { try Cgroup.create($0, relative: "vessel/\(sandboxID.isEmpty ? "agent" : sandboxID)/\(id)") }
-            let names = ["ipc", "uts", "net", "pid", "mnt"]
+            (initProcess, syncFD) = try await launcher.createInit(id: id, spec: spec, namespaces: flags, joined: joined, cgroup: cgroup)
+        } catch {
+            cgroup?.remove()
+            throw error
+        }
+        do {
+            // cgroup: an exec joins the init's view of the hierarchy (its own namespace, or the agent's).
+            let names = ["ipc", "uts", "net", "pid", "cgroup", "mnt"]
             let fds = try names.map { ($0, try Linux.open("/proc/\(initProcess.pid)/ns/\($0)", O_RDONLY)) }
             let container = Container(id: id, spec: spec, initProcess: initProcess, namespaceFDs: fds, syncFD: syncFD, cgroup: cgroup)
             container.storages = storages
             do {
-                if spec.linux.hasResources { try applyResources(spec.linux.resources, to: container) }
-                try cgroup?.add(initProcess.pid)
+                // Also without resources: the device filter's defaults apply to every container.
+                try applyResources(spec.linux.resources, to: container)
+                if cgroup?.unifiedDirectory == nil { try cgroup?.add(initProcess.pid) }
             } catch {
                 container.release()
                 throw error
@@ -199,6 +212,7 @@ public actor Sandbox {
             _ = await initProcess.wait()
             Linux.close(syncFD)
             await initProcess.io.close()
+            cgroup?.remove()
             throw error
         }
     }
@@ -221,8 +235,23 @@ public actor Sandbox {
         }
     }
 
+    /// Overlapping calls share one removal: namespace fds, storages and hooks are released once.
     func removeContainer(_ id: String, timeout: UInt32) async throws {
         let container = try self.container(id)
+        if let removal = container.removal { return try await removal.value }
+        let removal = Task { try await self.remove(container, timeout: timeout) }
+        container.removal = removal
+        do {
+            try await removal.value
+        } catch {
+            // Processes still alive after the timeout: a later call may try again.
+            container.removal = nil
+            throw error
+        }
+    }
+
+    private func remove(_ container: Container, timeout: UInt32) async throws {
+        let id = container.id
         for pid in container.allPids() { kill(pid, SIGKILL) }
         // A frozen process cannot die: thaw after the kill is queued.
         if container.phase == .paused { try? container.cgroup?.freeze(false) }
@@ -265,7 +294,7 @@ public actor Sandbox {
         }
         try Validation.process(request.process, field: "process")
         let process = try await launcher.exec(execID: request.execID, process: request.process, containerSpec: container.spec,
-                                              namespaceFDs: container.namespaceFDs)
+                                              namespaceFDs: container.namespaceFDs, cgroup: container.cgroup)
         container.execs[request.execID] = process
     }
 
@@ -296,7 +325,8 @@ public actor Sandbox {
     private func applyResources(_ resources: Grpc_LinuxResources, to container: Container) throws {
         guard let cgroup = container.cgroup else { return }
         for line in try cgroup.apply(resources) { logger.info("container \(container.id): \(line)") }
-        guard !resources.devices.isEmpty else { return }
+        // An update without device rules keeps the filter the container has.
+        guard !resources.devices.isEmpty || container.deviceProgram < 0 else { return }
         guard let directory = cgroup.unifiedDirectory else {
             logger.info("container \(container.id): device rules not enforced in host mode (no cgroup v2)")
             return

@@ -31,9 +31,9 @@ enum Capabilities {
         var bounding: UInt64, effective: UInt64, permitted: UInt64, inheritable: UInt64, ambient: UInt64
     }
 
-    /// nil when the process names no capabilities at all (then nothing is dropped, as before OCI 1.0).
-    static func sets(_ process: Grpc_Process, field: String) throws -> Sets? {
-        guard process.hasCapabilities else { return nil }
+    /// A process that names no capabilities gets none, as under runc (keeping the helper's full
+    /// set would make every such container root with every capability).
+    static func sets(_ process: Grpc_Process, field: String) throws -> Sets {
         let c = process.capabilities
         return Sets(bounding: try mask(c.bounding, field: "\(field).capabilities.bounding"),
                     effective: try mask(c.effective, field: "\(field).capabilities.effective"),

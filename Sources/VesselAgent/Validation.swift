@@ -66,6 +66,9 @@ enum Validation {
                 throw AgentError.invalidArgument("\(field).path \"\(device.path)\" must be absolute and stay in the rootfs")
             }
         }
+        for (index, rule) in spec.linux.resources.devices.enumerated() where !rule.access.lowercased().allSatisfy({ "rwm".contains($0) }) {
+            throw AgentError.invalidArgument("OCI.linux.resources.devices[\(index)].access \"\(rule.access)\" may only hold r, w and m")
+        }
         for (index, path) in (spec.linux.maskedPaths + spec.linux.readonlyPaths).enumerated() where !path.hasPrefix("/") {
             throw AgentError.invalidArgument("OCI.linux masked/readonly path #\(index) \"\(path)\" must be absolute")
         }

@@ -158,7 +158,7 @@ struct Context: Sendable {
     /// As runc: --force of an unknown (or half-created) container succeeds and clears what is there;
     /// --force of a running one kills it first. A dead owner's leftovers are cleaned here.
     func delete(id: String, force: Bool) async throws(RuntimeError) {
-        let record: ContainerRecord
+        var record: ContainerRecord
         do {
             record = try store.load(id)
         } catch {
@@ -166,6 +166,12 @@ struct Context: Sendable {
             try StateStore.validate(id: id)
             store.remove(id)
             return
+        }
+        if record.status == .creating {
+            guard force else { throw .precondition("cannot delete container \(id) while it is being created") }
+            // Its create owns it until it ends either way (a failed create removes it itself).
+            guard let settled = await settled(id) else { return }
+            record = settled
         }
         let status = record.status
         if (status == .running || status == .paused) && !force {
@@ -194,6 +200,18 @@ struct Context: Sendable {
             if !Linux.waitGone(pid: sandbox.ownerPid, timeout: 30) { log.warning("sandbox \(record.sandbox) still shutting down") }
         }
         SandboxCleanup.afterDeadOwner(store, sandbox: record.sandbox)
+    }
+
+    /// The record once its create has ended: nil when the create failed and took it away.
+    private func settled(_ id: String) async -> ContainerRecord? {
+        let deadline = ContinuousClock.now + .seconds(config.hypervisor.bootTimeout + 60)
+        while ContinuousClock.now < deadline {
+            guard let record = try? store.load(id) else { return nil }
+            let ownerGone = record.ownerPid > 0 && !ProcessIdentity.isAlive(pid: record.ownerPid, startTime: record.ownerStartTime)
+            if record.status != .creating || ownerGone { return record }
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return try? store.load(id)
     }
 
     func pids(id: String) async throws(RuntimeError) -> [Int32] {

@@ -97,6 +97,8 @@ extension SandboxOwner {
     }
 
     func delete(_ id: String, _ execID: String) async throws(RuntimeError) -> Containerd_Task_V2_DeleteResponse {
+        // Its create still holds it (mounts, hooks, the guest's side): refuse rather than race it.
+        if creating.contains(id) { throw .precondition("cannot delete container \(id) while it is being created") }
         let container = try container(id)
         let process = try container.process(execID)
         if process !== container.initProcess {

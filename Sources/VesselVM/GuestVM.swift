@@ -14,17 +14,17 @@ public final class GuestVM: @unchecked Sendable {
     private var status: Int32?
     private static let consoleLimit = 1 << 20
 
-    /// Starts QEMU. With `consoleLog` the console is also appended to that file; with
-    /// `dieWithParent` QEMU gets SIGKILL when this process dies.
-    public init(_ config: VMConfig, consoleLog: String? = nil, dieWithParent: Bool = false) throws {
+    /// Starts QEMU. With `consoleLog` the console is also appended to that file (at most
+    /// `consoleLogLimit` bytes in it and as much in its `.1`); with `dieWithParent` QEMU gets
+    /// SIGKILL when this process dies.
+    public init(_ config: VMConfig, consoleLog: String? = nil, consoleLogLimit: Int = 1 << 20, dieWithParent: Bool = false) throws {
         self.config = config
         for (what, path) in [("kernel", config.kernel), ("initrd", config.initrd), ("QEMU", config.qemu)]
         where !FileManager.default.fileExists(atPath: path) {
             throw VMError("\(what) \(path) does not exist (`make kernel initrd` builds the guest; apt-get install qemu-system-x86)")
         }
         accelerator = AcceleratorProbe.resolve(config.accelerator, kernel: config.kernel, qemu: config.qemu)
-        let log = consoleLog.map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640) } ?? -1
-        if let consoleLog, log < 0 { throw VMError("cannot open console log \(consoleLog): \(String(cString: strerror(errno)))") }
+        let log = try consoleLog.map { try ConsoleLog(path: $0, limit: consoleLogLimit) }
         let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
         guard devNull >= 0, let pipe = try? Linux.pipe() else { throw VMError("cannot create the console pipe") }
         defer { close(devNull); close(pipe.write) }
@@ -43,7 +43,7 @@ public final class GuestVM: @unchecked Sendable {
             pid = spawned.pid
         } catch let error as LinuxError {
             close(pipe.read)
-            if log >= 0 { close(log) }
+            log?.close()
             throw VMError("cannot start \(config.qemu): \(error)")
         }
         let reader = pipe.read
@@ -57,14 +57,14 @@ public final class GuestVM: @unchecked Sendable {
         }
     }
 
-    private func readConsole(_ fd: Int32, log: Int32) {
-        defer { close(fd); if log >= 0 { close(log) } }
+    private func readConsole(_ fd: Int32, log: ConsoleLog?) {
+        defer { close(fd); log?.close() }
         var buffer = [UInt8](repeating: 0, count: 16 << 10)
         while true {
             let n = read(fd, &buffer, buffer.count)
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return }
-            if log >= 0 { _ = buffer.withUnsafeBytes { write(log, $0.baseAddress, n) } }
+            log?.append(buffer[0..<n])
             changed.withLock {
                 console += String(decoding: buffer[0..<n], as: UTF8.self)
                 // A long-lived guest keeps its whole console in the log file, only the tail here.
@@ -122,4 +122,43 @@ public final class GuestVM: @unchecked Sendable {
     }
 
     deinit { kill() }
+}
+
+/// The console's file on the host. The guest writes it (its kernel, and any container that can
+/// open /dev/console), so it is bounded: past `limit` bytes it becomes `<path>.1` (replacing
+/// the previous one) and a new file starts. At most twice `limit` on disk, the newest output kept.
+final class ConsoleLog: @unchecked Sendable {
+    // @unchecked: after init only the console reader thread uses it.
+    private let path: String
+    private let limit: Int
+    private var fd: Int32
+    private var size: Int
+
+    init(path: String, limit: Int) throws {
+        self.path = path
+        self.limit = max(limit, 4096)
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+        if fd < 0 { throw VMError("cannot open console log \(path): \(String(cString: strerror(errno)))") }
+        var info = stat()
+        size = fstat(fd, &info) == 0 ? Int(info.st_size) : 0
+    }
+
+    func append(_ bytes: ArraySlice<UInt8>) {
+        guard fd >= 0 else { return }
+        if size + bytes.count > limit { rotate() }
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if written > 0 { size += written }
+    }
+
+    private func rotate() {
+        Foundation.close(fd)
+        rename(path, path + ".1")
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0o640)
+        size = 0
+    }
+
+    func close() {
+        if fd >= 0 { Foundation.close(fd) }
+        fd = -1
+    }
 }

@@ -51,6 +51,26 @@ struct HookTests {
         }
     }
 
+    /// Two RemoveContainer calls at once (a retrying caller) release the container once: one
+    /// poststop run, and the second call succeeds without releasing anything again.
+    @Test func overlappingRemovesReleaseOnce() async throws {
+        try await withAgent { agent in
+            let dir = agent.directory.appendingPathComponent("hooks").path
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            var spec = agent.spec(["sleep", "1000"])
+            spec.hooks = .with { $0.poststop = [Self.hook("sleep 0.5; echo ran >> \(dir)/poststop.log")] }
+            try await agent.client.createContainer("twice", spec: spec)
+            try await agent.client.startContainer("twice")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<2 { group.addTask { try await agent.client.removeContainer("twice") } }
+                try await group.waitForAll()
+            }
+            let runs = try String(contentsOfFile: dir + "/poststop.log", encoding: .utf8)
+            #expect(runs == "ran\n", "poststop ran \(runs.split(separator: "\n").count) times")
+            await expectError(.notFound, containing: "twice") { try await agent.client.removeContainer("twice") }
+        }
+    }
+
     @Test func failingOrSlowHooksFailTheCreateAndLeaveNothing() async throws {
         try await withAgent { agent in
             var spec = agent.spec(["sleep", "42421"])

@@ -190,22 +190,105 @@ extension VMRuntimeTests {
         try cli.expectNothingLeft("o1")
     }
 
+    /// Every process of a container is in its cgroup (an exec'd one too: limits, device filter,
+    /// freezer and stats cover it), and a cgroup namespace is rooted at that cgroup.
+    @Test func execsRunInTheContainersCgroupAndSeeOnlyIt() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let cgroupMount: [String: Any] = ["destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["nosuid", "noexec", "nodev"]]
+        let bundle = try cli.bundle(["sleep", "1000"], extraMounts: [cgroupMount])
+        try editSpec(bundle) { spec in
+            var linux = spec["linux"] as! [String: Any]
+            linux["namespaces"] = ["pid", "mount", "uts", "ipc", "cgroup"].map { ["type": $0] }
+            linux["resources"] = ["pids": ["limit": 50]]
+            spec["linux"] = linux
+        }
+        #expect(try cli.run(["run", "--detach", "--bundle", bundle, "cg1"]).status == 0)
+        let script = "cat /proc/self/cgroup /proc/1/cgroup; grep -qx 1 /sys/fs/cgroup/cgroup.procs && echo init-here; "
+            + "grep -qx $$ /sys/fs/cgroup/cgroup.procs && echo exec-here; cat /sys/fs/cgroup/pids.max; ls /sys/fs/cgroup | grep -c vessel"
+        let result = try cli.run(["exec", "cg1", "sh", "-c", script])
+        #expect(result.status == 0 || result.status == 1, "\(result.stderr)")
+        let lines = result.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.prefix(2) == ["0::/", "0::/"], "\(result.stdout)")
+        #expect(lines.contains("init-here") && lines.contains("exec-here"), "\(result.stdout)")
+        #expect(lines.contains("50") && lines.last == "0", "\(result.stdout)")
+        #expect(try cli.run(["delete", "--force", "cg1"]).status == 0)
+        try cli.expectNothingLeft("cg1")
+    }
+
+    /// A process without `capabilities` gets none, as under runc.
+    @Test func noCapabilitiesMeansNone() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sh", "-c", "grep -E '^Cap(Eff|Prm|Bnd)' /proc/self/status"])
+        try editSpec(bundle) { spec in
+            var process = spec["process"] as! [String: Any]
+            process["capabilities"] = nil
+            spec["process"] = process
+        }
+        let result = try cli.run(["run", "--bundle", bundle, "cap1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let sets = result.stdout.split(separator: "\n").map { $0.split(separator: "\t").last.map(String.init) ?? "" }
+        #expect(sets.count == 3 && sets.allSatisfy { $0 == "0000000000000000" }, "\(result.stdout)")
+        try cli.expectNothingLeft("cap1")
+    }
+
+    /// The console reaches a host file, so it is bounded (1 MiB, plus one rotated file), and
+    /// /dev/console (c 5:1) is not among the devices every container may open: only a spec that
+    /// allows it, as docker's does, gets it.
+    @Test func aContainerCannotFillTheHostWithTheConsole() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let flood = "mknod /dev/c c 5 1 && head -c 3000000 /dev/zero | tr '\\0' x > /dev/c && echo flooded"
+        let allowed = try cli.bundle(["sh", "-c", flood])
+        try editSpec(allowed) { spec in
+            setCapabilities(&spec, ["CAP_MKNOD", "CAP_KILL"])
+            var linux = spec["linux"] as! [String: Any]
+            linux["resources"] = ["devices": [["allow": true, "type": "c", "major": 5, "minor": 1, "access": "RWM"]]]
+            spec["linux"] = linux
+        }
+        let paths = SandboxPaths(root: cli.root, id: "con1")
+        let create = try cli.run(["create", "--bundle", allowed, "con1"])
+        #expect(create.status == 0, "\(create.stderr)")
+        #expect(try cli.run(["start", "con1"]).status == 0)
+        let deadline = Date().addingTimeInterval(180)
+        while try cli.state("con1")["status"] as? String == "running" && Date() < deadline { usleep(200_000) }
+        let sizes = [paths.consoleLog, paths.consoleLog + ".1"].map { (try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0 }
+        #expect(sizes[1] > 0, "the console never rotated: \(sizes)")
+        #expect(sizes.allSatisfy { $0 <= 1 << 20 }, "console files: \(sizes)")
+        let tail = (try? String(contentsOfFile: paths.consoleLog, encoding: .utf8)) ?? ""
+        #expect(tail.hasSuffix("x") || tail.contains("xxxx"), "the newest output is kept")
+        #expect(try cli.run(["delete", "con1"]).status == 0)
+        try cli.expectNothingLeft("con1")
+
+        let denied = try cli.bundle(["sh", "-c", "mknod /dev/c c 5 1 && echo x > /dev/c && echo opened"])
+        try editSpec(denied) { setCapabilities(&$0, ["CAP_MKNOD", "CAP_KILL"]) }
+        let result = try cli.run(["run", "--bundle", denied, "con2"])
+        #expect(result.status != 0 && !result.stdout.contains("opened"), "\(result.status) \(result.stdout) \(result.stderr)")
+        try cli.expectNothingLeft("con2")
+    }
+
+    /// `delete` while the container is being created: refused without --force; with it, it
+    /// waits for the create to end and then removes everything (nothing of the sandbox runs on).
+    @Test func deleteDuringCreateWaitsForItThenRemovesAll() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let (create, _) = try createUntilQEMUStarts(cli, "dc1")
+        let refused = try cli.run(["delete", "dc1"])
+        #expect(refused.status == 1 && refused.stderr.contains("cannot delete container dc1 while it is being created"), "\(refused.stderr)")
+        let forced = try cli.run(["delete", "--force", "dc1"])
+        #expect(forced.status == 0, "\(forced.stderr)")
+        let created = try create.value()
+        #expect(created.status == 0, "\(created.stderr)")
+        try cli.expectNothingLeft("dc1")
+    }
+
     /// An owner that dies while its VM boots (it once crashed there) leaves its mounts, host
     /// cgroups and directory behind; the failing `create` must remove them.
     @Test func anOwnerThatDiesWhileBootingLeavesNothing() throws {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
-        let bundle = try cli.bundle(["sleep", "1000"])
-        // On a thread of its own: blocking calls on the cooperative pool (2 threads here) starve
-        // the other suites' tests and this one's polling.
-        let create = Background { try cli.run(["create", "--bundle", bundle, "b1"]) }
-        let deadline = Date().addingTimeInterval(60)
-        var record: SandboxRecord?
-        while Date() < deadline {
-            if let found = try? cli.sandbox("b1"), found.qemuPid > 0 { record = found; break }
-            usleep(20_000)
-        }
-        let booting = try #require(record, "QEMU never started")
+        let (create, booting) = try createUntilQEMUStarts(cli, "b1")
         kill(booting.ownerPid, SIGKILL)
         let result = try create.value()
         #expect(result.status == 1, "\(result.stderr)")
@@ -306,4 +389,33 @@ final class Background<T>: @unchecked Sendable {
         done.wait()
         return try result!.get()
     }
+}
+
+/// Edits a bundle's config.json in place.
+func editSpec(_ bundle: String, _ edit: (inout [String: Any]) -> Void) throws {
+    let file = URL(fileURLWithPath: bundle + "/config.json")
+    var spec = try JSONSerialization.jsonObject(with: Data(contentsOf: file)) as! [String: Any]
+    edit(&spec)
+    try JSONSerialization.data(withJSONObject: spec, options: [.prettyPrinted, .sortedKeys]).write(to: file)
+}
+
+func setCapabilities(_ spec: inout [String: Any], _ capabilities: [String]) {
+    var process = spec["process"] as! [String: Any]
+    process["capabilities"] = ["bounding": capabilities, "effective": capabilities, "permitted": capabilities]
+    spec["process"] = process
+}
+
+/// `create ID` of a sleeping container, running on a thread of its own (blocking calls on the
+/// cooperative pool, 2 threads here, starve the other suites and this polling) until its QEMU
+/// has started: the create, and the sandbox record that names QEMU.
+func createUntilQEMUStarts(_ cli: VesselCLI, _ id: String) throws -> (Background<VesselCLI.Result>, SandboxRecord) {
+    let bundle = try cli.bundle(["sleep", "1000"])
+    let create = Background { try cli.run(["create", "--bundle", bundle, id]) }
+    let deadline = Date().addingTimeInterval(60)
+    while Date() < deadline {
+        if let found = try? cli.sandbox(id), found.qemuPid > 0 { return (create, found) }
+        usleep(20_000)
+    }
+    _ = try? create.value()
+    throw CLIError("QEMU of \(id) never started")
 }

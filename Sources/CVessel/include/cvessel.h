@@ -20,10 +20,11 @@ struct vessel_fd_map {
 /// all signal dispositions and the signal mask are reset.
 /// Returns the child's pid (or -errno when clone failed); an exec failure is stored in *exec_errno, read from a
 /// close-on-exec pipe as posix_spawn does; the failed child is then reaped by the caller's reaper.
-/// `pdeathsig` (0 = none) is sent to the child when the calling *thread* exits; `new_session` runs setsid().
+/// `pdeathsig` (0 = none) is sent to the child when the calling *thread* exits; `new_session` runs setsid();
+/// `cgroup_fd` (-1 = none) is a cgroup v2 directory the child starts in.
 pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
                    const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno,
-                   int pdeathsig, int new_session);
+                   int pdeathsig, int new_session, int cgroup_fd);
 
 /// fork() whose child becomes a child of our parent (CLONE_PARENT): the exec helper uses it so that
 /// exec'd processes are children of the agent, which reaps them. Returns like fork.

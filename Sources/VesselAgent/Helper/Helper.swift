@@ -54,6 +54,11 @@ public enum Helper {
         for (index, name) in config.joinNamespaces.enumerated() {
             try sys("setns", name) { vessel_setns(firstNamespaceFD + Int32(index), 0) }
         }
+        // As runc: the cgroup namespace after joining the cgroup (this helper started inside it),
+        // so its root is the container's own cgroup, not the guest's whole hierarchy.
+        if config.spec.linux.namespaces.contains(where: { $0.type == "cgroup" && $0.path.isEmpty }) {
+            try sys("unshare", "cgroup") { vessel_unshare(Int32(Namespace.cgroup.cloneFlag)) }
+        }
         if config.pauseForCreateRuntime {
             report(.createRuntime)
             guard let go = try Linux.receiveMessage(syncFD), go.isEmpty else { exit(1) }

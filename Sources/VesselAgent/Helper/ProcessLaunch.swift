@@ -33,9 +33,9 @@ struct ProcessLaunch {
         }
         if !process.noNewPrivileges, let seccomp { try SeccompFilter(spec: seccomp).load(log: log) }
         let capabilities = try Capabilities.sets(process, field: "process")
-        if let capabilities { try dropBounding(keeping: capabilities.bounding) }
-        try setCredentials(keepCapabilities: capabilities != nil)
-        if let capabilities { try setCapabilities(capabilities) }
+        try dropBounding(keeping: capabilities.bounding)
+        try setCredentials()
+        try setCapabilities(capabilities)
         if process.noNewPrivileges { try sys("prctl(PR_SET_NO_NEW_PRIVS)") { vessel_set_no_new_privs() } }
         let cwd = process.cwd.isEmpty ? "/" : process.cwd
         try sys("process.cwd", cwd) { chdir(cwd) }
@@ -66,14 +66,14 @@ struct ProcessLaunch {
         }
     }
 
-    private func setCredentials(keepCapabilities: Bool) throws {
+    private func setCredentials() throws {
         let user = process.user
         // Keep the permitted set across the uid change; the spec's sets are applied right after.
-        if keepCapabilities { try sys("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(1) } }
+        try sys("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(1) }
         try sys("setgroups") { user.additionalGids.withUnsafeBufferPointer { vessel_setgroups($0.count, $0.baseAddress) } }
         try sys("setgid", "\(user.gid)") { setgid(user.gid) }
         try sys("setuid", "\(user.uid)") { setuid(user.uid) }
-        if keepCapabilities { try sys("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(0) } }
+        try sys("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(0) }
     }
 
     private func setCapabilities(_ sets: Capabilities.Sets) throws {
