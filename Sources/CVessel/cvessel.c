@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <grp.h>
 #include <linux/bpf.h>
 #include <linux/capability.h>
@@ -13,6 +14,7 @@
 #include <linux/if_tun.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -34,12 +36,115 @@
 #define TIOCGPTPEER _IO('T', 0x41)
 #endif
 
+#define NEW_ROOT "/.vessel-root"
+#define SWITCHED_MARK "/.vessel-switched"
+
+static int copy_file(const char *from, const char *to, mode_t mode) {
+    int in = open(from, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return -1;
+    int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (out < 0) {
+        close(in);
+        return -1;
+    }
+    char buffer[65536];
+    ssize_t n;
+    int rc = 0;
+    while ((n = read(in, buffer, sizeof(buffer))) > 0) {
+        for (ssize_t done = 0; done < n;) {
+            ssize_t w = write(out, buffer + done, (size_t)(n - done));
+            if (w < 0) {
+                rc = -1;
+                break;
+            }
+            done += w;
+        }
+        if (rc < 0)
+            break;
+    }
+    if (n < 0)
+        rc = -1;
+    close(in);
+    close(out);
+    return rc;
+}
+
+// One entry of the initramfs into the new root (the rootfs has no other mounts yet).
+static int copy_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)ftw;
+    if (strcmp(path, "/") == 0)
+        return 0;
+    if (strncmp(path, NEW_ROOT, sizeof(NEW_ROOT) - 1) == 0)
+        return 0;
+    char target[4096];
+    if (snprintf(target, sizeof(target), NEW_ROOT "%s", path) >= (int)sizeof(target))
+        return -1;
+    mode_t mode = st->st_mode & 07777;
+    switch (st->st_mode & S_IFMT) {
+    case S_IFDIR:
+        return (flag == FTW_D && mkdir(target, mode) == 0) ? 0 : -1;
+    case S_IFREG:
+        return copy_file(path, target, mode);
+    case S_IFLNK: {
+        char link[4096];
+        ssize_t n = readlink(path, link, sizeof(link) - 1);
+        if (n < 0)
+            return -1;
+        link[n] = 0;
+        return symlink(link, target);
+    }
+    default:
+        return mknod(target, st->st_mode, st->st_rdev);
+    }
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    if (strcmp(path, "/") == 0 || strncmp(path, NEW_ROOT, sizeof(NEW_ROOT) - 1) == 0)
+        return 0;
+    remove(path);
+    return 0;
+}
+
+// pivot_root(2) cannot leave the kernel's rootfs, so containers entered from it need MS_MOVE +
+// chroot, with the initramfs left underneath them. As switch_root does: copy the initramfs onto a
+// tmpfs, empty the rootfs (its memory is freed), move the tmpfs onto "/", chroot into it and exec
+// /init again there, still PID 1. Any failure leaves the initramfs as it was (the agent then uses
+// MS_MOVE + chroot and says so).
+static void switch_to_tmpfs_root(char **argv) {
+    struct statfs fs;
+    if (statfs("/", &fs) != 0 || (fs.f_type != 0x858458f6 && fs.f_type != 0x01021994))
+        return;
+    if (access(SWITCHED_MARK, F_OK) == 0 || mkdir(NEW_ROOT, 0755) != 0)
+        return;
+    if (mount("tmpfs", NEW_ROOT, "tmpfs", 0, "mode=0755") != 0) {
+        rmdir(NEW_ROOT);
+        return;
+    }
+    int mark = -1;
+    if (nftw("/", copy_entry, 64, FTW_PHYS | FTW_MOUNT) != 0 ||
+        (mark = open(NEW_ROOT SWITCHED_MARK, O_WRONLY | O_CREAT | O_CLOEXEC, 0444)) < 0) {
+        umount2(NEW_ROOT, MNT_DETACH);
+        rmdir(NEW_ROOT);
+        return;
+    }
+    close(mark);
+    nftw("/", remove_entry, 64, FTW_PHYS | FTW_MOUNT | FTW_DEPTH);
+    if (chdir(NEW_ROOT) != 0 || mount(".", "/", NULL, MS_MOVE, NULL) != 0 || chroot(".") != 0 || chdir("/") != 0)
+        return;
+    execv("/init", argv);
+}
+
 // A static Swift binary resolves /proc/self/exe before main; as PID 1 of a fresh initrd /proc is not
 // mounted yet, so mount it here, earlier than the Swift runtime. Only when /proc is really missing:
 // the container-init helper is PID 1 of its own pid namespace too, but sees the host's /proc.
-__attribute__((constructor(101))) static void vessel_pid1_early(void) {
+// glibc passes constructors argc, argv and envp.
+__attribute__((constructor(101))) static void vessel_pid1_early(int argc, char **argv, char **envp) {
+    (void)argc, (void)envp;
     if (getpid() != 1 || access("/proc/self/exe", F_OK) == 0)
         return;
+    switch_to_tmpfs_root(argv);
     mkdir("/proc", 0555);
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }

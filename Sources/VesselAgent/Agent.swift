@@ -55,9 +55,13 @@ public enum Agent {
             return MultiplexLogHandler([console, ForwardingLogHandler(label: label, logLevel: level)])
         }
         let logger = Logger(label: "vessel-agent")
+        // At boot PID 1 moved itself onto a tmpfs root (CVessel's switch_to_tmpfs_root); only if
+        // that failed is "/" still the initramfs, where pivot_root cannot work.
         if !options.noPivot && GuestInit.rootIsInitramfs() {
             options.noPivot = true
             logger.info("/ is the initramfs: containers enter their root with MS_MOVE and chroot, not pivot_root")
+        } else if !options.noPivot {
+            logger.info("containers enter their root with pivot_root")
         }
         // Helpers are this very binary: keep an fd so a replaced or deleted file cannot matter.
         let exeFD = try Linux.open("/proc/self/exe", O_RDONLY)

@@ -216,6 +216,30 @@ extension VMRuntimeTests {
         try cli.expectNothingLeft("cg1")
     }
 
+    /// The guest's PID 1 leaves the initramfs for a tmpfs root at boot (switch_root), so
+    /// containers are entered with pivot_root, as under runc, not MS_MOVE + chroot with the
+    /// initramfs (the agent's files) left underneath; a privileged container that unmounts its
+    /// root still finds no agent.
+    @Test func containersArePivotedNotChrooted() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sh", "-c", "umount -l / 2>&1; cd /; ls /init 2>/dev/null || echo no-agent-here; sleep 1000"])
+        try editSpec(bundle) { setCapabilities(&$0, ["CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_KILL"]) }
+        let output = cli.directory + "/root1.out"
+        #expect(try cli.run(["run", "--detach", "--bundle", bundle, "root1"], stdoutFile: output).status == 0)
+        var seen = ""
+        for _ in 0..<150 where !seen.contains("no-agent-here") {
+            usleep(200_000)
+            seen = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        }
+        #expect(seen.contains("no-agent-here"), "\(seen)")
+        let console = (try? String(contentsOfFile: SandboxPaths(root: cli.root, id: "root1").consoleLog, encoding: .utf8)) ?? ""
+        #expect(console.contains("containers enter their root with pivot_root"), "\(console.suffix(2000))")
+        #expect(!console.contains("MS_MOVE and chroot"))
+        #expect(try cli.run(["delete", "--force", "root1"]).status == 0)
+        try cli.expectNothingLeft("root1")
+    }
+
     /// A process without `capabilities` gets none, as under runc.
     @Test func noCapabilitiesMeansNone() throws {
         let cli = try VesselCLI()
