@@ -171,8 +171,6 @@ struct Launcher {
         Reaper.shared.forget(helper)
         let pid = outcome.reports.first { $0.kind == .pid }?.pid
         if let pid { Reaper.shared.watch(pid) }
-        // v1 (host mode) cannot start a process in a cgroup: it joins once its pid is known.
-        if let pid, let cgroup, cgroup.unifiedDirectory == nil { try? cgroup.add(pid) }
         if let failure = outcome.reports.first(where: { $0.kind == .error }) {
             Linux.close(outcome.pty)
             if let pid {
@@ -200,8 +198,8 @@ struct Launcher {
         return pipes
     }
 
-    /// Every helper of a container starts inside its cgroup (v2), so what it forks (an exec'd
-    /// process) is never outside the container's limits, device filter, freezer or stats.
+    /// Every helper of a container starts inside its cgroup, so what it forks (an exec'd process)
+    /// is never outside the container's limits, device filter, freezer or stats.
     private func startHelper(_ mode: Helper.Mode, child: ProcessIO.ChildEnds, sync: Int32, extraFDs: [Int32],
                              namespaces: UInt64, cgroup: Cgroup? = nil) throws -> pid_t {
         var cgroupFD: Int32 = -1
@@ -221,6 +219,17 @@ struct Launcher {
         if result.execErrno != 0 {
             Reaper.shared.forget(result.pid)
             throw AgentError(LinuxError(stage: "exec helper", errno: result.execErrno))
+        }
+        // v1 (host mode) cannot clone into a cgroup: the helper joins it now, while it still waits
+        // for its config, so before it unshares a cgroup namespace or forks an exec'd process.
+        if let cgroup, cgroup.unifiedDirectory == nil {
+            do {
+                try cgroup.add(result.pid)
+            } catch {
+                kill(result.pid, SIGKILL)
+                Reaper.shared.forget(result.pid)
+                throw error
+            }
         }
         return result.pid
     }

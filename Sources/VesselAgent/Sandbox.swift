@@ -201,7 +201,6 @@ public actor Sandbox {
             do {
                 // Also without resources: the device filter's defaults apply to every container.
                 try applyResources(spec.linux.resources, to: container)
-                if cgroup?.unifiedDirectory == nil { try cgroup?.add(initProcess.pid) }
             } catch {
                 container.release()
                 throw error
@@ -271,7 +270,6 @@ public actor Sandbox {
         } else {
             await waitAll()
         }
-        containers.removeValue(forKey: id)
         container.release()
         storages.release(container.storages, log: logWarning)
         for process in processes { await process.io.close() }
@@ -281,6 +279,8 @@ public actor Sandbox {
         } catch {
             logger.warning("container \(id): \(error)")
         }
+        // Known until its removal is over: a RemoveContainer arriving meanwhile joins this one.
+        containers.removeValue(forKey: id)
     }
 
     func execProcess(_ request: Grpc_ExecProcessRequest) async throws {

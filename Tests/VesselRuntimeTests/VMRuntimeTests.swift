@@ -74,20 +74,19 @@ struct VMRuntimeTests {
         let socketPath = cli.directory + "/console.sock"
         let listener = try unixListener(socketPath)
         defer { close(listener) }
-        let received = ReceivedFD()
-        let acceptor = Thread {
+        let received = Background { () -> Int32 in
             let connection = accept(listener, nil, nil)
             var name = [CChar](repeating: 0, count: 256)
-            received.fd = vessel_recv_fd(connection, &name, name.count)
+            let fd = vessel_recv_fd(connection, &name, name.count)
             close(connection)
-            received.done.signal()
+            return fd
         }
-        acceptor.start()
         let pidFile = cli.directory + "/pid"
         var result = try cli.run(["create", "--bundle", bundle, "--console-socket", socketPath, "--pid-file", pidFile, "t1"])
         #expect(result.status == 0, "\(result.stderr)")
-        #expect(received.done.wait(timeout: .now() + 30) == .success)
-        let master = received.fd
+        let arrived = try received.value(timeout: 30)
+        #expect(arrived != nil, "no pty master within 30 s")
+        let master = arrived ?? -1
         #expect(master >= 0)
         guard master >= 0 else { return }
         defer { close(master) }
@@ -322,12 +321,6 @@ extension VMRuntimeTests {
     }
 }
 
-final class ReceivedFD: @unchecked Sendable {
-    // @unchecked: written by the acceptor thread before it signals `done`.
-    var fd: Int32 = -1
-    let done = DispatchSemaphore(value: 0)
-}
-
 func unixListener(_ path: String) throws -> Int32 {
     let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
     var address = sockaddr_un()
@@ -411,6 +404,12 @@ final class Background<T>: @unchecked Sendable {
 
     func value() throws -> T {
         done.wait()
+        return try result!.get()
+    }
+
+    /// nil when the call has not ended within `timeout` seconds.
+    func value(timeout: Double) throws -> T? {
+        guard done.wait(timeout: .now() + timeout) == .success else { return nil }
         return try result!.get()
     }
 }
