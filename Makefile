@@ -22,8 +22,8 @@ KERNEL ?= $(OUT)/bzImage
 INITRD ?= $(OUT)/initrd.img
 DEBUG_INITRD ?= $(OUT)/initrd-debug.img
 
-.PHONY: all deps build agent agent-dynamic vessel kernel initrd boot proto test bench run demo clean \
-        install install-files uninstall
+.PHONY: all deps build agent agent-dynamic vessel kernel initrd boot proto test bench soak validate run demo clean \
+        install install-files uninstall fuzz
 
 all: build
 
@@ -119,6 +119,27 @@ bench: agent vessel kernel initrd $(OUT)/poweroff-initrd.img
 	@# Hybrid vsock through a TCG guest next to a Unix socketpair (the ceiling), measured by the VM test's guest.
 	@VESSEL_KERNEL=$(abspath $(KERNEL)) $(SWIFT) test --filter 'guestEndToEnd|socketpairNumbers' 2>&1 | grep VSOCK-BENCH
 
+# Sandboxes that die badly (QEMU or the owner killed, delete --force during create, ctr kill),
+# SOAK_CYCLES times each, counting what is left on the host after every cycle (goal: nothing).
+SOAK_CYCLES ?= 100
+soak: vessel kernel initrd
+	$(SWIFT) build --product vessel-dev
+	bench/soak.sh $(OUT)/vessel $(KERNEL) $(INITRD) $(SOAK_CYCLES)
+
+# OCI runtime-tools validation (commit 260e151, the last Debian's Go 1.19 builds) for vessel next
+# to crun, file by file; results in /tmp/vessel-runtime-tools/results.
+validate: vessel kernel initrd
+	@scripts/install-deps.sh crun >/dev/null
+	scripts/runtime-tools.sh $(OUT)/vessel crun
+
+# libFuzzer targets (Fuzz/, a package of its own) for the parsers of untrusted bytes: ttrpc, vhost-user,
+# virtqueues, the vsock device, config.json, configuration.toml, rtnetlink. Built with ASan into
+# .build-fuzz, each run FUZZ_SECONDS on a scratch copy of its seeds; fails on any crash, hang or leak
+# (the input is kept in .build-fuzz/fuzz-artifacts/<target>/).
+FUZZ_SECONDS ?= 30
+fuzz:
+	SWIFT=$(SWIFT) Fuzz/run.sh $(FUZZ_SECONDS)
+
 # The boot benchmark's lower bound: the same kernel with an init that only powers off.
 $(OUT)/poweroff-initrd.img: bench/poweroff-init.c
 	@mkdir -p $(OUT)
@@ -154,4 +175,4 @@ uninstall:
 	elif [ -e $$conf ]; then echo "keeping $$conf (edited)"; fi
 
 clean:
-	rm -rf .build $(STATIC_BUILD) .build-dynamic $(OUT)
+	rm -rf .build $(STATIC_BUILD) .build-dynamic .build-fuzz $(OUT)

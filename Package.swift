@@ -11,6 +11,12 @@ let package = Package(
         .executable(name: "vessel-image", targets: ["vessel-image"]),
         .executable(name: "vessel-vsock", targets: ["vessel-vsock"]),
         .executable(name: "vessel", targets: ["vessel"]),
+        // For the fuzzers in Fuzz/, a package of their own that depends on this one by path (so the
+        // sanitizer builds never touch this package's .build).
+        .library(name: "VesselLinux", targets: ["VesselLinux"]),
+        .library(name: "VesselProtocol", targets: ["VesselProtocol"]),
+        .library(name: "VesselVsock", targets: ["VesselVsock"]),
+        .library(name: "VesselCore", targets: ["VesselCore", "VesselVM"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.3"),
@@ -38,10 +44,12 @@ let package = Package(
             ],
             exclude: ["Generated/README.md"]
         ),
+        // The rules a container spec must follow: checked in the guest and, before a boot, on the host.
+        .target(name: "VesselSpec", dependencies: ["VesselLinux", "VesselProtocol"]),
         .target(
             name: "VesselAgent",
             dependencies: [
-                "CVessel", "CSeccomp", "VesselLinux", "VesselProtocol",
+                "CVessel", "CSeccomp", "VesselLinux", "VesselProtocol", "VesselSpec",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -78,7 +86,8 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "vessel-vsock", dependencies: ["VesselVsock"]),
-        .testTarget(name: "VesselVsockTests", dependencies: ["VesselVsock"]),
+        // hostile-guest.c: the attacking guest's /init, compiled by its test with gcc -static.
+        .testTarget(name: "VesselVsockTests", dependencies: ["VesselVsock"], exclude: ["hostile-guest.c"]),
         // QEMU guests: command line, accelerator probe, console capture (host side).
         .target(name: "VesselVM", dependencies: ["VesselLinux"]),
         .testTarget(
@@ -92,7 +101,7 @@ let package = Package(
         .target(
             name: "VesselCore",
             dependencies: [
-                "VesselLinux", "VesselProtocol",
+                "VesselLinux", "VesselProtocol", "VesselSpec",
                 .product(name: "TOMLKit", package: "TOMLKit"),
             ]
         ),
@@ -125,7 +134,7 @@ let package = Package(
         .testTarget(
             name: "VesselRuntimeTests",
             dependencies: ["VesselCore", "VesselSandbox", "VesselOCI", "VesselContainerd", "VesselDevSupport", "VesselProtocol",
-                           "VesselLinux", "CVessel"]
+                           "VesselLinux", "VesselVM", "CVessel"]
         ),
         // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.
         .target(name: "VesselImage"),
@@ -146,7 +155,7 @@ let package = Package(
         .testTarget(
             name: "VesselAgentTests",
             dependencies: [
-                "VesselAgent", "VesselAgentClient", "VesselDevSupport", "VesselLinux", "VesselProtocol",
+                "VesselAgent", "VesselAgentClient", "VesselDevSupport", "VesselLinux", "VesselProtocol", "VesselSpec",
             ]
         ),
     ],

@@ -192,7 +192,7 @@ static void spawn_fail(int errpipe) {
 // Runs in the cloned child: async-signal-safe calls only.
 static void spawn_child(int exe_fd, const char *path, char *const argv[], char *const envp[],
                         const struct vessel_fd_map *fds, int nfds, int errpipe, int pdeathsig, pid_t parent,
-                        int new_session) {
+                        int new_session, uint64_t keep_caps) {
     sigset_t all;
     sigemptyset(&all);
     for (int sig = 1; sig < NSIG; sig++)
@@ -204,6 +204,17 @@ static void spawn_child(int exe_fd, const char *path, char *const argv[], char *
     if (pdeathsig && (prctl(PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0) < 0 || getppid() != parent)) {
         errno = ESRCH;
         spawn_fail(errpipe);
+    }
+    // For a root child the bounding set is what it keeps across exec; no_new_privs stops setuid
+    // files and file capabilities from giving anything back.
+    if (keep_caps != ~0ULL) {
+        for (int cap = 0; cap < 64; cap++)
+            if (!(keep_caps & (1ULL << cap)) && prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1 &&
+                prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0)
+                spawn_fail(errpipe);
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+            spawn_fail(errpipe);
     }
 
     int base = 3;
@@ -235,7 +246,7 @@ fail:;
 
 pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
                    const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno,
-                   int pdeathsig, int new_session, int cgroup_fd) {
+                   int pdeathsig, int new_session, int cgroup_fd, uint64_t keep_caps) {
     int pipefd[2];
     pid_t parent = getpid();
     *exec_errno = 0;
@@ -244,7 +255,7 @@ pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const
     pid_t pid = raw_clone3(clone_flags, SIGCHLD, cgroup_fd);
     if (pid == 0) {
         close(pipefd[0]);
-        spawn_child(exe_fd, path, argv, envp, fds, nfds, pipefd[1], pdeathsig, parent, new_session);
+        spawn_child(exe_fd, path, argv, envp, fds, nfds, pipefd[1], pdeathsig, parent, new_session, keep_caps);
     }
     int saved = errno;
     close(pipefd[1]);
@@ -285,6 +296,7 @@ int vessel_set_winsize(int fd, uint16_t rows, uint16_t cols) {
 
 int vessel_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
 int vessel_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
+int vessel_set_dumpable(int on) { return prctl(PR_SET_DUMPABLE, on, 0, 0, 0); }
 
 int vessel_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
     struct open_how how;
@@ -293,6 +305,14 @@ int vessel_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, u
     how.mode = mode;
     how.resolve = resolve;
     return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+}
+
+int vessel_mount_setattr(int dirfd, const char *path, unsigned int flags, uint64_t attr_set, uint64_t attr_clr) {
+    struct mount_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.attr_set = attr_set;
+    attr.attr_clr = attr_clr;
+    return (int)syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof(attr));
 }
 
 int vessel_openpty(int *master, int *slave) {

@@ -1,5 +1,6 @@
 import VesselLinux
 import VesselProtocol
+import VesselSpec
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -47,6 +48,7 @@ public struct AgentError: Error, Sendable, CustomStringConvertible {
     static func status(for error: any Error) -> TTRPCError {
         if let error = error as? TTRPCError { return error }
         let agentError = (error as? AgentError) ?? (error as? LinuxError).map { AgentError($0) }
+            ?? (error as? SpecError).map { AgentError.invalidArgument($0.message) }
             ?? AgentError(kind: .internal, message: "\(error)")
         let code: TTRPCCode = switch agentError.kind {
         case .invalidArgument: .invalidArgument

@@ -37,7 +37,7 @@ enum AgentService {
         on("SignalProcess") { (r: Grpc_SignalProcessRequest) in try await sandbox.signalProcess(r); return Empty() }
         on("WaitProcess") { (r: Grpc_WaitProcessRequest) in
             var response = Grpc_WaitProcessResponse()
-            response.status = try await sandbox.process(r.containerID, r.execID).wait()
+            response.status = try await sandbox.wait(r.containerID, r.execID)
             return response
         }
         on("WriteStdin") { (r: Grpc_WriteStreamRequest) in
@@ -46,10 +46,10 @@ enum AgentService {
             return response
         }
         on("ReadStdout") { (r: Grpc_ReadStreamRequest) in
-            try await readResponse(sandbox.process(r.containerID, r.execID).io.readStdout(max: readSize(r.len)))
+            try await readResponse(sandbox.read(r.containerID, r.execID, stderr: false, max: readSize(r.len)))
         }
         on("ReadStderr") { (r: Grpc_ReadStreamRequest) in
-            try await readResponse(sandbox.process(r.containerID, r.execID).io.readStderr(max: readSize(r.len)))
+            try await readResponse(sandbox.read(r.containerID, r.execID, stderr: true, max: readSize(r.len)))
         }
         on("CloseStdin") { (r: Grpc_CloseStdinRequest) in
             try await sandbox.process(r.containerID, r.execID).io.closeStdin()

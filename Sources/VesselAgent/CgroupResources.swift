@@ -1,4 +1,5 @@
 import VesselProtocol
+import VesselSpec
 
 /// `linux.resources` as the cgroup files to write. Kata's proto has no "unset" for scalars, so 0
 /// means "leave as is" everywhere (as Kata's agent reads it). Values follow runc's conversions.
@@ -62,10 +63,7 @@ enum CgroupResources {
     }
 
     /// runc's mapping of cpu.shares [2, 262144] onto cpu.weight [1, 10000].
-    static func weight(shares: UInt64) -> UInt64 {
-        let clamped = Swift.min(Swift.max(shares, 2), 262_144)
-        return 1 + ((clamped - 2) * 9999) / 262_142
-    }
+    static func weight(shares: UInt64) -> UInt64 { CgroupConversion.weight(shares: shares) }
 
     /// blkio weight [10, 1000] onto io.weight [1, 10000].
     static func ioWeight(_ weight: UInt32) -> UInt32 {

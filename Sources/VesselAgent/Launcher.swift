@@ -2,6 +2,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import SwiftProtobuf
+import Synchronization
 import VesselLinux
 import VesselProtocol
 #if canImport(Glibc)
@@ -13,15 +14,45 @@ final class ContainerProcess: Sendable {
     let execID: String
     let pid: pid_t
     let io: ProcessIO
+    private struct Progress {
+        var status: Int32?
+        var waited = false
+        var stdoutEnded = false
+        var stderrEnded = false
+    }
+    private let progress = Mutex(Progress())
 
+    /// `pid` is watched by the Reaper already. Its status is kept here, not looked up by pid: once
+    /// the pid is reused, the reaper's entry is someone else's.
     init(execID: String, pid: pid_t, io: ProcessIO) {
         self.execID = execID
         self.pid = pid
         self.io = io
+        Task { [weak self] in
+            let status = await Reaper.shared.wait(pid)
+            self?.progress.withLock { $0.status = status }
+        }
     }
 
-    var exitStatus: Int32? { Reaper.shared.exitStatus(pid) }
-    func wait() async -> Int32 { await Reaper.shared.wait(pid) }
+    var exitStatus: Int32? { progress.withLock { $0.status } }
+
+    func wait() async -> Int32 {
+        let status = await Reaper.shared.wait(pid)
+        progress.withLock {
+            $0.status = status
+            $0.waited = true
+        }
+        return status
+    }
+
+    func noteEnd(stderr: Bool) {
+        progress.withLock { if stderr { $0.stderrEnded = true } else { $0.stdoutEnded = true } }
+    }
+
+    /// Waited for and its output read to the end: nobody needs the process any more.
+    var finished: Bool {
+        progress.withLock { $0.waited && $0.stdoutEnded && ($0.stderrEnded || io.terminal) }
+    }
 }
 
 /// Starts helpers (the agent binary re-executed, see `Helper`) and runs the handshake with them.

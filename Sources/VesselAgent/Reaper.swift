@@ -66,9 +66,11 @@ public final class Reaper: Sendable {
         state.withLock { $0.watched[pid]?.status }
     }
 
-    /// Stops tracking a pid whose exit nobody needs any more.
+    /// Stops tracking a pid whose exit nobody needs any more; whoever still waits gets -1 rather
+    /// than waiting forever.
     public func forget(_ pid: pid_t) {
-        state.withLock { _ = $0.watched.removeValue(forKey: pid) }
+        let waiters = state.withLock { $0.watched.removeValue(forKey: pid)?.waiters ?? [] }
+        for waiter in waiters { waiter.resume(returning: -1) }
     }
 
     private func loop() {

@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import VesselLinux
 import VesselProtocol
+import VesselSpec
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -115,6 +116,8 @@ public actor Sandbox {
 
     func createSandbox(_ request: Grpc_CreateSandboxRequest) async throws {
         guard sandboxID.isEmpty, !creating.contains("") else { throw AgentError.alreadyExists("sandbox \(sandboxID) already exists") }
+        // It names the sandbox's cgroup directory.
+        if !request.sandboxID.isEmpty { try SpecRules.identifier(request.sandboxID, field: "sandbox_id") }
         try Validation.storages(request.storages, base: storages.base)
         creating.insert("")
         defer { creating.remove("") }
@@ -303,6 +306,11 @@ public actor Sandbox {
         guard request.signal > 0 && request.signal < 65 else {
             throw AgentError.invalidArgument("signal \(request.signal) is not a valid signal number")
         }
+        if !request.execID.isEmpty {
+            // An exited process's pid may be someone else's by now.
+            let process = try container.process(request.execID)
+            guard process.exitStatus == nil else { return }
+        }
         let pids = request.execID.isEmpty ? container.allPids() : [try container.process(request.execID).pid]
         for pid in pids where Reaper.shared.exitStatus(pid) == nil {
             // ESRCH: it died meanwhile, which is what the caller wanted anyway.
@@ -350,6 +358,32 @@ public actor Sandbox {
 
     func process(_ containerID: String, _ execID: String) throws -> ContainerProcess {
         try container(containerID).process(execID)
+    }
+
+    func wait(_ containerID: String, _ execID: String) async throws -> Int32 {
+        let process = try process(containerID, execID)
+        let status = await process.wait()
+        forgetIfFinished(containerID, process)
+        return status
+    }
+
+    func read(_ containerID: String, _ execID: String, stderr: Bool, max: Int) async throws -> [UInt8] {
+        let process = try process(containerID, execID)
+        let bytes = try await stderr ? process.io.readStderr(max: max) : process.io.readStdout(max: max)
+        if bytes.isEmpty {
+            process.noteEnd(stderr: stderr)
+            forgetIfFinished(containerID, process)
+        }
+        return bytes
+    }
+
+    /// An exec that was waited for and read to EOF is dropped (as Kata's agent drops it after
+    /// WaitProcess): its id can be used again, and no later call can reach a reused pid.
+    private func forgetIfFinished(_ containerID: String, _ process: ContainerProcess) {
+        guard !process.execID.isEmpty, process.finished, let container = containers[containerID],
+              container.execs[process.execID] === process else { return }
+        container.execs.removeValue(forKey: process.execID)
+        Reaper.shared.forget(process.pid)
     }
 
     func stats(_ id: String) throws -> Grpc_StatsContainerResponse {

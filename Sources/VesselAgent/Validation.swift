@@ -1,79 +1,25 @@
 import VesselLinux
 import VesselProtocol
+import VesselSpec
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Checks shared by the RPCs: each failure names the request field that is wrong.
+/// Checks shared by the RPCs: each failure names the request field that is wrong. The spec's rules
+/// are `VesselSpec.SpecRules` (the host checks them too); what only the guest can know is here.
 enum Validation {
     static func containerID(_ id: String) throws {
-        try identifier(id, field: "container_id")
+        try SpecRules.identifier(id, field: "container_id")
     }
 
     static func execID(_ id: String) throws {
-        try identifier(id, field: "exec_id")
+        try SpecRules.identifier(id, field: "exec_id")
     }
 
-    /// Ids become path components (cgroups, /run): a safe alphabet, like runc's.
-    private static func identifier(_ id: String, field: String) throws {
-        let allowed = id.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x2d || c == 0x5f || c == 0x2e
-        }
-        guard !id.isEmpty, id.utf8.count <= 128, allowed, id != ".", id != ".." else {
-            throw AgentError.invalidArgument("\(field) \"\(id)\" is invalid: use 1-128 of [A-Za-z0-9_.-]")
-        }
-    }
-
-    /// Returns the namespaces to create. A mount namespace is always created: pivot_root in the
-    /// agent's own namespace would take the agent's root away.
     static func spec(_ spec: Grpc_Spec) throws -> Set<Namespace> {
-        guard spec.hasProcess else { throw AgentError.invalidArgument("OCI.process is missing") }
-        try process(spec.process, field: "OCI.process")
-        let root = spec.root.path
-        guard root.hasPrefix("/") else {
-            throw AgentError.invalidArgument("OCI.root.path \"\(root)\" must be an absolute path")
-        }
-        guard Linux.isDirectory(root) else {
-            throw AgentError.notFound("OCI.root.path \(root): no such directory")
-        }
-        var namespaces: Set<Namespace> = [.mount]
-        for (index, entry) in spec.linux.namespaces.enumerated() {
-            guard let namespace = Namespace(oci: entry.type) else {
-                throw AgentError.invalidArgument("OCI.linux.namespaces[\(index)].type \"\(entry.type)\" is not a namespace type")
-            }
-            if namespace == .user {
-                throw AgentError.invalidArgument("OCI.linux.namespaces[\(index)]: user namespaces are not supported")
-            }
-            // A path means "join the sandbox's": inside the VM the containers already share it.
-            if entry.path.isEmpty { namespaces.insert(namespace) }
-        }
-        for (index, mount) in spec.mounts.enumerated() {
-            guard mount.destination.hasPrefix("/") else {
-                throw AgentError.invalidArgument("OCI.mounts[\(index)].destination \"\(mount.destination)\" must be absolute")
-            }
-            if mount.destination.split(separator: "/").contains("..") {
-                throw AgentError.invalidArgument("OCI.mounts[\(index)].destination \"\(mount.destination)\" escapes the rootfs with '..'")
-            }
-        }
-        try Sysctl.validate(spec.linux.sysctl, namespaces: namespaces)
-        if spec.linux.hasSeccomp { try SeccompSpec.validate(spec.linux.seccomp) }
-        for (index, device) in spec.linux.devices.enumerated() {
-            let field = "OCI.linux.devices[\(index)]"
-            guard ["c", "b", "u", "p"].contains(device.type) else {
-                throw AgentError.invalidArgument("\(field).type \"\(device.type)\" is not one of c, b, u, p")
-            }
-            guard device.path.hasPrefix("/"), !device.path.split(separator: "/").contains("..") else {
-                throw AgentError.invalidArgument("\(field).path \"\(device.path)\" must be absolute and stay in the rootfs")
-            }
-        }
-        for (index, rule) in spec.linux.resources.devices.enumerated() where !rule.access.lowercased().allSatisfy({ "rwm".contains($0) }) {
-            throw AgentError.invalidArgument("OCI.linux.resources.devices[\(index)].access \"\(rule.access)\" may only hold r, w and m")
-        }
-        for (index, path) in (spec.linux.maskedPaths + spec.linux.readonlyPaths).enumerated() where !path.hasPrefix("/") {
-            throw AgentError.invalidArgument("OCI.linux masked/readonly path #\(index) \"\(path)\" must be absolute")
-        }
-        if !["", "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"].contains(spec.linux.rootfsPropagation) {
-            throw AgentError.invalidArgument("OCI.linux.rootfsPropagation \"\(spec.linux.rootfsPropagation)\" is not a propagation type")
+        let namespaces = try SpecRules.spec(spec)
+        guard Linux.isDirectory(spec.root.path) else {
+            throw AgentError.notFound("OCI.root.path \(spec.root.path): no such directory")
         }
         return namespaces
     }
@@ -122,13 +68,6 @@ enum Validation {
     }
 
     static func process(_ process: Grpc_Process, field: String) throws {
-        guard let first = process.args.first, !first.isEmpty else {
-            throw AgentError.invalidArgument("\(field).args is empty")
-        }
-        if !process.cwd.isEmpty && !process.cwd.hasPrefix("/") {
-            throw AgentError.invalidArgument("\(field).cwd \"\(process.cwd)\" must be absolute")
-        }
-        _ = try Capabilities.sets(process, field: field)
-        try Rlimits.validate(process, field: field)
+        try SpecRules.process(process, field: field)
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import VesselLinux
 import VesselProtocol
+import VesselSpec
 
 /// An OCI bundle turned into what the guest needs: the spec with host paths replaced by paths in
 /// the sandbox's 9p share (each container under a directory of its own there), and the host bind
@@ -17,6 +18,16 @@ public struct GuestBundle: Sendable {
         /// Relative to the share directory.
         public var name: String
         public var readOnly: Bool
+        /// `rbind` (and the rootfs): the mounts below `source` come along; `bind`: only its own.
+        public var recursive = true
+        /// Made inside `source` before it turns read-only, as runc makes them before it remounts a
+        /// read-only root: the guest cannot create the spec's mount points through a read-only share.
+        public var mountPoints: [MountPoint] = []
+    }
+
+    public struct MountPoint: Sendable, Equatable, Codable {
+        public var path: String
+        public var directory: Bool
     }
 
     public let oci: OCISpec
@@ -56,15 +67,20 @@ public struct GuestBundle: Sendable {
         self.bundle = bundle
         self.rootfs = rootfs
         let share = Self.guestShare + "/" + container
-        var mounts = [HostMount(source: rootfs, name: container + "/rootfs", readOnly: false)]
+        var mounts = [HostMount(source: rootfs, name: container + "/rootfs", readOnly: oci.root?.readonly ?? false)]
+        var mountPoints: [MountPoint] = []
         var spec = oci.grpc()
         spec.root.path = share + "/rootfs"
         spec.hooks = Grpc_Hooks()  // OCI hooks are host programs: the runtime runs them on the host.
         for index in spec.mounts.indices {
             var mount = spec.mounts[index]
             let isBind = mount.type == "bind" || mount.options.contains("bind") || mount.options.contains("rbind")
-            guard isBind else { continue }
+            guard isBind else {
+                mountPoints.append(MountPoint(path: mount.destination, directory: true))
+                continue
+            }
             if mount.destination == "/dev/shm" {
+                mountPoints.append(MountPoint(path: mount.destination, directory: true))
                 // Shared memory must stay inside the guest (a 9p file cannot back it): the pod's tmpfs.
                 mount = .with {
                     $0.destination = "/dev/shm"
@@ -75,20 +91,42 @@ public struct GuestBundle: Sendable {
                 spec.mounts[index] = mount
                 continue
             }
+            guard !mount.source.isEmpty else {
+                throw RuntimeError("mounts[\(index)] (\(mount.destination)): a bind mount needs a source")
+            }
             let source = mount.source.hasPrefix("/") ? mount.source : bundle + "/" + mount.source
             guard Linux.exists(source) else {
                 throw RuntimeError("mounts[\(index)].source \(source): no such file or directory")
             }
-            let name = "m\(index)"
-            mounts.append(HostMount(source: source, name: container + "/" + name, readOnly: mount.options.contains("ro")))
+            // The source's own name last, as a bind's root reads in mountinfo under runc.
+            let base = URL(fileURLWithPath: source).standardizedFileURL.lastPathComponent
+            let name = "m\(index)/" + (["", ".", "..", "/"].contains(base) ? "source" : base)
+            var host = HostMount(source: source, name: container + "/" + name,
+                                 readOnly: MountOptions(mount.options).flags.contains(.readOnly))
+            host.recursive = mount.options.contains("rbind") || !mount.options.contains("bind")
+            mounts.append(host)
+            mountPoints.append(MountPoint(path: mount.destination, directory: Linux.isDirectory(source)))
             mount.source = share + "/" + name
             spec.mounts[index] = mount
         }
         // Host namespace paths (a pod's, docker's and podman's network namespaces) mean nothing in
         // the guest: the agent puts a pod's containers into the sandbox's namespaces itself.
         for index in spec.linux.namespaces.indices { spec.linux.namespaces[index].path = "" }
+        spec.linux.resources.cpu.clearHostPlacement()
+        if mounts[0].readOnly { mounts[0].mountPoints = mountPoints }
+        // The guest checks the same rules again; here they cost no boot.
+        do { _ = try SpecRules.spec(spec) } catch { throw .invalid("\(bundle)/config.json: \(error.message)") }
         guestSpec = spec
         hostMounts = mounts
+    }
+}
+
+extension Grpc_LinuxCPU {
+    /// Host CPU and NUMA node numbers mean nothing to a guest with its own few vCPUs (writing them
+    /// fails there): the host holds QEMU to them instead (`HostCgroup.limitCPU`).
+    public mutating func clearHostPlacement() {
+        cpus = ""
+        mems = ""
     }
 }
 
@@ -125,8 +163,22 @@ public enum PodRole: Sendable, Equatable {
 }
 
 /// The host side of the 9p share: bind mounts of the rootfs and volumes into the share directory,
-/// private so they do not propagate, read-only where the container's mount is.
+/// private so they do not propagate. The guest acts on them as root (QEMU, security_model=none),
+/// so on the host they are nosuid, nodev and noexec all the way down, and read-only all the way
+/// down where the container's mount is: a guest that ignores its own mount flags gains nothing.
 public enum SharedMounts {
+    /// The share's own root: a small tmpfs, so what the guest writes beside the containers' mounts
+    /// stays small and inert.
+    public static func makeRoot(_ directory: String) throws(RuntimeError) {
+        do {
+            try Linux.mkdirAll(directory, mode: 0o700)
+            try Linux.mount("vessel-share", directory, "tmpfs", MountFlags([.noSUID, .noDev, .noExec]).rawValue,
+                            "mode=0700,size=1m,nr_inodes=16384")
+        } catch {
+            throw RuntimeError(stage: "mount the share directory \(directory)", error)
+        }
+    }
+
     public static func make(_ mounts: [GuestBundle.HostMount], in directory: String) throws(RuntimeError) -> [String] {
         var made: [String] = []
         do {
@@ -136,21 +188,35 @@ public enum SharedMounts {
                 if Linux.isDirectory(mount.source) {
                     try Linux.mkdirAll(target, mode: 0o755)
                 } else if !Linux.exists(target) {
+                    try Linux.mkdirAll(String(target[..<(target.lastIndex(of: "/") ?? target.endIndex)]), mode: 0o755)
                     let fd = try Linux.open(target, O_WRONLY | O_CREAT | O_CLOEXEC, 0o644)
                     Linux.close(fd)
                 }
-                try Linux.mount(mount.source, target, nil, MountFlags([.bind, .recursive]).rawValue, nil)
+                let bind: MountFlags = mount.recursive ? [.bind, .recursive] : .bind
+                try Linux.mount(mount.source, target, nil, bind.rawValue, nil)
                 made.append(target)
                 try Linux.mount("", target, nil, MountFlags([.private, .recursive]).rawValue, nil)
-                if mount.readOnly {
-                    try Linux.mount("", target, nil, MountFlags([.bind, .remount, .readOnly]).rawValue, nil)
-                }
+                try makeMountPoints(mount.mountPoints, in: target)
+                var attributes: MountAttributes = [.noSUID, .noDev, .noExec]
+                if mount.readOnly { attributes.insert(.readOnly) }
+                try Linux.setMountAttributes(target, attributes, recursive: true)
             }
         } catch {
             release(made)
             throw RuntimeError(stage: "share \(mounts.count) path(s) with the guest in \(directory)", error)
         }
         return made
+    }
+
+    /// Inside a container's rootfs, which the container controls: resolved as if it were "/".
+    private static func makeMountPoints(_ points: [GuestBundle.MountPoint], in root: String) throws(LinuxError) {
+        guard !points.isEmpty else { return }
+        let rooted = try RootedPath.open(directory: root)
+        defer { Linux.close(rooted.rootFD) }
+        for point in points {
+            let fd = try rooted.create(try RootedPath.components(point.path, field: "mount point"), directory: point.directory)
+            Linux.close(fd)
+        }
     }
 
     /// Lazily unmounts (QEMU may still hold them for a moment); safe to call twice.

@@ -98,6 +98,7 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
     }
 
     public static func parse(_ text: String, name: String = "configuration") throws(RuntimeError) -> RuntimeConfig {
+        if let problem = abortingTOML(text) { throw RuntimeError("\(name): \(problem)") }
         let config: RuntimeConfig
         do {
             config = try TOMLDecoder(strictDecoding: true).decode(RuntimeConfig.self, from: text)
@@ -111,6 +112,101 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
         }
         try config.validate(name: name)
         return config
+    }
+
+    /// What toml++ (inside TOMLKit) would abort the process on instead of reporting: places where its
+    /// parser only asserts the next character is right, with the assertions compiled in. A table
+    /// header whose name starts with neither a bare-key character nor a quote (`[é]`), and an array
+    /// element starting with `}` or a non-ASCII line break (`[ } ]`). Strings, comments and the
+    /// arrays and inline tables of values are followed only as far as needed to find those.
+    static func abortingTOML(_ text: String) -> String? {
+        let chars = Array(text.unicodeScalars)
+        // toml++ skips a byte order mark.
+        var (i, line, statementStart) = (chars.first == "\u{FEFF}" ? 1 : 0, 1, true)
+        var open: [Unicode.Scalar] = []  // the "[" and "{" of values
+        var elementDue = false  // after an array's "[" or ","
+        func skipBlanks() { while i < chars.count, chars[i] == " " || chars[i] == "\t" { i += 1 } }
+        func skipLine() { while i < chars.count, chars[i] != "\n" { i += 1 } }
+        while i < chars.count {
+            let c = chars[i]
+            if c == "\n" {
+                line += 1
+                statementStart = statementStart || open.isEmpty
+                i += 1
+                continue
+            }
+            if c == " " || c == "\t" || c == "\r" {
+                i += 1
+                continue
+            }
+            if c == "#" {
+                skipLine()
+                continue
+            }
+            if elementDue && (c == "}" || c == "\u{85}" || c == "\u{2028}" || c == "\u{2029}") {
+                return "line \(line): an array element cannot start with \(c.escaped(asASCII: true))"
+            }
+            elementDue = false
+            if c == "\"" || c == "'" {
+                line += skipString(chars, &i)
+            } else if c == "[" && statementStart && open.isEmpty {
+                i += 1
+                skipBlanks()
+                if i < chars.count, chars[i] == "[" {
+                    i += 1
+                    skipBlanks()
+                }
+                if i < chars.count, !Self.startsKey(chars[i]) {
+                    return "line \(line): a table name must start with a letter, digit, -, _ or a quote"
+                }
+                skipLine()  // a header (its quoted names included) ends on its line
+                continue
+            } else {
+                if c == "[" || c == "{" { open.append(c) }
+                if c == "]" || c == "}" { _ = open.popLast() }
+                elementDue = (c == "[" || c == ",") && open.last == "["
+                i += 1
+            }
+            statementStart = false
+        }
+        return nil
+    }
+
+    private static func startsKey(_ c: Unicode.Scalar) -> Bool {
+        c.isASCII && (c.properties.isAlphabetic || ("0"..."9").contains(c) || "-_\"']".unicodeScalars.contains(c))
+    }
+
+    /// Moves `i` past the string that starts there (basic or literal, one line or three quotes);
+    /// returns the newlines it spans.
+    private static func skipString(_ chars: [Unicode.Scalar], _ i: inout Int) -> Int {
+        let quote = chars[i]
+        let triple = i + 2 < chars.count && chars[i + 1] == quote && chars[i + 2] == quote
+        i += triple ? 3 : 1
+        var newlines = 0
+        while i < chars.count {
+            let c = chars[i]
+            if c == "\\" && quote == "\"" {
+                if i + 1 < chars.count, chars[i + 1] == "\n" {
+                    if !triple {
+                        i += 1
+                        return newlines
+                    }
+                    newlines += 1
+                }
+                i += 2
+                continue
+            }
+            if c == "\n" {
+                if !triple { return newlines }  // unterminated: the parser reports it
+                newlines += 1
+            }
+            if c == quote && (!triple || (i + 2 < chars.count && chars[i + 1] == quote && chars[i + 2] == quote)) {
+                i += triple ? 3 : 1
+                return newlines
+            }
+            i += 1
+        }
+        return newlines
     }
 
     func validate(name: String) throws(RuntimeError) {

@@ -25,18 +25,30 @@ public enum OCIState {
 /// OCI hooks are host programs, run by the sandbox owner with the container's state on stdin.
 /// argv[0] is the hook's own (docker's libnetwork-setkey hook is dockerd under another name).
 public enum HostHooks {
+    /// Hooks that can still stop the container (createRuntime, prestart): the first failure ends it.
     public static func run(_ hooks: [OCISpec.Hook]?, state: [String: Any], name: String) throws(RuntimeError) {
         let input = OCIState.json(state)
+        for hook in hooks ?? [] { try runOne(hook, input: input, name: name) }
+    }
+
+    /// Hooks after the fact (poststart, poststop): as the runtime spec says, a failure is a warning
+    /// and the rest still run.
+    public static func runAll(_ hooks: [OCISpec.Hook]?, state: [String: Any], name: String, warn: (RuntimeError) -> Void) {
+        let input = OCIState.json(state)
         for hook in hooks ?? [] {
-            let timeout = Double(hook.timeout ?? 30)
-            let (status, output) = try during("\(name) hook \(hook.path)") {
-                try runHook(path: hook.path, arguments: hook.args ?? [hook.path], environment: hook.env ?? [], input: input, timeout: timeout)
-            }
-            guard let status else { throw RuntimeError("\(name) hook \(hook.path) timed out after \(Int(timeout)) s") }
-            if status != 0 {
-                let said = String(decoding: output.prefix(500), as: UTF8.self).split(separator: "\n").joined(separator: "; ")
-                throw RuntimeError("\(name) hook \(hook.path) exited with status \(status): \(said)")
-            }
+            do { try runOne(hook, input: input, name: name) } catch { warn(error) }
+        }
+    }
+
+    private static func runOne(_ hook: OCISpec.Hook, input: [UInt8], name: String) throws(RuntimeError) {
+        let timeout = Double(hook.timeout ?? 30)
+        let (status, output) = try during("\(name) hook \(hook.path)") {
+            try runHook(path: hook.path, arguments: hook.args ?? [hook.path], environment: hook.env ?? [], input: input, timeout: timeout)
+        }
+        guard let status else { throw RuntimeError("\(name) hook \(hook.path) timed out after \(Int(timeout)) s") }
+        if status != 0 {
+            let said = String(decoding: output.prefix(500), as: UTF8.self).split(separator: "\n").joined(separator: "; ")
+            throw RuntimeError("\(name) hook \(hook.path) exited with status \(status): \(said)")
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import VesselLinux
+import VesselSpec
 
 /// The sandbox's processes (shim, vsock backend thread, QEMU) in one host cgroup per hierarchy:
 /// the spec's `linux.cgroupsPath` when the caller gave one (docker and podman look there), else
@@ -17,11 +18,13 @@ public enum HostCgroup {
     }
 
     /// The relative cgroup for a container: systemd-style "slice:prefix:name" paths become prefix-name.scope.
+    /// Either way it stays below each hierarchy's root: "." and ".." are dropped from every part.
     public static func relativePath(cgroupsPath: String?, id: String) -> String {
         guard let path = cgroupsPath, !path.isEmpty else { return "vessel/\(id)" }
         let parts = path.split(separator: ":", omittingEmptySubsequences: false)
-        if parts.count == 3 { return "\(parts[0])/\(parts[1])-\(parts[2]).scope" }
-        return path.split(separator: "/").filter { $0 != ".." && $0 != "." }.joined(separator: "/")
+        let raw = parts.count == 3 ? "\(parts[0])/\(parts[1])-\(parts[2]).scope" : path
+        let clean = raw.split(separator: "/").filter { $0 != ".." && $0 != "." }.joined(separator: "/")
+        return clean.isEmpty ? "vessel/\(id)" : clean
     }
 
     /// Moves `pid` into the cgroup in every hierarchy; returns the directories that hold it.
@@ -40,6 +43,43 @@ public enum HostCgroup {
             }
         }
         return joined
+    }
+
+    /// Moves one more process into cgroups `join` made.
+    public static func add(_ pid: Int32, to directories: [String], warn: (String) -> Void) {
+        for directory in directories {
+            do { try Linux.writeFile(directory + "/cgroup.procs", "\(pid)") } catch {
+                warn("move \(pid) into \(directory): \(error)")
+            }
+        }
+    }
+
+    /// The container's CPU limits on the sandbox's host cgroup as well: the guest enforces them
+    /// only as long as its kernel is ours, so QEMU (every vCPU and I/O thread) is held to them on
+    /// the host. Each value goes to the file that exists in each hierarchy's directory (v1 cpu,
+    /// v1 cpuset, v2); a value the host refuses is a warning, as the guest applies it anyway.
+    public static func limitCPU(_ cpu: OCISpec.CPU?, in directories: [String], warn: (String) -> Void) {
+        guard let cpu else { return }
+        var writes: [(file: String, value: String)] = []
+        if let shares = cpu.shares, shares > 0 {
+            writes += [("cpu.shares", "\(shares)"), ("cpu.weight", "\(CgroupConversion.weight(shares: shares))")]
+        }
+        if cpu.quota != nil || cpu.period != nil {
+            let period = cpu.period.flatMap { $0 > 0 ? $0 : nil } ?? 100_000
+            let quota = cpu.quota.flatMap { $0 > 0 ? $0 : nil }
+            // v1: the period first, or a quota below the old period may be refused.
+            writes += [("cpu.cfs_period_us", "\(period)"), ("cpu.cfs_quota_us", quota.map { "\($0)" } ?? "-1"),
+                       ("cpu.max", "\(quota.map { "\($0)" } ?? "max") \(period)")]
+        }
+        if let cpus = cpu.cpus, !cpus.isEmpty { writes.append(("cpuset.cpus", cpus)) }
+        if let mems = cpu.mems, !mems.isEmpty { writes.append(("cpuset.mems", mems)) }
+        for directory in directories {
+            for write in writes where Linux.exists(directory + "/" + write.file) {
+                do { try Linux.writeFile(directory + "/" + write.file, write.value) } catch {
+                    warn("host cgroup \(directory)/\(write.file)=\(write.value): \(error)")
+                }
+            }
+        }
     }
 
     /// A v1 cpuset cgroup refuses processes (ENOSPC) until cpus and mems are set: copy them down.

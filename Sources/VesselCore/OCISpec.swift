@@ -37,6 +37,7 @@ public struct OCISpec: Codable, Sendable {
     }
     public struct Capabilities: Codable, Sendable {
         public var bounding, effective, inheritable, permitted, ambient: [String]?
+        public init() {}
     }
     public struct Rlimit: Codable, Sendable { public var type: String; public var hard: UInt64; public var soft: UInt64 }
     public struct Root: Codable, Sendable { public var path: String; public var readonly: Bool? }
@@ -155,10 +156,6 @@ public struct OCISpec: Codable, Sendable {
         if process.args?.isEmpty ?? true { throw .invalid("\(field): process.args must not be empty") }
         if !process.cwd.hasPrefix("/") { throw .invalid("\(field): process.cwd \"\(process.cwd)\" is not an absolute path") }
         return process.grpc()
-    }
-
-    public static func resources(fromJSON data: Data) throws(RuntimeError) -> Grpc_LinuxResources {
-        try decode(Resources.self, data, name: "resources").grpc()
     }
 
     func validate(_ name: String) throws(RuntimeError) {

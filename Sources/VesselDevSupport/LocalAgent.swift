@@ -100,7 +100,7 @@ public struct DevSupportError: Error, CustomStringConvertible {
 public enum BusyboxRootfs {
     public static let applets = ["sh", "echo", "cat", "true", "false", "sleep", "id", "hostname", "ls", "stty", "grep",
                                  "mount", "wc", "head", "tail", "cut", "tr", "touch", "mkdir", "rm", "env", "pwd", "dd", "ps",
-                                 "httpd", "wget", "ip", "nc", "readlink", "stat", "ping", "kill", "seq", "mknod"]
+                                 "httpd", "wget", "ip", "nc", "readlink", "stat", "ping", "kill", "seq", "mknod", "chmod"]
 
     /// A minimal rootfs: Debian's busybox-static and its applets as symlinks.
     public static func make(at path: String) throws {

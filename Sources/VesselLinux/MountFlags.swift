@@ -26,6 +26,17 @@ public struct MountFlags: OptionSet, Sendable {
     public static let propagation: MountFlags = [.unbindable, .private, .slave, .shared]
 }
 
+/// mount_setattr(2) attributes: unlike a bind remount they can cover a whole tree at once.
+public struct MountAttributes: OptionSet, Sendable {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    public static let readOnly = MountAttributes(rawValue: 0x1)
+    public static let noSUID = MountAttributes(rawValue: 0x2)
+    public static let noDev = MountAttributes(rawValue: 0x4)
+    public static let noExec = MountAttributes(rawValue: 0x8)
+}
+
 /// An OCI mount's options split the way the kernel wants them.
 public struct MountOptions: Sendable, Equatable {
     public var flags: MountFlags = []

@@ -20,6 +20,11 @@ public struct RootedPath {
         self.resolve = (confined ? Self.resolveBeneath : Self.resolveInRoot) | Self.resolveNoMagiclinks
     }
 
+    /// Opens `directory` as the root; the caller closes `rootFD`.
+    public static func open(directory: String, confined: Bool = false) throws(LinuxError) -> RootedPath {
+        RootedPath(rootFD: try Linux.open(directory, VESSEL_O_PATH | O_DIRECTORY), confined: confined)
+    }
+
     /// Components of a path relative to the root; ".." anywhere is refused because a lexical
     /// escape is always a mistake or an attack, never a layout we must honour.
     public static func components(_ path: String, field: String) throws(LinuxError) -> [String] {

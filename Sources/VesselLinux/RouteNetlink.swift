@@ -108,20 +108,36 @@ public final class RouteNetlink: @unchecked Sendable {
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         while true {
             let n = try sys("recv(netlink)", what) { buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
-            for answer in NetlinkMessage.split(buffer[0..<n]) where answer.sequence == sequence {
-                switch answer.type {
-                case Message.done:
-                    return answers
-                case Message.error:
-                    let code = answer.body.count >= 4 ? Int32(bitPattern: NetlinkBytes.readU32(answer.body[...], 0)) : -EPROTO
-                    if code != 0 { throw LinuxError(stage: "netlink", errno: -code, detail: what) }
-                    // An ACK: dumps end with DONE, everything else with this.
-                    if flags & Flags.dump != Flags.dump { return answers }
-                default:
-                    answers.append(answer)
-                }
+            if try Self.collect(buffer[0..<n], sequence: sequence, dump: flags & Flags.dump == Flags.dump, what: what,
+                                into: &answers) {
+                return answers
             }
         }
+    }
+
+    /// Adds the answers to request `sequence` in one received datagram to `answers`; true once the
+    /// request is answered (DONE for a dump, else the ACK). Apart from the socket so it can be fuzzed.
+    static func collect(_ datagram: ArraySlice<UInt8>, sequence: UInt32, dump: Bool, what: String,
+                        into answers: inout [NetlinkMessage]) throws(LinuxError) -> Bool {
+        for answer in NetlinkMessage.split(datagram) where answer.sequence == sequence {
+            switch answer.type {
+            case Message.done:
+                return true
+            case Message.error:
+                let code = answer.body.count >= 4
+                    ? Int32(bitPattern: NetlinkBytes.readU32(answer.body[...], 0)) : -EPROTO
+                // The kernel sends a negative errno; anything else (Int32.min would trap on negation)
+                // is no errno at all.
+                if code != 0 {
+                    throw LinuxError(stage: "netlink", errno: code < 0 && code != .min ? -code : EPROTO, detail: what)
+                }
+                // An ACK: dumps end with DONE, everything else with this.
+                if !dump { return true }
+            default:
+                answers.append(answer)
+            }
+        }
+        return false
     }
 
     // MARK: reading
@@ -131,63 +147,80 @@ public final class RouteNetlink: @unchecked Sendable {
     }
 
     public func links() throws(LinuxError) -> [NetworkLink] {
-        try request(Message.getLink, flags: Flags.dump, header: Self.linkHeader(), what: "list links").compactMap { message in
-            guard message.type == Message.newLink, message.body.count >= 16 else { return nil }
-            let attributes = message.attributes(after: 16)
-            let kind = attributes.first { $0.type == 18 }?.nested.first { $0.type == 1 }?.string ?? ""
-            return NetworkLink(index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
-                               name: attributes.first { $0.type == 3 }?.string ?? "",
-                               mac: attributes.first { $0.type == 1 }?.data ?? [],
-                               mtu: attributes.first { $0.type == 4 }?.u32 ?? 0,
-                               flags: NetlinkBytes.readU32(message.body[...], 8), kind: kind)
-        }
+        try request(Message.getLink, flags: Flags.dump, header: Self.linkHeader(), what: "list links")
+            .compactMap(Self.link)
+    }
+
+    // The decoders of dump answers are apart from their requests so they can be fuzzed without a socket.
+
+    static func link(_ message: NetlinkMessage) -> NetworkLink? {
+        guard message.type == Message.newLink, message.body.count >= 16 else { return nil }
+        let attributes = message.attributes(after: 16)
+        let kind = attributes.first { $0.type == 18 }?.nested.first { $0.type == 1 }?.string ?? ""
+        return NetworkLink(index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
+                           name: attributes.first { $0.type == 3 }?.string ?? "",
+                           mac: attributes.first { $0.type == 1 }?.data ?? [],
+                           mtu: attributes.first { $0.type == 4 }?.u32 ?? 0,
+                           flags: NetlinkBytes.readU32(message.body[...], 8), kind: kind)
     }
 
     public func addresses() throws(LinuxError) -> [NetworkAddress] {
         let header: [UInt8] = [UInt8(AF_UNSPEC), 0, 0, 0] + NetlinkBytes.u32(0)
-        return try request(Message.getAddress, flags: Flags.dump, header: header, what: "list addresses").compactMap { message in
-            guard message.type == Message.newAddress, message.body.count >= 8 else { return nil }
-            let attributes = message.attributes(after: 8)
-            // IFA_LOCAL is the interface's own address on point-to-point links, IFA_ADDRESS elsewhere.
-            guard let address = (attributes.first { $0.type == 2 } ?? attributes.first { $0.type == 1 })?.data else { return nil }
-            return NetworkAddress(index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)), family: message.body[0],
-                                  address: address, prefixLength: message.body[1])
-        }
+        return try request(Message.getAddress, flags: Flags.dump, header: header, what: "list addresses")
+            .compactMap(Self.address)
+    }
+
+    static func address(_ message: NetlinkMessage) -> NetworkAddress? {
+        guard message.type == Message.newAddress, message.body.count >= 8 else { return nil }
+        let attributes = message.attributes(after: 8)
+        // IFA_LOCAL is the interface's own address on point-to-point links, IFA_ADDRESS elsewhere.
+        let local = attributes.first { $0.type == 2 } ?? attributes.first { $0.type == 1 }
+        guard let address = local?.data else { return nil }
+        return NetworkAddress(index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
+                              family: message.body[0], address: address, prefixLength: message.body[1])
     }
 
     static let routeHeaderSize = 12
 
     public func routes() throws(LinuxError) -> [NetworkRoute] {
         let header = [UInt8(AF_INET)] + [UInt8](repeating: 0, count: 11)
-        return try request(Message.getRoute, flags: Flags.dump, header: header, what: "list routes").compactMap { message in
-            guard message.type == Message.newRoute, message.body.count >= Self.routeHeaderSize else { return nil }
-            let b = message.body
-            var route = NetworkRoute()
-            (route.family, route.destinationLength, route.table, route.protocolID, route.scope, route.type) = (b[0], b[1], b[4], b[5], b[6], b[7])
-            for attribute in message.attributes(after: Self.routeHeaderSize) {
-                switch attribute.type {
-                case 1: route.destination = attribute.data
-                case 4: route.outputIndex = Int32(bitPattern: attribute.u32 ?? 0)
-                case 5: route.gateway = attribute.data
-                case 7: route.source = attribute.data
-                case 15: route.table = UInt8(truncatingIfNeeded: attribute.u32 ?? 254)
-                default: break
-                }
+        return try request(Message.getRoute, flags: Flags.dump, header: header, what: "list routes")
+            .compactMap(Self.route)
+    }
+
+    static func route(_ message: NetlinkMessage) -> NetworkRoute? {
+        guard message.type == Message.newRoute, message.body.count >= Self.routeHeaderSize else { return nil }
+        let b = message.body
+        var route = NetworkRoute()
+        (route.family, route.destinationLength, route.table) = (b[0], b[1], b[4])
+        (route.protocolID, route.scope, route.type) = (b[5], b[6], b[7])
+        for attribute in message.attributes(after: Self.routeHeaderSize) {
+            switch attribute.type {
+            case 1: route.destination = attribute.data
+            case 4: route.outputIndex = Int32(bitPattern: attribute.u32 ?? 0)
+            case 5: route.gateway = attribute.data
+            case 7: route.source = attribute.data
+            case 15: route.table = UInt8(truncatingIfNeeded: attribute.u32 ?? 254)
+            default: break
             }
-            return route
         }
+        return route
     }
 
     public func neighbours() throws(LinuxError) -> [NetworkNeighbour] {
         let header = [UInt8(AF_INET), 0] + NetlinkBytes.u16(0) + NetlinkBytes.i32(0) + NetlinkBytes.u16(0) + [0, 0]
-        return try request(Message.getNeighbour, flags: Flags.dump, header: header, what: "list neighbours").compactMap { message in
-            guard message.type == Message.newNeighbour, message.body.count >= 12 else { return nil }
-            let attributes = message.attributes(after: 12)
-            guard let address = attributes.first(where: { $0.type == 1 })?.data else { return nil }
-            return NetworkNeighbour(index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)), family: message.body[0],
-                                    address: address, mac: attributes.first { $0.type == 2 }?.data ?? [],
-                                    state: NetlinkBytes.readU16(message.body[...], 8))
-        }
+        return try request(Message.getNeighbour, flags: Flags.dump, header: header, what: "list neighbours")
+            .compactMap(Self.neighbour)
+    }
+
+    static func neighbour(_ message: NetlinkMessage) -> NetworkNeighbour? {
+        guard message.type == Message.newNeighbour, message.body.count >= 12 else { return nil }
+        let attributes = message.attributes(after: 12)
+        guard let address = attributes.first(where: { $0.type == 1 })?.data else { return nil }
+        return NetworkNeighbour(index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
+                                family: message.body[0], address: address,
+                                mac: attributes.first { $0.type == 2 }?.data ?? [],
+                                state: NetlinkBytes.readU16(message.body[...], 8))
     }
 
     // MARK: changing

@@ -53,9 +53,11 @@ public struct SpawnResult: Sendable {
 /// A `parentDeathSignal` reaches the child when this process dies (the spawn then runs on a
 /// thread that lives as long as the process: the kernel ties the signal to the forking thread).
 /// `cgroup`, an fd of a cgroup v2 directory, is where the child starts (CLONE_INTO_CGROUP).
+/// `keepCapabilities` (bit n = capability n) bounds what a root child keeps, with no_new_privs.
 public func spawn(exeFD: Int32, path: String = "", arguments: [String], environment: [String],
                   fds: [(src: Int32, dst: Int32)], namespaces: UInt64 = 0,
-                  parentDeathSignal: Int32 = 0, newSession: Bool = false, cgroup: Int32 = -1) throws(LinuxError) -> SpawnResult {
+                  parentDeathSignal: Int32 = 0, newSession: Bool = false, cgroup: Int32 = -1,
+                  keepCapabilities: UInt64? = nil) throws(LinuxError) -> SpawnResult {
     let argv = CStringArray(arguments)
     let envp = CStringArray(environment)
     let map = fds.map { vessel_fd_map(src: $0.src, dst: $0.dst) }
@@ -65,7 +67,7 @@ public func spawn(exeFD: Int32, path: String = "", arguments: [String], environm
             envp.withPointer { e in
                 map.withUnsafeBufferPointer { m in
                     vessel_spawn(exeFD, path, a, e, m.baseAddress, Int32(m.count), namespaces, &execErrno,
-                                 parentDeathSignal, newSession ? 1 : 0, cgroup)
+                                 parentDeathSignal, newSession ? 1 : 0, cgroup, keepCapabilities ?? ~0)
                 }
             }
         }

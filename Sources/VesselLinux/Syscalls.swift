@@ -178,6 +178,14 @@ public enum Linux {
         try sys("mount", "\(type ?? "bind") on \(target)") { Glibc.mount(source, target, type, flags, data) }
     }
 
+    /// Sets `attributes` on the mount at `path` and, with `recursive`, on every mount below it.
+    public static func setMountAttributes(_ path: String, _ attributes: MountAttributes, recursive: Bool) throws(LinuxError) {
+        let atRecursive: UInt32 = 0x8000
+        try sys("mount_setattr", path) {
+            vessel_mount_setattr(AT_FDCWD, path, recursive ? atRecursive : 0, attributes.rawValue, 0)
+        }
+    }
+
     public static func kill(_ pid: pid_t, _ signal: Int32) throws(LinuxError) {
         try sys("kill", "\(pid)") { Glibc.kill(pid, signal) }
     }

@@ -201,14 +201,16 @@ public struct CLI {
                                         "apparmor", "c|cap", "preserve-fds", "cgroup"])
         let context = try context()
         let id = try a.id("exec")
-        var user: (UInt32, UInt32)?
-        if let spec = a.option("user") {
-            let parts = spec.split(separator: ":").map { UInt32($0) }
-            guard let uid = parts.first ?? nil else { throw RuntimeError("--user \"\(spec)\": expected UID[:GID]") }
-            user = (uid, parts.count > 1 ? (parts[1] ?? 0) : 0)
+        if a.option("cgroup") != nil {
+            throw RuntimeError("exec --cgroup: an exec'd process always runs in its container's cgroup inside the VM")
         }
-        let process = try context.execProcess(id: id, processFile: a.option("process"), args: Array(a.positionals.dropFirst()),
-                                               tty: a.flag("tty"), cwd: a.option("cwd"), env: a.all("env"), user: user)
+        if let count = a.option("preserve-fds"), count != "0" {
+            throw RuntimeError("exec --preserve-fds \(count): file descriptors cannot be passed into the VM")
+        }
+        let overrides = ExecOverrides(args: Array(a.positionals.dropFirst()), tty: a.flag("tty"), cwd: a.option("cwd"),
+                                      env: a.all("env"), user: try Self.user(a.option("user")),
+                                      noNewPrivileges: a.flag("no-new-privs"), capabilities: a.all("cap"))
+        let process = try context.execProcess(id: id, processFile: a.option("process"), overrides)
         let execID = "exec-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         if a.flag("detach") {
             if process.terminal == true && a.option("console-socket") == nil {
@@ -220,6 +222,16 @@ public struct CLI {
         }
         try writePIDFile(a.option("pid-file"), getpid())
         return try await context.exec(id: id, execID: execID, process: process, consoleSocket: a.option("console-socket"), signals: signals)
+    }
+
+    /// `--user UID[:GID]`, numbers only (there is no passwd to look names up in outside the guest).
+    static func user(_ value: String?) throws(RuntimeError) -> (uid: UInt32, gid: UInt32)? {
+        guard let value else { return nil }
+        let parts = value.split(separator: ":", omittingEmptySubsequences: false).map { UInt32($0) }
+        guard (1...2).contains(parts.count), let uid = parts[0], parts.count == 1 || parts[1] != nil else {
+            throw RuntimeError("--user \"\(value)\": expected UID[:GID] as numbers")
+        }
+        return (uid, parts.count > 1 ? parts[1]! : 0)
     }
 
     func list(_ a: Arguments) throws(RuntimeError) {

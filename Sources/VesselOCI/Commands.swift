@@ -32,8 +32,9 @@ struct Context: Sendable {
         try config.checkGuestFiles()
         let sandbox = bundle.pod.sandboxID(container: id)
         try store.claim(id)
+        var owner: Int32?
         do throws(RuntimeError) {
-            if bundle.pod == .sandbox { try startOwner(sandbox) }
+            if bundle.pod == .sandbox { owner = try startOwner(sandbox) }
             guard store.loadSandbox(sandbox)?.ownerAlive == true else {
                 throw .precondition("sandbox \(sandbox) of container \(id) is not running")
             }
@@ -42,25 +43,28 @@ struct Context: Sendable {
                 + [id]
             return try SelfExec.start(selfCommand(arguments), newSession: detach)
         } catch {
-            if bundle.pod == .sandbox { stopOwner(sandbox) }
+            if bundle.pod == .sandbox { stopOwner(sandbox, started: owner) }
             store.remove(id)
             throw error
         }
     }
 
     /// An owner whose first container failed has nothing to own; one that died (crashed) while
-    /// creating it left its mounts, cgroups and directory for us.
-    private func stopOwner(_ sandbox: String) {
-        if let record = store.loadSandbox(sandbox), record.ownerAlive {
-            Foundation.kill(record.ownerPid, SIGTERM)
-            if !Linux.waitGone(pid: record.ownerPid, timeout: 30) { Foundation.kill(record.ownerPid, SIGKILL) }
-            _ = Linux.waitGone(pid: record.ownerPid, timeout: 10)
+    /// creating it left its mounts, cgroups and directory for us. The one this create started is
+    /// our child: waited for even when it removed its record already and is only exiting.
+    private func stopOwner(_ sandbox: String, started: Int32?) {
+        let record = store.loadSandbox(sandbox)
+        if let pid = record.flatMap({ $0.ownerAlive ? $0.ownerPid : nil }) ?? started {
+            Foundation.kill(pid, SIGTERM)
+            if !Linux.waitGone(pid: pid, timeout: 30) { Foundation.kill(pid, SIGKILL) }
+            _ = Linux.waitGone(pid: pid, timeout: 10)
         }
+        if let started { _ = Linux.reap(started) }
         SandboxCleanup.afterDeadOwner(store, sandbox: sandbox)
     }
 
     /// The owner of a new sandbox: detached, its stderr in the sandbox directory's owner.log.
-    private func startOwner(_ sandbox: String) throws(RuntimeError) {
+    private func startOwner(_ sandbox: String) throws(RuntimeError) -> Int32 {
         SandboxCleanup.afterDeadOwner(store, sandbox: sandbox)
         let paths = store.sandboxPaths(sandbox)
         do { try Linux.mkdirAll(paths.directory, mode: 0o700) } catch { throw RuntimeError(stage: "create \(paths.directory)", error) }
@@ -72,7 +76,7 @@ struct Context: Sendable {
             throw RuntimeError(stage: "open the owner's stdio", error)
         }
         defer { Linux.close(devNull); Linux.close(logFD) }
-        _ = try SelfExec.start(selfCommand(["__owner", sandbox]), stdio: [devNull, devNull, logFD], newSession: true)
+        return try SelfExec.start(selfCommand(["__owner", sandbox]), stdio: [devNull, devNull, logFD], newSession: true)
     }
 
     func ownerMain(sandbox: String, signals: AsyncStream<Int32>?) async throws(RuntimeError) -> Int32 {

@@ -2,25 +2,47 @@ import Foundation
 import VesselCore
 import VesselLinux
 
+/// What `vessel exec` changes in the container's own process when no `--process` file is given
+/// (as runc, a `--process` file is taken as it is).
+struct ExecOverrides {
+    var args: [String]
+    var tty: Bool
+    var cwd: String?
+    var env: [String]
+    var user: (uid: UInt32, gid: UInt32)?
+    var noNewPrivileges: Bool
+    /// `--cap`: added to the bounding, effective and permitted sets (and ambient, when the process
+    /// has inheritable ones), as runc does.
+    var capabilities: [String]
+}
+
 extension Context {
     /// The process `vessel exec` runs, as OCI JSON: `--process FILE`, or the container's own
-    /// process with the given args, tty, cwd, env and user.
-    func execProcess(id: String, processFile: String?, args: [String], tty: Bool, cwd: String?, env: [String],
-                     user: (uid: UInt32, gid: UInt32)?) throws(RuntimeError) -> OCISpec.Process {
+    /// process with the overrides applied.
+    func execProcess(id: String, processFile: String?, _ overrides: ExecOverrides) throws(RuntimeError) -> OCISpec.Process {
         if let processFile {
             guard let data = FileManager.default.contents(atPath: processFile) else { throw RuntimeError("--process \(processFile): cannot read file") }
             return try OCISpec.decode(OCISpec.Process.self, data, name: "--process \(processFile)")
         }
-        if args.isEmpty { throw RuntimeError("exec: no command given (args or --process)") }
+        if overrides.args.isEmpty { throw RuntimeError("exec: no command given (args or --process)") }
         let record = try store.load(id)
         guard var process = try OCISpec.load(record.bundle + "/config.json").process else {
             throw RuntimeError("container \(id): its bundle has no process")
         }
-        process.args = args
-        process.terminal = tty
-        if let cwd { process.cwd = cwd }
-        process.env = (process.env ?? []) + env
-        if let user { process.user.uid = user.uid; process.user.gid = user.gid }
+        process.args = overrides.args
+        process.terminal = overrides.tty
+        if let cwd = overrides.cwd { process.cwd = cwd }
+        process.env = (process.env ?? []) + overrides.env
+        if let user = overrides.user { process.user.uid = user.uid; process.user.gid = user.gid }
+        if overrides.noNewPrivileges { process.noNewPrivileges = true }
+        if !overrides.capabilities.isEmpty {
+            var caps = process.capabilities ?? OCISpec.Capabilities()
+            caps.bounding = (caps.bounding ?? []) + overrides.capabilities
+            caps.effective = (caps.effective ?? []) + overrides.capabilities
+            caps.permitted = (caps.permitted ?? []) + overrides.capabilities
+            if !(caps.inheritable ?? []).isEmpty { caps.ambient = (caps.ambient ?? []) + overrides.capabilities }
+            process.capabilities = caps
+        }
         return process
     }
 

@@ -87,6 +87,10 @@ extension SandboxOwner {
                 throw error
             }
             holder?.end()
+            // The pid callers get (runc's container process) sits in the container's cgroup, as under runc.
+            if request.monitorPid > 0, bundle.pod == .sandbox {
+                HostCgroup.add(request.monitorPid, to: sandboxRecord.hostCgroups) { log.warning("\($0)") }
+            }
             guard let agent, let streams, let vm else { throw RuntimeError("sandbox \(sandboxRecord.id) has no agent", kind: .unavailable) }
             let hostPid = request.monitorPid > 0 ? request.monitorPid : vm.qemuPid
             container.record.pid = hostPid
@@ -136,6 +140,7 @@ extension SandboxOwner {
             sandboxRecord.hostCgroups = try HostCgroup.join(relativePath: cgroup, pid: getpid())
             // On record before anything else can fail: a dead owner's cleanup removes only what it finds.
             persistSandbox()
+            HostCgroup.limitCPU(bundle.oci.linux?.resources?.cpu, in: sandboxRecord.hostCgroups) { log.warning("\($0)") }
         } catch {
             log.warning("sandbox runs without its own host cgroup: \(error)")
         }

@@ -25,7 +25,7 @@ extension SandboxOwner {
             try transition(container, process, .started)
             events.publish(.start, Containerd_Events_TaskStart.with { $0.containerID = id; $0.pid = UInt32(bitPattern: process.hostPid) })
             let state = OCIState.object(container.record)
-            do { try HostHooks.run(container.bundle.oci.hooks?.poststart, state: state, name: "poststart") } catch { log.warning("\(error)") }
+            HostHooks.runAll(container.bundle.oci.hooks?.poststart, state: state, name: "poststart") { log.warning("\($0)") }
         } else {
             guard process.lifecycle.status == .created, let spec = process.spec else {
                 throw .precondition("exec \(execID) in container \(id) was already started")
@@ -129,7 +129,7 @@ extension SandboxOwner {
             if let time = process.exitedAt { $0.exitedAt = time }
         })
         let state = OCIState.object(container.record, status: .stopped)
-        do { try HostHooks.run(container.bundle.oci.hooks?.poststop, state: state, name: "poststop") } catch { log.warning("\(error)") }
+        HostHooks.runAll(container.bundle.oci.hooks?.poststop, state: state, name: "poststop") { log.warning("\($0)") }
         // The OCI CLI has nobody to send Shutdown: its last delete ends the sandbox, once this
         // answer is on its way.
         if containers.isEmpty && creating.isEmpty && frontDoor == .oci { Task { await self.shutdown() } }
@@ -166,7 +166,11 @@ extension SandboxOwner {
 
     func update(_ id: String, resources json: Data) async throws(RuntimeError) {
         _ = try container(id)
-        let resources = try OCISpec.resources(fromJSON: json)
+        let decoded = try OCISpec.decode(OCISpec.Resources.self, json, name: "resources")
+        var resources = decoded.grpc()
+        resources.cpu.clearHostPlacement()
+        // The host cgroup is the sandbox's: its own container's limits hold QEMU.
+        if id == sandboxRecord.id { HostCgroup.limitCPU(decoded.cpu, in: sandboxRecord.hostCgroups) { log.warning("\($0)") } }
         let (agent, _) = try liveAgent()
         try await during("update container \(id)") {
             try await agent.call("UpdateContainer", Grpc_UpdateContainerRequest.with { $0.containerID = id; $0.resources = resources })

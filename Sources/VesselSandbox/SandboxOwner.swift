@@ -52,7 +52,7 @@ public actor SandboxOwner {
         record.ownerPid = getpid()
         record.ownerStartTime = ProcessIdentity.startTime(of: getpid()) ?? 0
         sandboxRecord = record
-        do { try Linux.mkdirAll(paths.shared, mode: 0o700) } catch { throw RuntimeError(stage: "create \(paths.directory)", error) }
+        try SharedMounts.makeRoot(paths.shared)
         try store.write(record)
     }
 

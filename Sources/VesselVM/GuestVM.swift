@@ -34,7 +34,8 @@ public final class GuestVM: @unchecked Sendable {
                                     environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" },
                                     fds: [(devNull, 0), (pipe.write, 1), (pipe.write, 2)]
                                         + config.networks.enumerated().map { ($0.element.tapFD, NetworkDevice.firstFD + Int32($0.offset)) },
-                                    parentDeathSignal: dieWithParent ? SIGKILL : 0)
+                                    parentDeathSignal: dieWithParent ? SIGKILL : 0,
+                                    keepCapabilities: config.sandboxed && geteuid() == 0 ? VMConfig.keptCapabilities : nil)
             if spawned.execErrno != 0 {
                 var ignored: Int32 = 0
                 waitpid(spawned.pid, &ignored, 0)

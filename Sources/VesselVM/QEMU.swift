@@ -23,6 +23,25 @@ public struct VMConfig: Sendable {
     /// virtio-net devices on taps the caller opened; QEMU gets the fds as 3, 4, ... in this order.
     public var networks: [NetworkDevice] = []
     public var extraArguments: [String] = []
+    /// QEMU's seccomp filter: no set*id, no spawning, no obsolete or scheduling syscalls. A guest
+    /// that takes over a device emulator then still cannot run programs or gain privileges.
+    public var sandboxed = true
+    /// A virtio-rng device fed from the host's /dev/urandom.
+    public var entropy = true
+
+    /// What QEMU, running as root, keeps of its capabilities (with no_new_privs): what the 9p share
+    /// needs to act for the guest on root-owned files (security_model=none), nothing more. Without
+    /// CAP_SYS_ADMIN the guest cannot set trusted.* xattrs (overlayfs' own) on host files, without
+    /// CAP_LINUX_IMMUTABLE it cannot make them immutable, without CAP_MKNOD it makes no device
+    /// nodes (QEMU 7.2's 9p removes special files right after making them anyway).
+    public static let keptCapabilities: UInt64 = [
+        0,  // CAP_CHOWN
+        1,  // CAP_DAC_OVERRIDE
+        2,  // CAP_DAC_READ_SEARCH
+        3,  // CAP_FOWNER
+        4,  // CAP_FSETID
+        31,  // CAP_SETFCAP (file capabilities; the share is nosuid on the host)
+    ].reduce(0) { $0 | (1 << $1) }
 
     public init(kernel: String, initrd: String) {
         self.kernel = kernel
@@ -58,6 +77,12 @@ public struct VMConfig: Sendable {
                      "-device", "\(ninePDevice),fsdev=fs\(index),mount_tag=\(share.tag)"]
         }
         if let qmpSocket { args += ["-qmp", "unix:\(qmpSocket),server=on,wait=off"] }
+        // The guest's entropy: without it the agent's first getrandom() waits seconds for the crng.
+        if entropy {
+            args += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
+                     "-device", "\(machine == .microvm ? "virtio-rng-device" : "virtio-rng-pci"),rng=rng0"]
+        }
+        if sandboxed { args += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"] }
         let netDevice = machine == .microvm ? "virtio-net-device" : "virtio-net-pci"
         for (index, network) in networks.enumerated() {
             args += ["-netdev", "tap,id=net\(index),fd=\(NetworkDevice.firstFD + Int32(index)),vhost=off",

@@ -1,5 +1,9 @@
 import CVesselVsock
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One memory region as described by VHOST_USER_SET_MEM_TABLE.
 public struct MemoryRegionInfo: Equatable, Sendable {
     public var guestPhysAddr: UInt64
@@ -42,6 +46,13 @@ final class GuestMemory {
             else {
                 unmapAll()
                 throw .invalid("bad memory region \(info)")
+            }
+            // A region past the end of its file maps fine, then the first access there (a ring, a
+            // buffer the guest points at) is a SIGBUS that takes the whole backend down.
+            var st = stat()
+            guard fstat(fd, &st) == 0, total <= UInt64(max(0, st.st_size)) else {
+                unmapAll()
+                throw .invalid("memory region \(info) extends past the end of its fd")
             }
             guard let p = cvv_mmap_shared(fd, total) else {
                 let e = cvv_errno()

@@ -16,7 +16,8 @@ public enum HybridDialer {
         guard fd >= 0 else { throw Failure(description: "hybrid vsock \(socketPath): cannot connect (errno \(errno))") }
         let request = Array("CONNECT \(port)\n".utf8)
         var line: [UInt8] = []
-        let ok = request.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == request.count
+        // MSG_NOSIGNAL: a backend that closes at once (its connection cap) must not SIGPIPE the caller.
+        let ok = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == request.count
             && readLine(fd, into: &line, timeoutMilliseconds: timeoutMilliseconds)
         let answer = String(decoding: line, as: UTF8.self)
         guard ok, answer.hasPrefix("OK ") else {

@@ -101,6 +101,9 @@ final class SplitVirtqueue {
     var callFd: Int32 = -1
     private var pendingNotify = false
     private(set) var brokenChains = 0
+    /// The driver published more entries than the ring holds: its index is garbage, and walking the "entries"
+    /// would replay stale descriptors, so nothing more is taken from this queue (a device start makes a new one).
+    private(set) var broken = false
 
     /// `translate` maps ring addresses (QEMU-virtual for vhost-user, guest-physical in tests).
     init(memory: GuestMemory, size: UInt32, descAddr: UInt64, availAddr: UInt64, usedAddr: UInt64,
@@ -124,20 +127,21 @@ final class SplitVirtqueue {
 
     @inline(__always) var availIdx: UInt16 { UInt16(littleEndian: cvv_load_acquire_u16(avail + 2)) }
 
-    var hasAvailable: Bool { availIdx != lastAvail }
+    var hasAvailable: Bool { !broken && availIdx != lastAvail }
 
-    /// Reads the chain at the next available slot without consuming it. Returns false when the ring is empty.
-    /// A malformed chain is returned with `valid == false` (consume it with length 0).
+    /// Reads the chain at the next available slot without consuming it. Returns false when the ring is empty
+    /// or `broken`. A malformed chain is returned with `valid == false` (consume it with length 0).
     func peek(into chain: inout DescriptorChain) -> Bool {
+        guard !broken else { return false }
         let ai = availIdx
         if ai == lastAvail { return false }
+        if UInt16(ai &- lastAvail) > size {
+            broken = true
+            return false
+        }
         let slot = Int(lastAvail % size)
         let head = UInt16(littleEndian: avail.loadUnaligned(fromByteOffset: 4 + 2 * slot, as: UInt16.self))
         chain.reset(head: head)
-        if UInt16(ai &- lastAvail) > size {
-            chain.valid = false
-            return true
-        }
         var idx = head
         var count: UInt16 = 0
         while true {

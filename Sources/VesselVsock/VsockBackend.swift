@@ -10,13 +10,15 @@
 //                          SET_VRING_ENABLE(0), GET_VRING_BASE (answered with the ring position), SET_MEM_TABLE, RESET
 //  GuestMemory.swift       mmap of the SET_MEM_TABLE fds; guest-physical (descriptors) and QEMU-virtual (rings) lookup
 //  Virtqueue.swift         split ring, no EVENT_IDX / indirect; avail->idx acquire load, used->idx release store, a
-//                          full fence before reading avail->flags (NO_INTERRUPT); chains validated (bounds, loops)
+//                          full fence before reading avail->flags (NO_INTERRUPT); chains validated (bounds, loops);
+//                          an avail->idx more than a ring ahead breaks the queue (the device stops until restarted)
 //  VsockDevice.swift       connections: REQUEST/RESPONSE/RW/CREDIT/SHUTDOWN/RST, credit both ways (buf_alloc we
 //                          advertise bounds what we buffer; CREDIT_UPDATE after each creditUpdateThreshold forwarded),
 //                          round robin over ready connections (one packet per turn, control packets first), reads
 //                          from host sockets only with guest credit and rx buffers (back-pressure both ways), payload
 //                          copied between sockets and guest memory with readv/sendmsg directly (no staging buffer
-//                          unless the host reader is slow)
+//                          unless the host reader is slow); at most a ring's worth of chains per call, since a
+//                          guest can refill a ring as fast as we drain it
 //
 // Index accesses use C11 atomics from CVesselVsock (cvv_load_acquire_u16 / cvv_store_release_u16 /
 // cvv_fence_seq_cst): Synchronization.Atomic cannot be placed on memory it does not own (the rings live in guest RAM).
@@ -162,8 +164,10 @@ public final class VsockBackend: Sendable {
             device.teardown()
         }
         while exit == nil {
-            loop.runOnce(timeoutMs: device.nextTimeoutMs())
+            // Ring work left by a call that used up its budget resumes at once, after the other events.
+            loop.runOnce(timeoutMs: device.hasPendingWork ? 0 : device.nextTimeoutMs())
             device.handleTimers()
+            if device.txPending { device.processTx() }
             device.processRx()
         }
         cvv_eventfd_drain(stopFd)

@@ -19,6 +19,10 @@ public struct VsockDeviceOptions: Sendable {
     public var maxConnections = 4096
     /// Bound on queued control packets (RSTs to connections that no longer exist).
     public var maxControlPackets = 4096
+    /// Bound on the receive buffers of all connections together. Each is credit the guest was given, but thousands
+    /// of connections towards host readers that do not read would add up to gigabytes; a connection that needs
+    /// a buffer beyond this is reset.
+    public var maxBufferedBytes = 32 << 20
     public init() {}
 }
 
@@ -159,6 +163,17 @@ final class VsockDevice {
     /// Counters (tests, diagnostics).
     private(set) var droppedPackets = 0
     private(set) var droppedControl = 0
+    /// Receive buffers currently allocated (`maxBufferedBytes`), and connections reset for want of one.
+    private(set) var bufferedBytes = 0
+    private(set) var bufferResets = 0
+
+    /// A guest can refill a ring as fast as we drain it, so one call takes at most a ring's worth and the event
+    /// loop comes back at once (`hasPendingWork`) after host sockets, timers and stop() had their turn.
+    private(set) var txPending = false
+    private(set) var rxPending = false
+    var hasPendingWork: Bool { txPending || rxPending }
+    /// The guest broke a ring (`SplitVirtqueue.broken`): nothing is done until the device is started again.
+    private(set) var broken = false
 
     init(guestCID: UInt64, hybridPath: String, options: VsockDeviceOptions, loop: EventLoop, logger: Logger) {
         self.guestCID = guestCID
@@ -179,6 +194,7 @@ final class VsockDevice {
     func activate(rx: SplitVirtqueue, tx: SplitVirtqueue) {
         rxq = rx
         txq = tx
+        broken = false
         logger.debug("vsock device started", metadata: ["rx": "\(rx.size)", "tx": "\(tx.size)"])
         for c in conns.values { schedule(c) }
         processTx()
@@ -190,11 +206,28 @@ final class VsockDevice {
         guard active else { return }
         rxq = nil
         txq = nil
+        txPending = false
+        rxPending = false
         for c in Array(conns.values) where !(c.hostInitiated && c.state == .connecting) {
             kill(c, rst: false)
         }
         control.removeAll()
         logger.debug("vsock device stopped")
+    }
+
+    /// As a stop, but the rings stay (their positions are still asked for by GET_VRING_BASE): the guest cannot
+    /// be reached until it resets the device, so its connections end now rather than hang their host peers.
+    private func ringBroken(_ name: String) {
+        guard !broken else { return }
+        broken = true
+        txPending = false
+        rxPending = false
+        logger.error("guest published an avail index more than a ring ahead: vsock device stopped until it resets it",
+                     metadata: ["queue": "\(name)"])
+        for c in Array(conns.values) where !(c.hostInitiated && c.state == .connecting) {
+            kill(c, rst: false)
+        }
+        control.removeAll()
     }
 
     /// Closes every host socket.
@@ -388,14 +421,14 @@ final class VsockDevice {
             closeFd(c.fd)
             c.fd = -1
         }
-        c.buf.release()
+        releaseBuffer(c)
         conns[c.key] = nil
         timed.remove(c.key)
         if rst { enqueueControl(header(for: c, op: .rst)) }
     }
 
     private func enqueueControl(_ h: VsockHeader) {
-        guard active, control.count < options.maxControlPackets else {
+        guard active, !broken, control.count < options.maxControlPackets else {
             droppedControl += 1
             return
         }
@@ -428,8 +461,15 @@ final class VsockDevice {
     func kickTx() { processTx() }
 
     func processTx() {
-        guard let txq, active else { return }
+        txPending = false
+        guard let txq, active, !broken else { return }
+        var budget = Int(txq.size)
         while txq.peek(into: &chain) {
+            guard budget > 0 else {
+                txPending = true
+                break
+            }
+            budget -= 1
             if chain.valid, chain.readableLength >= VsockHeader.size,
                 chain.copyReadable(offset: 0, count: VsockHeader.size, to: scratch)
             {
@@ -445,6 +485,7 @@ final class VsockDevice {
             txq.commit(chain, written: 0)
         }
         txq.notifyIfNeeded()
+        if txq.broken { ringBroken("tx") }
     }
 
     private func rstReply(_ h: VsockHeader) {
@@ -566,6 +607,19 @@ final class VsockDevice {
                 kill(c, rst: true)
                 return
             }
+            if c.buf.storage == nil {  // append allocates it
+                guard bufferedBytes + c.buf.capacity <= options.maxBufferedBytes else {
+                    // A guest can cause one per connection: the log grows with the logarithm of that.
+                    bufferResets += 1
+                    if bufferResets & (bufferResets - 1) == 0 {
+                        logger.warning("vsock receive buffers exhausted: connection reset",
+                                       metadata: ["local": "\(c.key.local)", "resets": "\(bufferResets)"])
+                    }
+                    kill(c, rst: true)
+                    return
+                }
+                bufferedBytes += c.buf.capacity
+            }
             c.buf.append(from: chain.readable, offset: VsockHeader.size + written, count: rest)
         }
         maybeCreditUpdate(c)
@@ -585,8 +639,14 @@ final class VsockDevice {
                 return
             }
         }
+        if c.buf.isEmpty { releaseBuffer(c) }  // back to the shared bound while the reader keeps up
         maybeCreditUpdate(c)
         checkPeerShutdown(c)
+    }
+
+    private func releaseBuffer(_ c: Connection) {
+        if c.buf.storage != nil { bufferedBytes -= c.buf.capacity }
+        c.buf.release()
     }
 
     private func maybeCreditUpdate(_ c: Connection) {
@@ -623,9 +683,16 @@ final class VsockDevice {
 
     /// Fills rx buffers round-robin: control packets first, then one packet per ready connection in turn.
     func processRx() {
-        guard let rxq, active else { return }
+        rxPending = false
+        guard let rxq, active, !broken else { return }
+        var budget = Int(rxq.size)
         while !control.isEmpty || !rr.isEmpty {
             guard rxq.peek(into: &chain) else { break }
+            guard budget > 0 else {
+                rxPending = true
+                break
+            }
+            budget -= 1
             if !chain.valid || chain.writableLength <= VsockHeader.size {
                 rxq.commit(chain, written: 0)
                 continue
@@ -641,6 +708,7 @@ final class VsockDevice {
             schedule(c)
         }
         rxq.notifyIfNeeded()
+        if rxq.broken { ringBroken("rx") }
     }
 
     /// Builds one packet for `c` in the peeked chain (consuming it), or leaves the chain when there is nothing.

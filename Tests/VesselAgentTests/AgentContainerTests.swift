@@ -85,6 +85,28 @@ struct AgentContainerTests {
         }
     }
 
+    /// Waited for and read to EOF, an exec is gone: its id is free again and a signal sent to it
+    /// later cannot reach whatever process has its pid by then.
+    @Test func anExecThatWasWaitedAndReadIsForgotten() async throws {
+        try await withAgent { agent in
+            try await agent.run("gone", ["sleep", "1000"])
+            try await agent.exec("gone", "e1", ["sh", "-c", "echo once"])
+            #expect(try await agent.output("gone", "e1") == "once\n")
+            #expect(try await agent.output("gone", "e1", stderr: true) == "")
+            #expect(try await agent.client.wait("gone", "e1") == 0)
+            await expectError(.notFound, containing: "e1") { try await agent.client.signal("gone", "e1", signal: 9) }
+            try await agent.exec("gone", "e1", ["sh", "-c", "echo twice"])
+            #expect(try await agent.output("gone", "e1") == "twice\n")
+            #expect(try await agent.client.wait("gone", "e1") == 0)
+            // Exited but not read to EOF yet: still known, and a signal to it is a no-op.
+            try await agent.exec("gone", "e2", ["true"])
+            #expect(try await agent.client.wait("gone", "e2") == 0)
+            try await agent.client.signal("gone", "e2", signal: 9)
+            try await agent.client.signal("gone", "", signal: 9)
+            #expect(try await agent.client.wait("gone") == 137)
+        }
+    }
+
     @Test func signalAllProcessesWithEmptyExecID() async throws {
         try await withAgent { agent in
             try await agent.run("sig", ["sh", "-c", "trap 'exit 5' TERM; while :; do sleep 0.05; done"])

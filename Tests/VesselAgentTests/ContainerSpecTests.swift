@@ -19,6 +19,26 @@ struct ContainerSpecTests {
         }
     }
 
+    /// CVE-2025-31133's shape: the image's /dev/null is a symlink to a file the container must not
+    /// write; masking a path must not bind that file over it.
+    @Test func masksUseOnlyTheRealNullDevice() async throws {
+        try await withAgent { agent in
+            var spec = agent.spec(["true"])
+            spec.mounts.removeAll { $0.destination == "/dev" || $0.destination.hasPrefix("/dev/") }
+            let dev = agent.rootfs + "/dev"
+            try? FileManager.default.removeItem(atPath: dev)
+            try FileManager.default.createDirectory(atPath: dev, withIntermediateDirectories: true)
+            try FileManager.default.createSymbolicLink(atPath: dev + "/null", withDestinationPath: "/etc/masked-target")
+            try "keep\n".write(toFile: agent.rootfs + "/etc/masked-target", atomically: true, encoding: .utf8)
+            try "secret\n".write(toFile: agent.rootfs + "/etc/secret", atomically: true, encoding: .utf8)
+            spec.linux.maskedPaths = ["/etc/secret"]
+            await expectError(.invalidArgument, containing: "not the null device") {
+                try await agent.client.createContainer("mask", spec: spec)
+            }
+            #expect(try String(contentsOfFile: agent.rootfs + "/etc/masked-target", encoding: .utf8) == "keep\n")
+        }
+    }
+
     @Test func readonlyRootAndBindMounts() async throws {
         try await withAgent { agent in
             let data = agent.directory.appendingPathComponent("data").path

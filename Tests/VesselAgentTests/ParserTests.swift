@@ -2,6 +2,7 @@ import Testing
 @testable import VesselAgent
 import VesselLinux
 import VesselProtocol
+import VesselSpec
 
 /// Pure conversions: mount options, cgroup values, capability and sysctl rules.
 struct ParserTests {
@@ -40,15 +41,15 @@ struct ParserTests {
 
     @Test func capabilityNamesAndMasks() throws {
         #expect(try Capabilities.mask(["CAP_CHOWN", "net_bind_service", "CAP_CHECKPOINT_RESTORE"], field: "f") == 1 | 1 << 10 | 1 << 40)
-        #expect(throws: AgentError.self) { try Capabilities.mask(["CAP_NOPE"], field: "f") }
+        #expect(throws: SpecError.self) { try Capabilities.mask(["CAP_NOPE"], field: "f") }
     }
 
     @Test func sysctlNeedsTheMatchingNamespace() throws {
         try Sysctl.validate(["kernel.shmmax": "1", "fs.mqueue.msg_max": "10"], namespaces: [.ipc])
         try Sysctl.validate(["net.ipv4.ip_forward": "1"], namespaces: [.network])
-        #expect(throws: AgentError.self) { try Sysctl.validate(["net.ipv4.ip_forward": "1"], namespaces: [.ipc]) }
-        #expect(throws: AgentError.self) { try Sysctl.validate(["vm.swappiness": "1"], namespaces: Set(Namespace.allCases)) }
-        #expect(throws: AgentError.self) { try Sysctl.validate(["net/../../x": "1"], namespaces: Set(Namespace.allCases)) }
+        #expect(throws: SpecError.self) { try Sysctl.validate(["net.ipv4.ip_forward": "1"], namespaces: [.ipc]) }
+        #expect(throws: SpecError.self) { try Sysctl.validate(["vm.swappiness": "1"], namespaces: Set(Namespace.allCases)) }
+        #expect(throws: SpecError.self) { try Sysctl.validate(["net/../../x": "1"], namespaces: Set(Namespace.allCases)) }
     }
 
     @Test func hookStateIsJSON() {

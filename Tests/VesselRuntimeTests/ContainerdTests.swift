@@ -123,12 +123,14 @@ struct ContainerdTests {
             exec.terminate()
             exec.waitUntilExit()
         }
-        var result = CommandResult(status: 0, output: "")
-        for _ in 0..<100 {
-            result = try containerd.ctr(["task", "exec", "--exec-id", "e1", "b1", "true"])
-            if result.output.contains("already exists") { break }
+        // Until the first e1 runs (the agent forgets an exec once it was waited for and read, so
+        // a second e1 that wins the race would simply run).
+        for probe in 0..<100 {
+            let ps = try containerd.ctr(["task", "exec", "--exec-id", "probe\(probe)", "b1", "sh", "-c", "ps | grep -c '[s]leep 1000'"])
+            if ps.output.trimmingCharacters(in: .whitespacesAndNewlines) == "2" { break }
             usleep(100_000)
         }
+        var result = try containerd.ctr(["task", "exec", "--exec-id", "e1", "b1", "true"])
         #expect(result.status != 0 && result.output.contains("exec id e1 already exists in container b1"), "\(result.output)")
         result = try containerd.ctr(["task", "exec", "--exec-id", "e2", "--cwd", "relative/dir", "b1", "true"])
         #expect(result.status != 0 && result.output.contains("process.cwd \"relative/dir\" is not an absolute path"), "\(result.output)")

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VesselDevSupport
+import VesselLinux
 @testable import VesselContainerd
 @testable import VesselCore
 @testable import VesselOCI
@@ -82,6 +83,8 @@ struct BundleTests {
         #expect(guest.rootfs == dir + "/rootfs")
         let data = guest.guestSpec.mounts.first { $0.destination == "/data" }
         #expect(data?.source.hasPrefix("/run/vessel/shared/c1/m") == true)
+        // As under runc, the bind's root in the guest's mountinfo ends in the source's own name.
+        #expect(data?.source.hasSuffix("/volume") == true, "\(data?.source ?? "")")
         #expect(guest.hostMounts.contains { $0.source == volume && $0.readOnly && $0.name.hasPrefix("c1/") })
         // The pod's one /dev/shm tmpfs in the guest, not a 9p file.
         let shm = guest.guestSpec.mounts.last { $0.destination == "/dev/shm" }
@@ -232,6 +235,172 @@ struct SharedMountTests {
             _ = try SharedMounts.make([.init(source: dir + "/missing", name: "m0", readOnly: false)], in: dir + "/shared2")
         }
         #expect(!(try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)).contains(dir + "/shared2"))
+    }
+}
+
+/// The per-mount options (field 6 of mountinfo) of the mount at `path`, the newest if stacked.
+func mountOptions(_ path: String) -> Set<String>? {
+    let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
+    let line = text.split(separator: "\n").last { $0.split(separator: " ")[4] == path }
+    return line.map { Set($0.split(separator: " ")[5].split(separator: ",").map(String.init)) }
+}
+
+struct InertShareTests {
+    /// A source with a tmpfs mounted below it, as a docker volume holding another mount.
+    func withSubmountedSource(_ body: (_ dir: String, _ source: String) throws -> Void) throws {
+        let dir = try temporaryDirectory()
+        let source = dir + "/src"
+        try FileManager.default.createDirectory(atPath: source + "/sub", withIntermediateDirectories: true)
+        try Linux.mount("tmpfs", source + "/sub", "tmpfs", 0, "size=1m")
+        defer {
+            _ = umount2(source + "/sub", Int32(MNT_DETACH))
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        try "s".write(toFile: source + "/sub/file", atomically: false, encoding: .utf8)
+        try body(dir, source)
+    }
+
+    @Test func sharesAreNosuidNodevNoexecAndReadOnlyAllTheWayDown() throws { try withSubmountedSource { dir, source in
+        let made = try SharedMounts.make([.init(source: source, name: "ro", readOnly: true),
+                                          .init(source: source, name: "rw", readOnly: false)], in: dir + "/shared")
+        defer { SharedMounts.release(made) }
+        for (name, readOnly) in [("ro", true), ("rw", false)] {
+            for path in [dir + "/shared/" + name, dir + "/shared/" + name + "/sub"] {
+                let options = try #require(mountOptions(path), "\(path) is not a mount point")
+                #expect(options.isSuperset(of: ["nosuid", "nodev", "noexec"]), "\(path): \(options)")
+                #expect(options.contains(readOnly ? "ro" : "rw"), "\(path): \(options)")
+            }
+        }
+        #expect(open(dir + "/shared/ro/sub/file", O_WRONLY) < 0 && errno == EROFS, "the submount of a read-only share is writable")
+    } }
+
+    @Test func bindIsNotRecursiveButRbindIs() throws { try withSubmountedSource { dir, source in
+        let bundle = try BundleTests().bundle(["mounts": [
+            ["destination": "/a", "type": "bind", "source": source, "options": ["bind"]],
+            ["destination": "/b", "type": "bind", "source": source, "options": ["rbind"]],
+        ]])
+        defer { try? FileManager.default.removeItem(atPath: bundle) }
+        let guest = try GuestBundle(bundle: bundle, container: "c")
+        let made = try SharedMounts.make(guest.hostMounts, in: dir + "/shared")
+        defer { SharedMounts.release(made) }
+        #expect(!FileManager.default.fileExists(atPath: dir + "/shared/c/m0/src/sub/file"), "bind carried the submount along")
+        #expect(FileManager.default.fileExists(atPath: dir + "/shared/c/m1/src/sub/file"), "rbind left the submount out")
+    } }
+
+    @Test func aReadOnlyRootGetsItsMountPointsInsideItBeforeItTurnsReadOnly() throws {
+        let bundle = try BundleTests().bundle(["root": ["path": "rootfs", "readonly": true], "mounts": [
+            ["destination": "/proc", "type": "proc", "source": "proc"],
+            ["destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "ro"]],
+        ]])
+        defer { try? FileManager.default.removeItem(atPath: bundle) }
+        let rootfs = bundle + "/rootfs"
+        // The image points /etc outside itself: the mount point must still land inside the rootfs.
+        let outside = bundle + "/outside-" + UUID().uuidString.prefix(6)
+        try? FileManager.default.removeItem(atPath: rootfs + "/etc")
+        try FileManager.default.createSymbolicLink(atPath: rootfs + "/etc", withDestinationPath: outside)
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: rootfs + outside, withIntermediateDirectories: true)
+        try? FileManager.default.removeItem(atPath: rootfs + "/proc")
+        let guest = try GuestBundle(bundle: bundle, container: "c")
+        #expect(guest.hostMounts[0].readOnly)
+        let made = try SharedMounts.make(guest.hostMounts, in: bundle + "/shared")
+        defer { SharedMounts.release(made) }
+        #expect(Linux.isDirectory(rootfs + "/proc"))
+        #expect(FileManager.default.fileExists(atPath: rootfs + outside + "/hosts"), "the mount point was not made inside the rootfs")
+        #expect(!FileManager.default.fileExists(atPath: outside + "/hosts"), "a mount point was made outside the rootfs")
+        #expect(mountOptions(bundle + "/shared/c/rootfs")?.contains("ro") == true)
+    }
+
+    @Test func theShareRootIsASmallInertTmpfs() throws {
+        let dir = try temporaryDirectory()
+        defer {
+            _ = umount2(dir + "/shared", Int32(MNT_DETACH))
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        try SharedMounts.makeRoot(dir + "/shared")
+        let options = try #require(mountOptions(dir + "/shared"))
+        #expect(options.isSuperset(of: ["nosuid", "nodev", "noexec"]), "\(options)")
+    }
+}
+
+struct HostSpecCheckTests {
+    @Test func badSpecsFailOnTheHostNamingTheField() throws {
+        for (extra, fragment) in [
+            (["process": ["user": ["uid": 0, "gid": 0], "cwd": "/", "args": ["sh"], "capabilities": ["bounding": ["CAP_NOPE"]]]],
+             "unknown capability \"CAP_NOPE\""),
+            (["linux": ["namespaces": [["type": "user"]]]], "user namespaces are not supported"),
+            (["linux": ["namespaces": [["type": "bogus"]]]], "is not a namespace type"),
+            (["linux": ["seccomp": ["defaultAction": "SCMP_ACT_NOPE"]]], "is not a seccomp action"),
+            (["linux": ["sysctl": ["vm.swappiness": "1"]]], "not a namespaced sysctl"),
+            (["mounts": [["destination": "/x", "type": "bind", "options": ["rbind"]]]], "a bind mount needs a source"),
+        ] as [([String: Any], String)] {
+            let bundle = try BundleTests().bundle(extra)
+            defer { try? FileManager.default.removeItem(atPath: bundle) }
+            expectError(fragment) { _ = try GuestBundle(bundle: bundle, container: "c") }
+        }
+    }
+
+    /// The guest's kernel could ignore its cgroups: the host holds QEMU to the container's CPU.
+    @Test func cpuLimitsReachTheHostCgroupInEveryHierarchy() throws {
+        let name = "vessel-cpu-test-\(getpid())"
+        let made = HostCgroup.hierarchies().map { $0 + "/" + name }.filter { mkdir($0, 0o755) == 0 }
+        defer { for dir in made { rmdir(dir) } }
+        var cpu = OCISpec.CPU()
+        cpu.quota = 50_000
+        cpu.period = 100_000
+        cpu.shares = 512
+        var warnings: [String] = []
+        HostCgroup.limitCPU(cpu, in: made) { warnings.append($0) }
+        #expect(warnings.isEmpty, "\(warnings)")
+        var checked = 0
+        for dir in made {
+            if let quota = try? Linux.readFile(dir + "/cpu.cfs_quota_us") {
+                #expect(quota.trimmingCharacters(in: .whitespacesAndNewlines) == "50000")
+                checked += 1
+            }
+            if let max = try? Linux.readFile(dir + "/cpu.max") {
+                #expect(max.trimmingCharacters(in: .whitespacesAndNewlines) == "50000 100000")
+                checked += 1
+            }
+        }
+        #expect(checked > 0, "no hierarchy with a cpu controller among \(made)")
+    }
+
+    @Test func theGuestNeverGetsHostCPUNumbers() throws {
+        let bundle = try BundleTests().bundle(["linux": ["resources": ["cpu": ["cpus": "0-63", "mems": "1", "quota": 1000]]]])
+        defer { try? FileManager.default.removeItem(atPath: bundle) }
+        let cpu = try GuestBundle(bundle: bundle, container: "c").guestSpec.linux.resources.cpu
+        #expect(cpu.cpus.isEmpty && cpu.mems.isEmpty && cpu.quota == 1000)
+    }
+
+    @Test func cgroupPathsStayBelowTheHierarchyRoot() {
+        #expect(HostCgroup.relativePath(cgroupsPath: "../../etc:x:y", id: "c") == "etc/x-y.scope")
+        #expect(HostCgroup.relativePath(cgroupsPath: "system.slice:docker:abc", id: "c") == "system.slice/docker-abc.scope")
+        #expect(HostCgroup.relativePath(cgroupsPath: "/../..", id: "c") == "vessel/c")
+        #expect(HostCgroup.relativePath(cgroupsPath: "..:..:..", id: "c").split(separator: "/").allSatisfy { $0 != ".." })
+    }
+
+    @Test func execUserMustBeNumbers() throws {
+        expectError("expected UID[:GID] as numbers") { _ = try CLI.user("1000:abc") }
+        expectError("expected UID[:GID] as numbers") { _ = try CLI.user("abc") }
+        expectError("expected UID[:GID] as numbers") { _ = try CLI.user("1:2:3") }
+        #expect(try CLI.user("1000:5")! == (1000, 5))
+        #expect(try CLI.user("7")! == (7, 0))
+    }
+}
+
+struct HostHookTests {
+    /// poststart and poststop: a failing hook is a warning, the next one still runs (runtime spec).
+    @Test func laterHooksRunAfterAFailingOne() throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let hooks = [OCISpec.Hook(path: "/bin/sh", args: ["sh", "-c", "exit 4"]),
+                     OCISpec.Hook(path: "/bin/sh", args: ["sh", "-c", "cat > \(dir)/second"])]
+        var warnings: [String] = []
+        HostHooks.runAll(hooks, state: ["id": "h"], name: "poststop") { warnings.append($0.message) }
+        #expect(warnings.count == 1 && warnings[0].contains("exited with status 4"), "\(warnings)")
+        #expect((try? String(contentsOfFile: dir + "/second", encoding: .utf8))?.contains("\"id\":\"h\"") == true)
+        expectError("exited with status 4") { try HostHooks.run(hooks, state: [:], name: "prestart") }
     }
 }
 

@@ -3,6 +3,7 @@ import Foundation
 import Testing
 import VesselDevSupport
 import VesselCore
+import VesselVM
 
 /// `vessel` driving real QEMU guests (TCG here): the built kernel and initrd, a busybox bundle.
 @Suite(.serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
@@ -48,11 +49,31 @@ struct VMRuntimeTests {
         #expect(result.stdout.contains("cgroup2") && result.stdout.contains("pids"), "\(result.stdout) \(result.stderr)")
         result = try cli.run(["ps", "--format", "json", "c1"])
         #expect(result.stdout.contains("\(pid)"))
+        // The pid callers get is in the container's host cgroup, as runc's container process is.
+        let monitorCgroups = (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)) ?? ""
+        #expect(monitorCgroups.contains("/vessel/c1"), "\(monitorCgroups)")
+        // runc's exec flags act (or are refused), never silently ignored.
+        result = try cli.run(["exec", "--cap", "CAP_SYS_ADMIN", "--no-new-privs", "-u", "1000:1001", "c1",
+                              "sh", "-c", "grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status; id -u; id -g"])
+        let lines = result.stdout.split(separator: "\n").map { $0.split(separator: "\t").last.map(String.init) ?? "" }
+        #expect(lines.count == 4 && (UInt64(lines[0], radix: 16) ?? 0) & (1 << 21) != 0 && lines[1] == "1"
+                && lines[2] == "1000" && lines[3] == "1001", "\(result.stdout) \(result.stderr)")
+        result = try cli.run(["exec", "-u", "1000:abc", "c1", "true"])
+        #expect(result.status == 1 && result.stderr.contains("expected UID[:GID] as numbers"), "\(result.stderr)")
+        result = try cli.run(["exec", "--cgroup", "x", "c1", "true"])
+        #expect(result.status == 1 && result.stderr.contains("--cgroup"), "\(result.stderr)")
 
         #expect(try cli.run(["pause", "c1"]).status == 0)
         #expect(try cli.state("c1")["status"] as? String == "paused")
         #expect(try cli.run(["resume", "c1"]).status == 0)
         #expect(try cli.state("c1")["status"] as? String == "running")
+        // CPU limits hold QEMU on the host too; host CPU numbers stay out of the 1-vCPU guest.
+        result = try cli.run(["update", "--cpu-quota", "50000", "--cpu-period", "100000", "--cpuset-cpus", "0-1", "c1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let hostLimits = try cli.sandbox("c1").hostCgroups.flatMap { dir in
+            ["cpu.cfs_quota_us", "cpu.max"].compactMap { try? String(contentsOfFile: dir + "/" + $0, encoding: .utf8) }
+        }
+        #expect(hostLimits.contains { $0.hasPrefix("50000") }, "\(hostLimits)")
 
         result = try cli.run(["delete", "c1"])
         #expect(result.status == 1 && result.stderr.contains("cannot delete container c1 that is not stopped: running"), "\(result.stderr)")
@@ -224,19 +245,43 @@ extension VMRuntimeTests {
         defer { cli.cleanUp() }
         let bundle = try cli.bundle(["sh", "-c", "umount -l / 2>&1; cd /; ls /init 2>/dev/null || echo no-agent-here; sleep 1000"])
         try editSpec(bundle) { setCapabilities(&$0, ["CAP_SYS_ADMIN", "CAP_SYS_CHROOT", "CAP_KILL"]) }
-        let output = cli.directory + "/root1.out"
-        #expect(try cli.run(["run", "--detach", "--bundle", bundle, "root1"], stdoutFile: output).status == 0)
-        var seen = ""
-        for _ in 0..<150 where !seen.contains("no-agent-here") {
-            usleep(200_000)
-            seen = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
-        }
+        let seen = try runDetached(cli, bundle, "root1", until: "no-agent-here")
         #expect(seen.contains("no-agent-here"), "\(seen)")
         let console = (try? String(contentsOfFile: SandboxPaths(root: cli.root, id: "root1").consoleLog, encoding: .utf8)) ?? ""
         #expect(console.contains("containers enter their root with pivot_root"), "\(console.suffix(2000))")
         #expect(!console.contains("MS_MOVE and chroot"))
         #expect(try cli.run(["delete", "--force", "root1"]).status == 0)
         try cli.expectNothingLeft("root1")
+    }
+
+    /// What the guest drives on the host: QEMU under seccomp with no_new_privs and only the
+    /// capabilities 9p needs; the share nosuid, nodev and noexec on the host, all the way down.
+    @Test func qemuIsConfinedAndTheShareIsInertOnTheHost() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sh", "-c", "chmod 4755 /bin/busybox && echo made; sleep 1000"])
+        try editSpec(bundle) { setCapabilities(&$0, ["CAP_FOWNER", "CAP_FSETID", "CAP_KILL"]) }
+        let seen = try runDetached(cli, bundle, "inert", until: "made")
+        #expect(seen.contains("made"), "\(seen)")
+        let qemu = try cli.sandbox("inert").qemuPid
+        let status = try String(contentsOfFile: "/proc/\(qemu)/status", encoding: .utf8)
+        let field = { (name: String) in
+            status.split(separator: "\n").first { $0.hasPrefix(name + ":") }?.split(separator: "\t").last.map(String.init) ?? ""
+        }
+        #expect(field("Seccomp") == "2", "QEMU runs without its seccomp sandbox")
+        #expect(field("NoNewPrivs") == "1")
+        #expect(UInt64(field("CapBnd"), radix: 16) == VMConfig.keptCapabilities, "CapBnd \(field("CapBnd"))")
+        let shared = SandboxPaths(root: cli.root, id: "inert").shared
+        for path in [shared, shared + "/inert/rootfs"] {
+            let options = mountOptions(path) ?? []
+            #expect(options.isSuperset(of: ["nosuid", "nodev", "noexec"]), "\(path): \(options)")
+        }
+        // The guest made a setuid-root binary; through the share the host cannot even execute it.
+        var st = stat()
+        #expect(stat(shared + "/inert/rootfs/bin/busybox", &st) == 0 && st.st_mode & S_ISUID != 0)
+        #expect(access(shared + "/inert/rootfs/bin/busybox", X_OK) != 0 && errno == EACCES)
+        #expect(try cli.run(["delete", "--force", "inert"]).status == 0)
+        try cli.expectNothingLeft("inert")
     }
 
     /// A process without `capabilities` gets none, as under runc.
@@ -431,6 +476,19 @@ func setCapabilities(_ spec: inout [String: Any], _ capabilities: [String]) {
 /// `create ID` of a sleeping container, running on a thread of its own (blocking calls on the
 /// cooperative pool, 2 threads here, starve the other suites and this polling) until its QEMU
 /// has started: the create, and the sandbox record that names QEMU.
+/// `vessel run --detach`, then its stdout until `marker` shows up (30 s at most).
+func runDetached(_ cli: VesselCLI, _ bundle: String, _ id: String, until marker: String) throws -> String {
+    let output = cli.directory + "/\(id).out"
+    let status = try cli.run(["run", "--detach", "--bundle", bundle, id], stdoutFile: output).status
+    guard status == 0 else { return "run --detach \(id) exited \(status)" }
+    var seen = ""
+    for _ in 0..<150 where !seen.contains(marker) {
+        usleep(200_000)
+        seen = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+    }
+    return seen
+}
+
 func createUntilQEMUStarts(_ cli: VesselCLI, _ id: String) throws -> (Background<VesselCLI.Result>, SandboxRecord) {
     let bundle = try cli.bundle(["sleep", "1000"])
     let create = Background { try cli.run(["create", "--bundle", bundle, id]) }

@@ -447,4 +447,132 @@ final class DeviceHarness {
         let p = t.driver.receive()
         #expect(p.contains { $0.0.operation == .request && $0.0.dstPort == 1024 })
     }
+
+    // A guest that publishes an avail index more than a ring ahead of us has garbage in its ring: walking the
+    // "entries" would replay stale descriptors thousands of times. The device stops instead, and drops its
+    // connections so that host clients are not left waiting on a guest that cannot be reached.
+    @Test func availIndexJumpingAheadStopsTheDevice() throws {
+        let t = try DeviceHarness()
+        let host = try t.guestConnect(src: 1000, port: 5000)
+        defer { close(host) }
+        let txq = try #require(t.device.txq)
+        let before = txq.lastAvail
+        t.driver.forceAvailIdx(rx: false, t.driver.tx.availIdx &+ 5000)
+        t.pump()
+        #expect(txq.lastAvail == before, "the device walked \(txq.lastAvail &- before) bogus entries")
+        #expect(t.device.connectionCount == 0)
+        #expect(readSome(host) == nil)
+        // Until the guest resets the device, nothing more is taken from its rings.
+        t.driver.forceAvailIdx(rx: false, before)
+        t.driver.sendTx(t.g(.request, src: 1001, dst: 5000))
+        t.pump()
+        #expect(txq.lastAvail == before)
+        // A device start (new rings) works again.
+        let (rq, tq) = try t.driver.makeQueues(memory: t.driver.memory, rxBase: t.device.rxq!.lastAvail,
+                                               txBase: before)
+        t.device.deactivate()
+        t.device.activate(rx: rq, tx: tq)
+        t.driver.postRx(4)
+        t.pump()
+        #expect(t.driver.receive().map(\.0.operation) == [.response])
+    }
+
+    // A guest vCPU can refill a ring as fast as the backend drains it; one call must still end (a ring's worth at
+    // most) so that host sockets, timers and stop() get their turn.
+    @Test func aGuestRefillingTheTxRingCannotHoldTheLoop() throws {
+        let t = try DeviceHarness()
+        // Descriptor 0: a packet from a spoofed CID, dropped at once (and counted).
+        var h = t.g(.rw, src: 1, dst: 2)
+        h.srcCID = 99
+        h.encode(to: t.driver.mem + t.driver.tx.bufOffset)
+        t.driver.publishRawTx(addr: t.driver.gpaBase + UInt64(t.driver.tx.bufOffset), len: 44, flags: 0, next: 0)
+        let stop = Flag()
+        let producer = t.driver.refillForever(rx: false, head: 0, stop: stop, limit: 300_000)
+        var most = 0
+        let t0 = nowMs()
+        while nowMs() - t0 < 1500 {
+            let before = t.device.droppedPackets
+            t.device.processTx()
+            most = max(most, t.device.droppedPackets - before)
+        }
+        stop.set()
+        producer.join()
+        #expect(most > 0)
+        #expect(most <= Int(FakeDriver.queueSize), "one processTx call handled \(most) packets")
+    }
+
+    @Test func aGuestRefillingTheRxRingCannotHoldTheLoop() throws {
+        let t = try DeviceHarness()
+        t.driver.sendTx(t.g(.rw, src: 1, dst: 5002), [1])  // no connection: an RST waits for an rx buffer
+        t.device.processTx()
+        // Every rx "buffer" lies outside guest memory: each is consumed as broken, none can carry the RST.
+        let head = t.driver.rx.free.removeLast()
+        let d = t.driver.mem + t.driver.rx.ringOffset + 16 * Int(head)
+        d.storeBytes(of: UInt64(0x10).littleEndian, toByteOffset: 0, as: UInt64.self)
+        d.storeBytes(of: UInt32(4096).littleEndian, toByteOffset: 8, as: UInt32.self)
+        d.storeBytes(of: UInt16(2).littleEndian, toByteOffset: 12, as: UInt16.self)
+        let rxq = try #require(t.device.rxq)
+        let stop = Flag()
+        let producer = t.driver.refillForever(rx: true, head: head, stop: stop, limit: 300_000)
+        var most = 0
+        let t0 = nowMs()
+        while nowMs() - t0 < 1500 {
+            let before = rxq.brokenChains
+            t.device.processRx()
+            most = max(most, rxq.brokenChains - before)
+        }
+        stop.set()
+        producer.join()
+        #expect(most > 0)
+        #expect(most <= Int(FakeDriver.queueSize), "one processRx call consumed \(most) buffers")
+    }
+
+    // Every stream's buffer is credit the guest was given, but a guest with thousands of streams towards host
+    // readers that never read would pin 256 KiB each (1 GiB at the connection cap): with the defaults the device
+    // holds at most 32 MiB of receive buffers, and a stream that would need more is reset.
+    @Test func receiveBuffersOfAllStreamsAreBounded() throws {
+        let t = try DeviceHarness()
+        let l = try t.listen(port: 5000)
+        var hostFds: [Int32] = []
+        defer { for fd in hostFds { close(fd) } }
+        let payload = [UInt8](repeating: 0x42, count: 60_000)
+        func buffered() -> Int {
+            t.device.conns.values.reduce(0) { $0 + ($1.buf.storage == nil ? 0 : $1.buf.capacity) }
+        }
+        var most = 0
+        for i in 0..<160 {
+            let src = UInt32(10_000 + i)
+            t.driver.postRx(2)
+            t.driver.sendTx(t.g(.request, src: src, dst: 5000))
+            t.device.processTx()
+            t.device.processRx()
+            _ = t.driver.receive()
+            let fd = cvv_accept(l)
+            if fd >= 0 { hostFds.append(fd) }
+            // ~400 KB within the stream's credit; the host side never reads.
+            for _ in 0..<7 {
+                t.driver.reclaimTx()
+                t.driver.sendTx(t.g(.rw, src: src, dst: 5000), payload)
+                t.device.processTx()
+            }
+            t.driver.reclaimTx()
+            most = max(most, buffered())
+        }
+        #expect(hostFds.count == 160)
+        #expect(most > 16 << 20, "the streams did buffer")
+        #expect(most <= 32 << 20, "\(most >> 20) MiB of receive buffers for \(t.device.connectionCount) streams")
+        t.driver.postRx(32)
+        t.pump()
+        #expect(t.driver.receive().contains { $0.0.operation == .rst }, "the streams beyond the bound are reset")
+        // Once the readers catch up the buffers go back to the shared bound.
+        for fd in hostFds { setNonBlocking(fd) }
+        var buf = [UInt8](repeating: 0, count: 1 << 16)
+        for _ in 0..<40 where t.device.bufferedBytes > 0 {
+            for fd in hostFds { while buf.withUnsafeMutableBytes({ read(fd, $0.baseAddress, 1 << 16) }) > 0 {} }
+            t.driver.postRx(32)
+            t.pump(1)
+            _ = t.driver.receive()
+        }
+        #expect(t.device.bufferedBytes == 0)
+    }
 }

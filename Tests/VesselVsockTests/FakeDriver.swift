@@ -1,4 +1,5 @@
 import CVesselVsock
+import Synchronization
 import Testing
 
 @testable import VesselVsock
@@ -92,6 +93,37 @@ final class FakeDriver {
         writeDesc(tx, head, addr: addr, len: len, flags: flags, next: next)
         tx.chainOf[head] = [head]
         publish(&tx, head: head)
+    }
+
+    /// Publishes `idx` as the available index without posting anything (a driver lying about its ring).
+    func forceAvailIdx(rx isRx: Bool, _ idx: UInt16) {
+        cvv_store_release_u16(mem + (isRx ? rx : tx).ringOffset + 0x1000 + 2, idx.littleEndian)
+        if isRx { rx.availIdx = idx } else { tx.availIdx = idx }
+    }
+
+    /// Keeps a ring full from another thread, as a guest vCPU can: every slot names descriptor `head`, and the
+    /// available index follows the used index until `stop` is set or `limit` entries were published.
+    func refillForever(rx isRx: Bool, head: UInt16, stop: Flag, limit: Int) -> ThreadRunner {
+        let q = isRx ? rx : tx
+        let ring = Int(bitPattern: mem + q.ringOffset)
+        let start = q.availIdx
+        let n = FakeDriver.queueSize
+        for slot in 0..<Int(n) {
+            (mem + q.ringOffset + 0x1000).storeBytes(of: head.littleEndian, toByteOffset: 4 + 2 * slot, as: UInt16.self)
+        }
+        return ThreadRunner { [stop] in
+            let base = UnsafeMutableRawPointer(bitPattern: ring)!
+            var avail = start
+            var published = 0
+            while !stop.isSet && published < limit {
+                let used = UInt16(littleEndian: cvv_load_acquire_u16(base + 0x2000 + 2))
+                if avail &- used < n {
+                    avail &+= 1
+                    published += 1
+                    cvv_store_release_u16(base + 0x1000 + 2, avail.littleEndian)
+                }
+            }
+        }
     }
 
     /// Posts `count` receive buffers: header and payload in two descriptors (as Linux 6.1 does) or one.
@@ -191,6 +223,13 @@ final class FakeDriver {
         }
         return out
     }
+}
+
+/// A flag one thread sets and others poll.
+final class Flag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
 }
 
 /// A temporary directory for sockets (short paths: sun_path is 108 bytes).

@@ -21,10 +21,11 @@ struct vessel_fd_map {
 /// Returns the child's pid (or -errno when clone failed); an exec failure is stored in *exec_errno, read from a
 /// close-on-exec pipe as posix_spawn does; the failed child is then reaped by the caller's reaper.
 /// `pdeathsig` (0 = none) is sent to the child when the calling *thread* exits; `new_session` runs setsid();
-/// `cgroup_fd` (-1 = none) is a cgroup v2 directory the child starts in.
+/// `cgroup_fd` (-1 = none) is a cgroup v2 directory the child starts in; `keep_caps` (~0 = all) is the
+/// bounding set the child keeps (bit n = capability n), with no_new_privs whenever it drops any.
 pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
                    const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno,
-                   int pdeathsig, int new_session, int cgroup_fd);
+                   int pdeathsig, int new_session, int cgroup_fd, uint64_t keep_caps);
 
 /// fork() whose child becomes a child of our parent (CLONE_PARENT): the exec helper uses it so that
 /// exec'd processes are children of the agent, which reaps them. Returns like fork.
@@ -39,9 +40,12 @@ int vessel_set_ctty(int fd);
 int vessel_set_winsize(int fd, uint16_t rows, uint16_t cols);
 int vessel_set_child_subreaper(void);
 int vessel_set_pdeathsig(int sig);
+int vessel_set_dumpable(int on);
 /// openat2(2) with a resolve mask (RESOLVE_BENEATH = 0x08, RESOLVE_IN_ROOT = 0x10, RESOLVE_NO_SYMLINKS = 0x04,
 /// RESOLVE_NO_MAGICLINKS = 0x02). Returns an fd or -1 with errno.
 int vessel_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve);
+/// mount_setattr(2) (AT_RECURSIVE = 0x8000 for a whole tree); MOUNT_ATTR_* bits. Returns 0 or -1 with errno.
+int vessel_mount_setattr(int dirfd, const char *path, unsigned int flags, uint64_t attr_set, uint64_t attr_clr);
 /// Opens a new pty master (O_RDWR|O_NOCTTY|O_CLOEXEC) and its slave; returns 0 or -errno.
 int vessel_openpty(int *master, int *slave);
 int vessel_execveat(int fd, char *const argv[], char *const envp[]);

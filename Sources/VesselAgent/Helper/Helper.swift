@@ -31,6 +31,9 @@ public enum Helper {
         // Everything but stdio must vanish at exec, including the sync socket: its EOF tells the
         // agent that exec succeeded.
         vessel_cloexec_from(3)
+        // Not dumpable until execve (which makes it dumpable again): a process of the container
+        // must not ptrace the helper or open its /proc/PID/fd while it holds the agent's socket.
+        vessel_set_dumpable(0)
         do {
             guard let bytes = try Linux.receiveMessage(syncFD) else { exit(1) }
             let config = try Vessel_HelperConfig(serializedBytes: bytes)

@@ -1,6 +1,7 @@
 import CVessel
 import VesselLinux
 import VesselProtocol
+import VesselSpec
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -64,14 +64,22 @@ struct RootfsSetup {
         try Linux.mount("", path, nil, MountFlags([.bind, .remount, .readOnly, .recursive]).rawValue, nil)
     }
 
-    /// Files are covered with /dev/null, directories with an empty read-only tmpfs.
+    /// Files are covered with /dev/null, directories with an empty read-only tmpfs. The image may
+    /// have made its own /dev/null anything (a symlink to /proc/sys/kernel/core_pattern: the
+    /// CVE-2025-31133 class), so the mask binds only the real null device, by fd.
     private func mask(_ path: String) throws {
         guard Linux.exists(path) else { return }
         if Linux.isDirectory(path) {
             try Linux.mount("tmpfs", path, "tmpfs", MountFlags.readOnly.rawValue, "size=0k,mode=0755")
-        } else {
-            try Linux.mount("/dev/null", path, nil, MountFlags.bind.rawValue, nil)
+            return
         }
+        let null = try Linux.open("/dev/null", VESSEL_O_PATH | O_NOFOLLOW)
+        defer { Linux.close(null) }
+        var st = stat()
+        guard fstat(null, &st) == 0, (st.st_mode & S_IFMT) == S_IFCHR, st.st_rdev == 0x103 else {  // makedev(1, 3)
+            throw LinuxError(stage: "mask \(path)", errno: EPERM, detail: "the container's /dev/null is not the null device (1:3)")
+        }
+        try Linux.mount(procFDPath(null), path, nil, MountFlags.bind.rawValue, nil)
     }
 
     private func createDevice(_ device: Grpc_LinuxDevice, field: String, rooted: RootedPath) throws {

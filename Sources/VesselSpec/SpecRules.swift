@@ -1,0 +1,88 @@
+import VesselLinux
+import VesselProtocol
+
+/// The one error of a spec check: a line naming the field that is wrong and why.
+public struct SpecError: Error, Sendable, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
+    public init(_ message: String) { self.message = message }
+}
+
+/// What makes a container spec acceptable, checked by the agent for every request and by the host
+/// before it boots a VM for one: the same rules in one place, so a typo in a capability name costs
+/// a line of output, not a guest boot.
+public enum SpecRules {
+    /// Ids become path components (cgroups, /run): a safe alphabet, like runc's.
+    public static func identifier(_ id: String, field: String) throws(SpecError) {
+        let allowed = id.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || c == 0x2d || c == 0x5f || c == 0x2e
+        }
+        guard !id.isEmpty, id.utf8.count <= 128, allowed, id != ".", id != ".." else {
+            throw SpecError("\(field) \"\(id)\" is invalid: use 1-128 of [A-Za-z0-9_.-]")
+        }
+    }
+
+    /// Returns the namespaces to create. A mount namespace is always created: pivot_root in the
+    /// agent's own namespace would take the agent's root away. Whether the root exists is the
+    /// guest's to check (only there does the path mean something).
+    public static func spec(_ spec: Grpc_Spec) throws(SpecError) -> Set<Namespace> {
+        guard spec.hasProcess else { throw SpecError("OCI.process is missing") }
+        try process(spec.process, field: "OCI.process")
+        let root = spec.root.path
+        guard root.hasPrefix("/") else {
+            throw SpecError("OCI.root.path \"\(root)\" must be an absolute path")
+        }
+        var namespaces: Set<Namespace> = [.mount]
+        for (index, entry) in spec.linux.namespaces.enumerated() {
+            guard let namespace = Namespace(oci: entry.type) else {
+                throw SpecError("OCI.linux.namespaces[\(index)].type \"\(entry.type)\" is not a namespace type")
+            }
+            if namespace == .user {
+                throw SpecError("OCI.linux.namespaces[\(index)]: user namespaces are not supported")
+            }
+            // A path means "join the sandbox's": inside the VM the containers already share it.
+            if entry.path.isEmpty { namespaces.insert(namespace) }
+        }
+        for (index, mount) in spec.mounts.enumerated() {
+            guard mount.destination.hasPrefix("/") else {
+                throw SpecError("OCI.mounts[\(index)].destination \"\(mount.destination)\" must be absolute")
+            }
+            if mount.destination.split(separator: "/").contains("..") {
+                throw SpecError("OCI.mounts[\(index)].destination \"\(mount.destination)\" escapes the rootfs with '..'")
+            }
+        }
+        try Sysctl.validate(spec.linux.sysctl, namespaces: namespaces)
+        if spec.linux.hasSeccomp { try SeccompSpec.validate(spec.linux.seccomp) }
+        for (index, device) in spec.linux.devices.enumerated() {
+            let field = "OCI.linux.devices[\(index)]"
+            guard ["c", "b", "u", "p"].contains(device.type) else {
+                throw SpecError("\(field).type \"\(device.type)\" is not one of c, b, u, p")
+            }
+            guard device.path.hasPrefix("/"), !device.path.split(separator: "/").contains("..") else {
+                throw SpecError("\(field).path \"\(device.path)\" must be absolute and stay in the rootfs")
+            }
+        }
+        for (index, rule) in spec.linux.resources.devices.enumerated() where !rule.access.lowercased().allSatisfy({ "rwm".contains($0) }) {
+            throw SpecError("OCI.linux.resources.devices[\(index)].access \"\(rule.access)\" may only hold r, w and m")
+        }
+        for (index, path) in (spec.linux.maskedPaths + spec.linux.readonlyPaths).enumerated() where !path.hasPrefix("/") {
+            throw SpecError("OCI.linux masked/readonly path #\(index) \"\(path)\" must be absolute")
+        }
+        if !["", "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"].contains(spec.linux.rootfsPropagation) {
+            throw SpecError("OCI.linux.rootfsPropagation \"\(spec.linux.rootfsPropagation)\" is not a propagation type")
+        }
+        return namespaces
+    }
+
+
+    public static func process(_ process: Grpc_Process, field: String) throws(SpecError) {
+        guard let first = process.args.first, !first.isEmpty else {
+            throw SpecError("\(field).args is empty")
+        }
+        if !process.cwd.isEmpty && !process.cwd.hasPrefix("/") {
+            throw SpecError("\(field).cwd \"\(process.cwd)\" must be absolute")
+        }
+        _ = try Capabilities.sets(process, field: field)
+        try Rlimits.validate(process, field: field)
+    }
+}
