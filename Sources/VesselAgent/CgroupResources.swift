@@ -30,8 +30,7 @@ enum CgroupResources {
             let c = r.cpu
             if c.shares != 0 { writes.append(Write(file: "cpu.weight", value: String(weight(shares: c.shares)))) }
             if c.quota != 0 || c.period != 0 {
-                let period = c.period == 0 ? 100_000 : c.period
-                writes.append(Write(file: "cpu.max", value: "\(c.quota > 0 ? String(c.quota) : "max") \(period)"))
+                writes.append(Write(file: "cpu.max", value: CgroupConversion.cpuMax(quota: c.quota, period: c.period)))
             }
             if !c.cpus.isEmpty { writes.append(Write(file: "cpuset.cpus", value: c.cpus)) }
             if !c.mems.isEmpty { writes.append(Write(file: "cpuset.mems", value: c.mems)) }

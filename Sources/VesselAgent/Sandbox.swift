@@ -306,12 +306,15 @@ public actor Sandbox {
         guard request.signal > 0 && request.signal < 65 else {
             throw AgentError.invalidArgument("signal \(request.signal) is not a valid signal number")
         }
-        if !request.execID.isEmpty {
+        let pids: [pid_t]
+        if request.execID.isEmpty {
+            pids = container.allPids()
+        } else {
             // An exited process's pid may be someone else's by now.
             let process = try container.process(request.execID)
             guard process.exitStatus == nil else { return }
+            pids = [process.pid]
         }
-        let pids = request.execID.isEmpty ? container.allPids() : [try container.process(request.execID).pid]
         for pid in pids where Reaper.shared.exitStatus(pid) == nil {
             // ESRCH: it died meanwhile, which is what the caller wanted anyway.
             if kill(pid, Int32(request.signal)) != 0 && errno != ESRCH {

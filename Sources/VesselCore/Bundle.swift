@@ -74,8 +74,8 @@ public struct GuestBundle: Sendable {
         spec.hooks = Grpc_Hooks()  // OCI hooks are host programs: the runtime runs them on the host.
         for index in spec.mounts.indices {
             var mount = spec.mounts[index]
-            let isBind = mount.type == "bind" || mount.options.contains("bind") || mount.options.contains("rbind")
-            guard isBind else {
+            let options = MountOptions(mount.options)
+            guard mount.type == "bind" || options.isBind else {
                 mountPoints.append(MountPoint(path: mount.destination, directory: true))
                 continue
             }
@@ -101,9 +101,9 @@ public struct GuestBundle: Sendable {
             // The source's own name last, as a bind's root reads in mountinfo under runc.
             let base = URL(fileURLWithPath: source).standardizedFileURL.lastPathComponent
             let name = "m\(index)/" + (["", ".", "..", "/"].contains(base) ? "source" : base)
-            var host = HostMount(source: source, name: container + "/" + name,
-                                 readOnly: MountOptions(mount.options).flags.contains(.readOnly))
-            host.recursive = mount.options.contains("rbind") || !mount.options.contains("bind")
+            var host = HostMount(source: source, name: container + "/" + name, readOnly: options.flags.contains(.readOnly))
+            // A `bind` type without "bind" or "rbind" in the options is recursive, as before.
+            host.recursive = options.flags.contains(.recursive) || !options.isBind
             mounts.append(host)
             mountPoints.append(MountPoint(path: mount.destination, directory: Linux.isDirectory(source)))
             mount.source = share + "/" + name

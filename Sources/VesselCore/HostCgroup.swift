@@ -65,11 +65,11 @@ public enum HostCgroup {
             writes += [("cpu.shares", "\(shares)"), ("cpu.weight", "\(CgroupConversion.weight(shares: shares))")]
         }
         if cpu.quota != nil || cpu.period != nil {
-            let period = cpu.period.flatMap { $0 > 0 ? $0 : nil } ?? 100_000
-            let quota = cpu.quota.flatMap { $0 > 0 ? $0 : nil }
+            let quota = cpu.quota ?? 0, period = cpu.period ?? 0
             // v1: the period first, or a quota below the old period may be refused.
-            writes += [("cpu.cfs_period_us", "\(period)"), ("cpu.cfs_quota_us", quota.map { "\($0)" } ?? "-1"),
-                       ("cpu.max", "\(quota.map { "\($0)" } ?? "max") \(period)")]
+            writes += [("cpu.cfs_period_us", "\(period == 0 ? CgroupConversion.defaultPeriod : period)"),
+                       ("cpu.cfs_quota_us", quota > 0 ? "\(quota)" : "-1"),
+                       ("cpu.max", CgroupConversion.cpuMax(quota: quota, period: period))]
         }
         if let cpus = cpu.cpus, !cpus.isEmpty { writes.append(("cpuset.cpus", cpus)) }
         if let mems = cpu.mems, !mems.isEmpty { writes.append(("cpuset.mems", mems)) }

@@ -5,4 +5,12 @@ public enum CgroupConversion {
         let clamped = Swift.min(Swift.max(shares, 2), 262_144)
         return 1 + ((clamped - 2) * 9999) / 262_142
     }
+
+    /// The CFS period when none is given (the kernel's default).
+    public static let defaultPeriod: UInt64 = 100_000
+
+    /// cgroup v2 cpu.max from OCI's quota and period; a quota of 0 or less is no limit.
+    public static func cpuMax(quota: Int64, period: UInt64) -> String {
+        "\(quota > 0 ? String(quota) : "max") \(period == 0 ? defaultPeriod : period)"
+    }
 }
