@@ -8,6 +8,7 @@
 #include <linux/bpf.h>
 #include <linux/capability.h>
 #include <linux/sched.h>
+#include <linux/nsfs.h>
 #include <linux/openat2.h>
 #include <linux/vm_sockets.h>
 #include <net/if.h>
@@ -284,6 +285,7 @@ int vessel_pivot_root(const char *new_root, const char *put_old) {
 }
 
 int vessel_setns(int fd, int nstype) { return setns(fd, nstype); }
+int vessel_ns_type(int fd) { return ioctl(fd, NS_GET_NSTYPE); }
 int vessel_unshare(int flags) { return unshare(flags); }
 int vessel_sethostname(const char *name, size_t len) { return sethostname(name, len); }
 int vessel_setgroups(size_t n, const gid_t *groups) { return setgroups(n, groups); }

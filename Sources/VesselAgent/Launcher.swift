@@ -85,6 +85,7 @@ struct Launcher {
                 $0.pauseForCreateRuntime = !spec.hooks.createRuntime.isEmpty
                 $0.noPivot = noPivot
                 $0.joinNamespaces = joined.map(\.name)
+                $0.userNamespace = spec.linux.namespaces.contains { $0.type == "user" }
             }
             try await blocking { try send(config, agentEnd) }
             var report = try await blocking { [logger] in try receiveReport(agentEnd, logger) }
@@ -92,6 +93,13 @@ struct Launcher {
                 let state = Hooks.State(spec: spec, id: id, status: "creating", pid: pid)
                 try await Hooks.run(spec.hooks.createRuntime, kind: "createRuntime", state: state)
                 report = try await blocking { [logger] in
+                    try Linux.sendMessage(agentEnd, [])
+                    return try receiveReport(agentEnd, logger)
+                }
+            }
+            if report.message?.kind == .userNamespace {
+                report = try await blocking { [logger, pid] in
+                    try Self.writeIDMaps(spec.linux, pid: pid)
                     try Linux.sendMessage(agentEnd, [])
                     return try receiveReport(agentEnd, logger)
                 }
@@ -116,6 +124,15 @@ struct Launcher {
             Linux.close(pty)
             await pipes?.close()
             throw error
+        }
+    }
+
+    /// Only a process outside the new user namespace, with CAP_SETUID and CAP_SETGID there (the
+    /// agent), may map ids other than its own; setgroups stays allowed, as under runc as root.
+    static func writeIDMaps(_ linux: Grpc_Linux, pid: pid_t) throws {
+        for (file, map) in [("uid_map", linux.uidmappings), ("gid_map", linux.gidmappings)] {
+            let lines = map.map { "\($0.containerID) \($0.hostID) \($0.size)\n" }.joined()
+            try Linux.writeFile("/proc/\(pid)/\(file)", lines)
         }
     }
 

@@ -185,7 +185,8 @@ public actor Sandbox {
         }
         // The cgroup namespace is not a clone flag: the init helper unshares it once it is inside
         // the container's cgroup (it starts there), so the container sees its own cgroup as "/".
-        let flags = namespaces.filter { ns in ns != .cgroup && !joined.contains { $0.name == ns.procName } }
+        // The user namespace neither: the helper enters it last, once the rootfs is set up.
+        let flags = namespaces.filter { ns in ns != .cgroup && ns != .user && !joined.contains { $0.name == ns.procName } }
             .reduce(UInt64(0)) { $0 | $1.cloneFlag }
         let cgroup = try cgroupLayout.map { try Cgroup.create($0, relative: "vessel/\(sandboxID.isEmpty ? "agent" : sandboxID)/\(id)") }
         let initProcess: ContainerProcess, syncFD: Int32
@@ -197,7 +198,7 @@ public actor Sandbox {
         }
         do {
             // cgroup: an exec joins the init's view of the hierarchy (its own namespace, or the agent's).
-            let names = ["ipc", "uts", "net", "pid", "cgroup", "mnt"]
+            let names = ["ipc", "uts", "net", "pid", "cgroup", "mnt"] + (namespaces.contains(.user) ? ["user"] : [])
             let fds = try names.map { ($0, try Linux.open("/proc/\(initProcess.pid)/ns/\($0)", O_RDONLY)) }
             let container = Container(id: id, spec: spec, initProcess: initProcess, namespaceFDs: fds, syncFD: syncFD, cgroup: cgroup)
             container.storages = storages

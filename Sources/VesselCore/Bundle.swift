@@ -109,6 +109,7 @@ public struct GuestBundle: Sendable {
             mount.source = share + "/" + name
             spec.mounts[index] = mount
         }
+        try Self.checkNamespacePaths(oci.linux?.namespaces ?? [], bundle: bundle)
         // Host namespace paths (a pod's, docker's and podman's network namespaces) mean nothing in
         // the guest: the agent puts a pod's containers into the sandbox's namespaces itself.
         for index in spec.linux.namespaces.indices { spec.linux.namespaces[index].path = "" }
@@ -119,11 +120,23 @@ public struct GuestBundle: Sendable {
         guestSpec = spec
         hostMounts = mounts
     }
+
+    /// A namespace path must exist and be a namespace of its entry's type (the runtime spec makes
+    /// anything else an error), even where the guest has no use for it.
+    static func checkNamespacePaths(_ namespaces: [OCISpec.Namespace], bundle: String) throws(RuntimeError) {
+        for (index, namespace) in namespaces.enumerated() {
+            guard let path = namespace.path, !path.isEmpty, let expected = VesselLinux.Namespace(oci: namespace.type) else { continue }
+            let field = "\(bundle)/config.json: linux.namespaces[\(index)].path \(path)"
+            let found: VesselLinux.Namespace
+            do { found = try VesselLinux.Namespace.of(path: path) } catch { throw .invalid("\(field): \(error)") }
+            guard found == expected else { throw .invalid("\(field) is a \(found.rawValue) namespace, not \(expected.rawValue)") }
+        }
+    }
 }
 
 extension Grpc_LinuxCPU {
     /// Host CPU and NUMA node numbers mean nothing to a guest with its own few vCPUs (writing them
-    /// fails there): the host holds QEMU to them instead (`HostCgroup.limitCPU`).
+    /// fails there): the host holds QEMU to them instead (`HostCgroup.limit`).
     public mutating func clearHostPlacement() {
         cpus = ""
         mems = ""

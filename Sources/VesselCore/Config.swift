@@ -20,11 +20,17 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
         public var kernelParams: [String] = []
         /// Seconds from QEMU start to a ready agent before the sandbox counts as failed.
         public var bootTimeout = 120
+        /// TCG's translated-code cache; 0 leaves QEMU's default (sized from guest RAM). Measured at
+        /// 256 MiB: 32 saves 26 MB of PSS per pod and costs about 0.5 s of cold start (retranslation).
+        public var tcgCacheMiB = 0
+        /// Pages the guest frees go back to the host (virtio-balloon free page reporting).
+        public var freePageReporting = true
 
         enum CodingKeys: String, CodingKey {
             case path, kernel, initrd, vcpus, accelerator
             case machineType = "machine_type", memoryMiB = "memory_mib", sharedFS = "shared_fs", msize9p = "msize_9p"
             case kernelParams = "kernel_params", bootTimeout = "boot_timeout"
+            case tcgCacheMiB = "tcg_cache_mib", freePageReporting = "free_page_reporting"
         }
 
         public init() {}
@@ -43,6 +49,8 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
             msize9p = try c.decodeIfPresent(Int.self, forKey: .msize9p) ?? d.msize9p
             kernelParams = try c.decodeIfPresent([String].self, forKey: .kernelParams) ?? d.kernelParams
             bootTimeout = try c.decodeIfPresent(Int.self, forKey: .bootTimeout) ?? d.bootTimeout
+            tcgCacheMiB = try c.decodeIfPresent(Int.self, forKey: .tcgCacheMiB) ?? d.tcgCacheMiB
+            freePageReporting = try c.decodeIfPresent(Bool.self, forKey: .freePageReporting) ?? d.freePageReporting
         }
     }
 
@@ -219,6 +227,7 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
         if hypervisor.sharedFS != "9p" { throw RuntimeError("\(name): hypervisor.shared_fs \"\(hypervisor.sharedFS)\" is not supported (9p)") }
         if !(1...64).contains(hypervisor.vcpus) { throw RuntimeError("\(name): hypervisor.vcpus \(hypervisor.vcpus) is not in 1...64") }
         if hypervisor.memoryMiB < 64 { throw RuntimeError("\(name): hypervisor.memory_mib \(hypervisor.memoryMiB) is below 64") }
+        if !(0...2048).contains(hypervisor.tcgCacheMiB) { throw RuntimeError("\(name): hypervisor.tcg_cache_mib \(hypervisor.tcgCacheMiB) is not in 0...2048") }
         if !(8192...(16 << 20)).contains(hypervisor.msize9p) { throw RuntimeError("\(name): hypervisor.msize_9p \(hypervisor.msize9p) is not in 8192...16777216") }
         if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(agent.logLevel) {
             throw RuntimeError("\(name): agent.log_level \"\(agent.logLevel)\" is not a log level")

@@ -54,12 +54,25 @@ public enum HostCgroup {
         }
     }
 
-    /// The container's CPU limits on the sandbox's host cgroup as well: the guest enforces them
-    /// only as long as its kernel is ours, so QEMU (every vCPU and I/O thread) is held to them on
-    /// the host. Each value goes to the file that exists in each hierarchy's directory (v1 cpu,
-    /// v1 cpuset, v2); a value the host refuses is a warning, as the guest applies it anyway.
-    public static func limitCPU(_ cpu: OCISpec.CPU?, in directories: [String], warn: (String) -> Void) {
-        guard let cpu else { return }
+    /// The container's limits on the sandbox's host cgroup as well: the guest enforces them only
+    /// as long as its kernel is ours, so the sandbox's host processes (QEMU's vCPU and I/O threads,
+    /// the owner, the monitor) are held to them there too, sized for a VM the way Kata sizes its
+    /// sandbox cgroup. Each value goes to the file that exists in each hierarchy's directory (v1 or
+    /// v2); a value the host refuses is a warning, as the guest applies it anyway.
+    public static func limit(_ resources: OCISpec.Resources?, in directories: [String], warn: (String) -> Void) {
+        guard let resources else { return }
+        let writes = cpuWrites(resources.cpu) + pidsWrites(resources.pids) + deviceWrites(resources.devices)
+        for directory in directories {
+            for write in writes where Linux.exists(directory + "/" + write.file) {
+                do { try Linux.writeFile(directory + "/" + write.file, write.value) } catch {
+                    warn("host cgroup \(directory)/\(write.file)=\(write.value): \(error)")
+                }
+            }
+        }
+    }
+
+    private static func cpuWrites(_ cpu: OCISpec.CPU?) -> [(file: String, value: String)] {
+        guard let cpu else { return [] }
         var writes: [(file: String, value: String)] = []
         if let shares = cpu.shares, shares > 0 {
             writes += [("cpu.shares", "\(shares)"), ("cpu.weight", "\(CgroupConversion.weight(shares: shares))")]
@@ -73,13 +86,41 @@ public enum HostCgroup {
         }
         if let cpus = cpu.cpus, !cpus.isEmpty { writes.append(("cpuset.cpus", cpus)) }
         if let mems = cpu.mems, !mems.isEmpty { writes.append(("cpuset.mems", mems)) }
-        for directory in directories {
-            for write in writes where Linux.exists(directory + "/" + write.file) {
-                do { try Linux.writeFile(directory + "/" + write.file, write.value) } catch {
-                    warn("host cgroup \(directory)/\(write.file)=\(write.value): \(error)")
-                }
-            }
+        return writes
+    }
+
+    /// What the sandbox's own host tasks need at most: QEMU's main, RCU and vCPU threads and its
+    /// thread pool (64 workers under 9p load), the owner's and the monitor's threads, the hooks.
+    /// A container's pids limit counts guest processes; on the host it bounds these, never below.
+    public static let sandboxTasks: Int64 = 256
+
+    private static func pidsWrites(_ pids: OCISpec.Pids?) -> [(file: String, value: String)] {
+        guard let pids else { return [] }
+        return [("pids.max", pids.limit > 0 ? "\(max(pids.limit, sandboxTasks))" : "max")]
+    }
+
+    /// Devices the sandbox's host processes open, allowed after the spec's rules (Kata's list for
+    /// its sandbox cgroup): the null/zero/full/random/urandom/tty/ptmx/pts set every container
+    /// has, tun (taps), kvm, vhost-net and vhost-vsock. Nothing else: a QEMU taken over by its
+    /// guest cannot open the host's disks, even as root with CAP_DAC_OVERRIDE.
+    static let sandboxDevices: [String] = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
+                                           "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm", "c 10:232 rwm", "c 10:238 rwm",
+                                           "c 10:241 rwm"]
+
+    /// cgroup v1's devices files, in the spec's order (a later rule overrides an earlier one), after
+    /// a deny-all so the sandbox never has more than the spec and `sandboxDevices`. A rule that
+    /// allows every device (a privileged container's) is the guest's business, not the host's: the
+    /// guest's devices are its own. On a v2 host (no devices files) this part is a no-op.
+    static func deviceWrites(_ rules: [OCISpec.DeviceCgroup]?) -> [(file: String, value: String)] {
+        guard let rules else { return [] }
+        let wildcard = { (rule: OCISpec.DeviceCgroup) in rule.type == nil || rule.type == "a" || rule.major == nil || rule.major! < 0 }
+        let spec = rules.filter { !($0.allow && wildcard($0)) }.map { rule -> (file: String, value: String) in
+            let number = { (n: Int64?) in n.map { $0 < 0 ? "*" : "\($0)" } ?? "*" }
+            let type = rule.type.flatMap { $0.isEmpty ? nil : $0 } ?? "a"
+            let entry = type == "a" ? "a" : "\(type) \(number(rule.major)):\(number(rule.minor)) \(rule.access.flatMap { $0.isEmpty ? nil : $0.lowercased() } ?? "rwm")"
+            return (rule.allow ? "devices.allow" : "devices.deny", entry)
         }
+        return [("devices.deny", "a")] + spec + sandboxDevices.map { ("devices.allow", $0) }
     }
 
     /// A v1 cpuset cgroup refuses processes (ENOSPC) until cpus and mems are set: copy them down.

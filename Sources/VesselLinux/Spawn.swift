@@ -41,6 +41,22 @@ public enum Namespace: String, CaseIterable, Sendable {
         default: return nil
         }
     }
+
+    /// The namespace the file at `path` is (an nsfs file: /proc/PID/ns/X, or a bind mount of one),
+    /// by NS_GET_NSTYPE: a path of another type, or not a namespace at all, is an error.
+    public static func of(path: String) throws(LinuxError) -> Namespace {
+        // statfs first: opening whatever a config names (a watchdog, a tape) could have effects.
+        guard try sys("statfs", path, { vessel_fs_type(path) }) == 0x6e73_6673 else {  // NSFS_MAGIC
+            throw LinuxError(stage: "statfs", errno: EINVAL, detail: "\(path) is not a namespace file (nsfs)")
+        }
+        let fd = try Linux.open(path, O_RDONLY)
+        defer { Linux.close(fd) }
+        let type = try sys("ioctl(NS_GET_NSTYPE)", path) { vessel_ns_type(fd) }
+        guard let namespace = allCases.first(where: { $0.cloneFlag == UInt64(type) }) else {
+            throw LinuxError(stage: "ioctl(NS_GET_NSTYPE)", errno: EINVAL, detail: path)
+        }
+        return namespace
+    }
 }
 
 public struct SpawnResult: Sendable {

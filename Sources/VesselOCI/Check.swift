@@ -18,6 +18,11 @@ enum Check {
         let devices = qemu ? deviceHelp(h.path) : ""
         line(devices.contains("vhost-user-vsock-pci"), "QEMU has vhost-user-vsock-pci (hybrid vsock)", "QEMU 7.0 or newer is needed")
         line(devices.contains("virtio-9p-pci"), "QEMU has virtio-9p-pci (rootfs sharing)", "a QEMU built with virtfs support is needed")
+        if qemu {
+            let failure = sandboxProbe(h.path)
+            line(failure == nil, "QEMU runs under its seccomp sandbox (-sandbox)",
+                 "\(failure ?? ""): a QEMU built with libseccomp is needed")
+        }
         print("ok   configuration: \(runtime.configPath ?? "built-in defaults (no \(RuntimeConfig.defaultPath))")")
         func guestFile(_ path: String, _ name: String, _ what: String, _ target: String) -> Bool {
             let exists = FileManager.default.fileExists(atPath: path)
@@ -77,6 +82,28 @@ enum Check {
             FileHandle.standardError.write(Data("network probe: \(error)\n".utf8))
             return 1
         }
+    }
+
+    /// QEMU started with the sandbox's -sandbox options and no machine, told to quit at once: nil
+    /// if it could, else what it said.
+    static func sandboxProbe(_ qemu: String) -> String? {
+        let process = Process()
+        let (input, errors) = (Pipe(), Pipe())
+        process.executableURL = URL(fileURLWithPath: qemu)
+        process.arguments = ["-sandbox", VMConfig.sandboxOptions, "-machine", "none", "-nodefaults", "-display", "none",
+                             "-monitor", "stdio"]
+        process.standardInput = input
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = errors
+        guard (try? process.run()) != nil else { return "cannot start \(qemu)" }
+        // A QEMU that refused its options is gone before it reads: EPIPE, not SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
+        try? input.fileHandleForWriting.write(contentsOf: Data("quit\n".utf8))
+        try? input.fileHandleForWriting.close()
+        let said = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus != 0 else { return nil }
+        return said.split(separator: "\n").first.map(String.init) ?? "QEMU exited with status \(process.terminationStatus)"
     }
 
     static func deviceHelp(_ qemu: String) -> String {

@@ -41,7 +41,11 @@ struct Context: Sendable {
             // Flags before the id: our parser stops at the first positional argument.
             let arguments = ["__shim", "--bundle", bundle.bundle, "--sandbox", sandbox] + (consoleSocket.map { ["--console-socket", $0] } ?? [])
                 + [id]
-            return try SelfExec.start(selfCommand(arguments), newSession: detach)
+            // The container's host network namespace is the monitor's own (what `state.pid` and the
+            // hooks' pid show, and where docker's prestart hook moves the interfaces); QEMU's taps
+            // come from it.
+            let network = bundle.pod == .sandbox && bundle.networkNamespace == .new ? Namespace.network.cloneFlag : 0
+            return try SelfExec.start(selfCommand(arguments), newSession: detach, namespaces: network)
         } catch {
             if bundle.pod == .sandbox { stopOwner(sandbox, started: owner) }
             store.remove(id)

@@ -12,7 +12,7 @@ public enum Features {
                        "noatime", "atime", "nodiratime", "diratime", "relatime", "norelatime", "strictatime",
                        "private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable", "remount"],
       "linux": {
-        "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+        "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
         "capabilities": ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
           "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST",
           "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",

@@ -73,11 +73,13 @@ extension SandboxOwner {
             persistSandbox()
             // The sandbox's network namespace exists before the hooks (docker's libnetwork configures
             // it from its prestart hook, through the pid the hooks get); QEMU boots after them.
-            let holder = vm == nil ? try NamespaceHolder.make(for: bundle) : nil
+            let holder = vm == nil ? try NamespaceHolder.make(for: bundle, monitor: request.monitorPid) : nil
             var state = OCIState.object(container.record, status: .creating)
             if let holder { state["pid"] = Int(holder.pid) }
             do throws(RuntimeError) {
                 try HostHooks.run(bundle.oci.hooks?.createRuntime, state: state, name: "createRuntime")
+                // Legacy prestart hooks see the container created, as under runc and crun.
+                state["status"] = Lifecycle.Status.created.rawValue
                 try HostHooks.run(bundle.oci.hooks?.prestart, state: state, name: "prestart")
                 if vm == nil { try await boot(for: bundle, namespace: holder?.namespace) }
             } catch {
@@ -140,7 +142,7 @@ extension SandboxOwner {
             sandboxRecord.hostCgroups = try HostCgroup.join(relativePath: cgroup, pid: getpid())
             // On record before anything else can fail: a dead owner's cleanup removes only what it finds.
             persistSandbox()
-            HostCgroup.limitCPU(bundle.oci.linux?.resources?.cpu, in: sandboxRecord.hostCgroups) { log.warning("\($0)") }
+            HostCgroup.limit(bundle.oci.linux?.resources, in: sandboxRecord.hostCgroups) { log.warning("\($0)") }
         } catch {
             log.warning("sandbox runs without its own host cgroup: \(error)")
         }
@@ -275,9 +277,18 @@ struct NamespaceHolder {
     let namespace: Int32
     private let release: Int32
 
-    static func make(for bundle: GuestBundle) throws(RuntimeError) -> NamespaceHolder? {
+    /// The OCI CLI's monitor was started in the new namespace (`monitor`, its pid): the hooks see
+    /// it as the container's process. Otherwise (containerd's shim) a holder process is made.
+    static func make(for bundle: GuestBundle, monitor: Int32) throws(RuntimeError) -> NamespaceHolder? {
         let hooks = bundle.oci.hooks
         guard bundle.networkNamespace == .new, !(hooks?.prestart ?? []).isEmpty || !(hooks?.createRuntime ?? []).isEmpty else { return nil }
+        if monitor > 0, bundle.pod == .sandbox {
+            do {
+                return NamespaceHolder(pid: monitor, namespace: try Linux.open("/proc/\(monitor)/ns/net", O_RDONLY), release: -1)
+            } catch {
+                throw RuntimeError(stage: "open the network namespace of the container's monitor", error)
+            }
+        }
         do {
             let pipe = try Linux.pipe()
             defer { Linux.close(pipe.read) }
@@ -295,6 +306,7 @@ struct NamespaceHolder {
 
     /// The holder exits; the namespace lives on through `namespace`.
     func end() {
+        guard release >= 0 else { return }
         Linux.close(release)
         Linux.reap(pid)
     }

@@ -170,7 +170,7 @@ extension SandboxOwner {
         var resources = decoded.grpc()
         resources.cpu.clearHostPlacement()
         // The host cgroup is the sandbox's: its own container's limits hold QEMU.
-        if id == sandboxRecord.id { HostCgroup.limitCPU(decoded.cpu, in: sandboxRecord.hostCgroups) { log.warning("\($0)") } }
+        if id == sandboxRecord.id { HostCgroup.limit(decoded, in: sandboxRecord.hostCgroups) { log.warning("\($0)") } }
         let (agent, _) = try liveAgent()
         try await during("update container \(id)") {
             try await agent.call("UpdateContainer", Grpc_UpdateContainerRequest.with { $0.containerID = id; $0.resources = resources })

@@ -58,6 +58,8 @@ public enum SandboxVMConfig {
         vmConfig.machine = VMConfig.Machine(rawValue: h.machineType) ?? .q35
         vmConfig.vcpus = h.vcpus
         vmConfig.memoryMiB = h.memoryMiB
+        vmConfig.translationCacheMiB = h.tcgCacheMiB > 0 ? h.tcgCacheMiB : nil
+        vmConfig.freePageReporting = h.freePageReporting
         vmConfig.accelerator = VMConfig.Accelerator(rawValue: h.accelerator) ?? .auto
         vmConfig.kernelParameters = ["agent.log=\(config.agent.logLevel)"] + (config.agent.debugConsole ? ["agent.debug_console"] : [])
             + h.kernelParams

@@ -37,12 +37,11 @@ public enum SpecRules {
             guard let namespace = Namespace(oci: entry.type) else {
                 throw SpecError("OCI.linux.namespaces[\(index)].type \"\(entry.type)\" is not a namespace type")
             }
-            if namespace == .user {
-                throw SpecError("OCI.linux.namespaces[\(index)]: user namespaces are not supported")
-            }
-            // A path means "join the sandbox's": inside the VM the containers already share it.
-            if entry.path.isEmpty { namespaces.insert(namespace) }
+            // A path means "join the sandbox's": inside the VM the containers already share it. A
+            // user namespace is always the container's own (the sandbox has none to join).
+            if entry.path.isEmpty || namespace == .user { namespaces.insert(namespace) }
         }
+        try idMappings(spec.linux, userNamespace: namespaces.contains(.user))
         for (index, mount) in spec.mounts.enumerated() {
             guard mount.destination.hasPrefix("/") else {
                 throw SpecError("OCI.mounts[\(index)].destination \"\(mount.destination)\" must be absolute")
@@ -74,6 +73,27 @@ public enum SpecRules {
         return namespaces
     }
 
+    /// A user namespace needs both maps (the guest has no subordinate ids to pick from), and maps
+    /// need a user namespace. Each range must fit in 32 bits and the kernel takes 340 lines.
+    static func idMappings(_ linux: Grpc_Linux, userNamespace: Bool) throws(SpecError) {
+        let maps = [("uidMappings", linux.uidmappings), ("gidMappings", linux.gidmappings)]
+        guard userNamespace else {
+            if let (name, _) = maps.first(where: { !$0.1.isEmpty }) {
+                throw SpecError("OCI.linux.\(name) need a user namespace in OCI.linux.namespaces")
+            }
+            return
+        }
+        for (name, map) in maps {
+            guard !map.isEmpty else { throw SpecError("OCI.linux.\(name): a user namespace needs them") }
+            guard map.count <= 340 else { throw SpecError("OCI.linux.\(name): \(map.count) ranges, the kernel takes 340") }
+            for (index, range) in map.enumerated() {
+                let end = UInt64(range.containerID) + UInt64(range.size), hostEnd = UInt64(range.hostID) + UInt64(range.size)
+                guard range.size > 0, end <= UInt64(UInt32.max), hostEnd <= UInt64(UInt32.max) else {
+                    throw SpecError("OCI.linux.\(name)[\(index)]: size \(range.size) from \(range.containerID)/\(range.hostID) is empty or past 2^32-1")
+                }
+            }
+        }
+    }
 
     public static func process(_ process: Grpc_Process, field: String) throws(SpecError) {
         guard let first = process.args.first, !first.isEmpty else {

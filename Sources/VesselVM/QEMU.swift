@@ -26,8 +26,16 @@ public struct VMConfig: Sendable {
     /// QEMU's seccomp filter: no set*id, no spawning, no obsolete or scheduling syscalls. A guest
     /// that takes over a device emulator then still cannot run programs or gain privileges.
     public var sandboxed = true
+    /// The -sandbox options `sandboxed` means (`vessel check` probes QEMU with them).
+    public static let sandboxOptions = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
     /// A virtio-rng device fed from the host's /dev/urandom.
     public var entropy = true
+    /// Under TCG, the translated-code cache in MiB (an idle guest fills about 80 MiB of QEMU's
+    /// default); nil leaves QEMU's default.
+    public var translationCacheMiB: Int?
+    /// A virtio-balloon that only reports free pages (never inflates): memory the guest touched at
+    /// boot and freed (the initramfs, after switch_root) goes back to the host.
+    public var freePageReporting = true
 
     /// What QEMU, running as root, keeps of its capabilities (with no_new_privs): what the 9p share
     /// needs to act for the guest on root-owned files (security_model=none), nothing more. Without
@@ -54,8 +62,9 @@ public struct VMConfig: Sendable {
     public func arguments(accelerator resolved: Accelerator) -> [String] {
         var machineOptions = "\(machine.rawValue),memory-backend=mem"
         if machine == .microvm { machineOptions += ",acpi=on,pit=off,pic=off,rtc=on" }
+        let accelerator = resolved == .tcg ? translationCacheMiB.map { "tcg,tb-size=\($0)" } ?? "tcg" : resolved.rawValue
         var args = [
-            "-accel", resolved.rawValue,
+            "-accel", accelerator,
             "-machine", machineOptions,
             "-object", "memory-backend-memfd,id=mem,size=\(memoryMiB)M,share=on",
             "-m", "\(memoryMiB)M",
@@ -82,7 +91,10 @@ public struct VMConfig: Sendable {
             args += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
                      "-device", "\(machine == .microvm ? "virtio-rng-device" : "virtio-rng-pci"),rng=rng0"]
         }
-        if sandboxed { args += ["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"] }
+        if freePageReporting {
+            args += ["-device", "\(machine == .microvm ? "virtio-balloon-device" : "virtio-balloon-pci"),free-page-reporting=on"]
+        }
+        if sandboxed { args += ["-sandbox", Self.sandboxOptions] }
         let netDevice = machine == .microvm ? "virtio-net-device" : "virtio-net-pci"
         for (index, network) in networks.enumerated() {
             args += ["-netdev", "tap,id=net\(index),fd=\(NetworkDevice.firstFD + Int32(index)),vhost=off",

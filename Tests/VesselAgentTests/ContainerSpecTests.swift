@@ -39,6 +39,48 @@ struct ContainerSpecTests {
         }
     }
 
+    /// A user namespace: the container's root is uid 100000 (gid 200000) outside, so the files of
+    /// the real root are not its own (it can read the image, not write it), it keeps only its
+    /// spec's capabilities, and an exec enters the same namespace.
+    @Test func aUserNamespaceMapsTheContainersRoot() async throws {
+        try await withAgent { agent in
+            let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; cat /etc/hostname >/dev/null && echo reads; "
+                + "touch /etc/new 2>/dev/null || echo denied; mkdir -p /tmp/own && echo tmpfs; exec sleep 100"
+            var spec = agent.spec(["sh", "-c", script])
+            spec.linux.namespaces.append(.with { $0.type = "user" })
+            spec.linux.uidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 65536 }]
+            spec.linux.gidmappings = [.with { $0.containerID = 0; $0.hostID = 200_000; $0.size = 65536 }]
+            try "vessel\n".write(toFile: agent.rootfs + "/etc/hostname", atomically: true, encoding: .utf8)
+            try await agent.client.createContainer("userns", spec: spec)
+            try await agent.client.startContainer("userns")
+            let out = try await agent.read("userns", until: "tmpfs")
+            let lines = out.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+            #expect(lines == ["0 100000 65536", "0 200000 65536", "0", "0", "reads", "denied", "tmpfs"], "\(out)")
+            #expect(!FileManager.default.fileExists(atPath: agent.rootfs + "/etc/new"))
+            try await agent.exec("userns", "e1", ["sh", "-c", "cat /proc/self/uid_map; id -u"])
+            let exec = try await agent.output("userns", "e1")
+            #expect(exec.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") } == ["0 100000 65536", "0"], "\(exec)")
+            #expect(try await agent.client.wait("userns", "e1") == 0)
+            try await agent.client.signal("userns", "", signal: SIGKILL)
+            _ = try await agent.client.wait("userns")
+        }
+    }
+
+    /// Maps without a user namespace, or one without maps, are refused before anything runs.
+    @Test func userNamespacesNeedBothMaps() async throws {
+        try await withAgent { agent in
+            var spec = agent.spec(["true"])
+            spec.linux.uidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 1 }]
+            await expectError(.invalidArgument, containing: "uidMappings need a user namespace") {
+                try await agent.client.createContainer("maps", spec: spec)
+            }
+            spec.linux.namespaces.append(.with { $0.type = "user" })
+            await expectError(.invalidArgument, containing: "gidMappings: a user namespace needs them") {
+                try await agent.client.createContainer("maps", spec: spec)
+            }
+        }
+    }
+
     @Test func readonlyRootAndBindMounts() async throws {
         try await withAgent { agent in
             let data = agent.directory.appendingPathComponent("data").path

@@ -161,6 +161,10 @@ final class Containerd: @unchecked Sendable {
         _ = try? command(["/bin/umount", "--recursive", "--lazy", directory + "/root"])
         _ = try? command(["/bin/umount", "--recursive", "--lazy", directory + "/state"])
         try? FileManager.default.removeItem(atPath: "/run/vessel-containerd/" + namespace)
+        // ctr's default cgroupsPath is /<namespace>/<id>: the runtime removes the container's
+        // directory (as runc does), the namespace's own is the caller's to remove, once empty.
+        let hierarchies = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []
+        for directory in ["/sys/fs/cgroup/" + namespace] + hierarchies.map({ "/sys/fs/cgroup/\($0)/" + namespace }) { rmdir(directory) }
         cli.cleanUp()
     }
 }

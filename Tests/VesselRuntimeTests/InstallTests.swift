@@ -96,4 +96,26 @@ struct InstallTests {
         let check = try cli.run(["check"], binary: bin + "/vessel")
         #expect(check.status == 1 && check.stdout.contains("FAIL guest kernel \(bin)/bzImage"), "\(check.stdout)")
     }
+
+    /// Every sandbox's QEMU runs under -sandbox: a QEMU built without seccomp would fail each
+    /// boot, so `vessel check` says so first.
+    @Test func checkProbesQEMUsSeccompSandbox() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        var check = try cli.run(["check"])
+        #expect(check.stdout.contains("ok   QEMU runs under its seccomp sandbox"), "\(check.stdout)")
+        // As a QEMU without libseccomp answers.
+        let fake = cli.directory + "/qemu-without-seccomp"
+        try """
+            #!/bin/sh
+            case "$*" in *"-device help"*) echo 'name "vhost-user-vsock-pci"'; echo 'name "virtio-9p-pci"'; exit 0 ;; esac
+            case "$*" in *-sandbox*) echo "qemu: -sandbox on: There is no option group 'sandbox'" >&2; exit 1 ;; esac
+            exit 0
+            """.write(toFile: fake, atomically: true, encoding: .utf8)
+        chmod(fake, 0o755)
+        try "[hypervisor]\npath = \"\(fake)\"\n".write(toFile: cli.config, atomically: true, encoding: .utf8)
+        check = try cli.run(["check"])
+        #expect(check.status == 1 && check.stdout.contains(
+            "FAIL QEMU runs under its seccomp sandbox (-sandbox) -> qemu: -sandbox on: There is no option group 'sandbox'"), "\(check.stdout)")
+    }
 }

@@ -64,6 +64,31 @@ struct BundleTests {
         return dir
     }
 
+    /// The runtime spec: a path of another namespace type is an error, not joined or dropped.
+    @Test func namespacePathsMustBeOfTheirType() throws {
+        let cases: [(type: String, path: String, error: String?)] = [
+            ("cgroup", "/proc/self/ns/ipc", "linux.namespaces[0].path /proc/self/ns/ipc is a ipc namespace, not cgroup"),
+            ("mount", "/proc/self/ns/net", "is a network namespace, not mount"),
+            ("network", "/proc/self/ns/pid", "is a pid namespace, not network"),
+            ("uts", "/etc/hostname", "linux.namespaces[0].path /etc/hostname: statfs /etc/hostname is not a namespace file"),
+            ("ipc", "/dev/null", "/dev/null is not a namespace file"),
+            ("ipc", "/run/vessel-no-such-namespace", "linux.namespaces[0].path /run/vessel-no-such-namespace: statfs"),
+            ("ipc", "/proc/self/ns/ipc", nil),
+            ("mount", "/proc/self/ns/mnt", nil),
+        ]
+        for (type, path, expected) in cases {
+            let dir = try bundle(["linux": ["namespaces": [["type": type, "path": path]]]])
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            do {
+                _ = try GuestBundle(bundle: dir, container: "c1")
+                #expect(expected == nil, "\(type) at \(path) was taken")
+            } catch {
+                #expect(expected.map { error.message.contains($0) } == true, "\(type) at \(path): \(error.message)")
+                #expect(error.kind == .invalidArgument && !error.message.contains("\n"))
+            }
+        }
+    }
+
     @Test func guestSpecPointsIntoTheShare() throws {
         let dir = try bundle()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -74,7 +99,7 @@ struct BundleTests {
         mounts.append(["destination": "/data", "type": "bind", "source": volume, "options": ["rbind", "ro"]])
         mounts.append(["destination": "/dev/shm", "type": "bind", "source": volume, "options": ["rbind"]])
         config["mounts"] = mounts
-        config["linux"] = ["namespaces": [["type": "network", "path": "/var/run/netns/x"], ["type": "pid"]]]
+        config["linux"] = ["namespaces": [["type": "network", "path": "/proc/self/ns/net"], ["type": "pid"]]]
         config["hooks"] = ["prestart": [["path": "/usr/bin/true"]]]
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: dir + "/config.json"))
 
@@ -328,7 +353,7 @@ struct HostSpecCheckTests {
         for (extra, fragment) in [
             (["process": ["user": ["uid": 0, "gid": 0], "cwd": "/", "args": ["sh"], "capabilities": ["bounding": ["CAP_NOPE"]]]],
              "unknown capability \"CAP_NOPE\""),
-            (["linux": ["namespaces": [["type": "user"]]]], "user namespaces are not supported"),
+            (["linux": ["namespaces": [["type": "user"]]]], "OCI.linux.uidMappings: a user namespace needs them"),
             (["linux": ["namespaces": [["type": "bogus"]]]], "is not a namespace type"),
             (["linux": ["seccomp": ["defaultAction": "SCMP_ACT_NOPE"]]], "is not a seccomp action"),
             (["linux": ["sysctl": ["vm.swappiness": "1"]]], "not a namespaced sysctl"),
@@ -349,8 +374,10 @@ struct HostSpecCheckTests {
         cpu.quota = 50_000
         cpu.period = 100_000
         cpu.shares = 512
+        var resources = OCISpec.Resources()
+        resources.cpu = cpu
         var warnings: [String] = []
-        HostCgroup.limitCPU(cpu, in: made) { warnings.append($0) }
+        HostCgroup.limit(resources, in: made) { warnings.append($0) }
         #expect(warnings.isEmpty, "\(warnings)")
         var checked = 0
         for dir in made {
@@ -364,6 +391,47 @@ struct HostSpecCheckTests {
             }
         }
         #expect(checked > 0, "no hierarchy with a cpu controller among \(made)")
+    }
+
+    /// pids and devices too: a pids limit bounds the sandbox's host tasks (never below what QEMU
+    /// needs), and the host's devices are closed to the sandbox but for the spec's and QEMU's own.
+    @Test func pidsAndDeviceLimitsReachTheHostCgroup() throws {
+        let name = "vessel-limits-test-\(getpid())"
+        let made = HostCgroup.hierarchies().map { $0 + "/" + name }.filter { mkdir($0, 0o755) == 0 }
+        defer { HostCgroup.remove(made) }
+        var resources = OCISpec.Resources()
+        resources.pids = OCISpec.Pids(limit: 1000)
+        resources.devices = [
+            OCISpec.DeviceCgroup(allow: false, type: nil, major: nil, minor: nil, access: "rwm"),
+            OCISpec.DeviceCgroup(allow: true, type: "c", major: 10, minor: 229, access: "rwm"),
+            OCISpec.DeviceCgroup(allow: true, type: "b", major: 8, minor: 20, access: "rw"),
+            // A privileged container's: every device of its guest, none more of the host's.
+            OCISpec.DeviceCgroup(allow: true, type: "a", major: nil, minor: nil, access: "rwm"),
+        ]
+        var warnings: [String] = []
+        HostCgroup.limit(resources, in: made) { warnings.append($0) }
+        #expect(warnings.isEmpty, "\(warnings)")
+        guard let pids = made.first(where: { Linux.exists($0 + "/pids.max") }) else {
+            Issue.record("no hierarchy with a pids controller among \(made)")
+            return
+        }
+        #expect(try Linux.readFile(pids + "/pids.max").trimmingCharacters(in: .whitespacesAndNewlines) == "1000")
+        resources.devices = nil
+        resources.pids = OCISpec.Pids(limit: 10)
+        HostCgroup.limit(resources, in: made) { warnings.append($0) }
+        #expect(try Linux.readFile(pids + "/pids.max").trimmingCharacters(in: .whitespacesAndNewlines) == "\(HostCgroup.sandboxTasks)")
+        guard let devices = made.first(where: { Linux.exists($0 + "/devices.list") }) else { return }  // v2: the guest's only
+        let list = try Linux.readFile(devices + "/devices.list").split(separator: "\n").map(String.init)
+        #expect(Array(list.prefix(2)) == ["c 10:229 rwm", "b 8:20 rw"], "the spec's rules first, in order: \(list)")
+        #expect(list.dropFirst(2) == ArraySlice(HostCgroup.sandboxDevices), "\(list)")
+        // A process in the cgroup opens /dev/null but none of the host's disks.
+        let disk = try FileManager.default.contentsOfDirectory(atPath: "/dev").map { "/dev/" + $0 }.first { path in
+            var st = stat()
+            return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK
+        }
+        let script = "echo $$ > \(devices)/cgroup.procs && (exec 3</dev/null) && ! (exec 3<\(disk ?? "/dev/mem")) 2>/dev/null"
+        let result = try command(["/bin/sh", "-c", script], timeout: 30)
+        #expect(result.status == 0, "inside the cgroup: \(script): \(result.output)")
     }
 
     @Test func theGuestNeverGetsHostCPUNumbers() throws {

@@ -132,20 +132,53 @@ struct VMRuntimeTests {
     @Test func hostHooksGetTheStateAndAFailingHookLeavesNothing() throws {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
-        let seen = cli.directory + "/hook-state.json"
+        let seen = cli.directory + "/hook-state.json", prestart = cli.directory + "/prestart.json"
+        let network = cli.directory + "/prestart-netns"
         let dir = cli.directory + "/hooks"
-        try OCIBundle.make(at: dir, args: ["true"], extra: ["hooks": [
-            "createRuntime": [["path": "/bin/sh", "args": ["sh", "-c", "cat > \(seen)"]]],
-            "prestart": [["path": "/bin/sh", "args": ["sh", "-c", "echo refusing; exit 3"]]],
-        ]])
+        // The pid's network namespace as the hook sees it (docker's libnetwork hook configures that one).
+        let record = "cat > \(prestart); pid=$(sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p' \(prestart)); readlink /proc/$pid/ns/net > \(network)"
+        try OCIBundle.make(at: dir, args: ["true"], extra: [
+            "hooks": [
+                "createRuntime": [["path": "/bin/sh", "args": ["sh", "-c", "cat > \(seen)"]]],
+                "prestart": [["path": "/bin/sh", "args": ["sh", "-c", record]],
+                             ["path": "/bin/sh", "args": ["sh", "-c", "echo refusing; exit 3"]]],
+            ],
+            "linux": ["namespaces": ["pid", "mount", "uts", "ipc", "network"].map { ["type": $0] }],
+        ])
         let result = try cli.run(["create", "--bundle", dir, "h1"])
         #expect(result.status == 1)
         #expect(result.stderr.contains("prestart hook /bin/sh exited with status 3: refusing"), "\(result.stderr)")
         let state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: seen))) as? [String: Any]
         #expect(state?["id"] as? String == "h1")
+        #expect(state?["status"] as? String == "creating")
         #expect((state?["pid"] as? Int ?? 0) > 0)
         #expect(state?["bundle"] as? String == dir)
+        // Prestart (a legacy hook) sees the container created, with the same pid: the monitor, in
+        // the container's own host network namespace.
+        let later = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: prestart))) as? [String: Any]
+        #expect(later?["status"] as? String == "created" && later?["pid"] as? Int == state?["pid"] as? Int, "\(later ?? [:])")
+        let hostNetwork = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
+        let seenNetwork = (try? String(contentsOfFile: network, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(seenNetwork?.hasPrefix("net:[") == true && seenNetwork != hostNetwork, "\(seenNetwork ?? "none") vs \(hostNetwork)")
         try cli.expectNothingLeft("h1")
+    }
+
+    /// A user namespace in the guest, through the whole path: the host's spec checks, the agent's
+    /// maps, the container's root as uid 100000 of the guest.
+    @Test func aUserNamespaceInTheGuest() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let dir = cli.directory + "/userns"
+        try OCIBundle.make(at: dir, args: ["sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u"], extra: ["linux": [
+            "namespaces": ["pid", "mount", "uts", "ipc", "user"].map { ["type": $0] },
+            "uidMappings": [["containerID": 0, "hostID": 100_000, "size": 65536]],
+            "gidMappings": [["containerID": 0, "hostID": 200_000, "size": 65536]],
+        ]])
+        let result = try cli.run(["run", "--bundle", dir, "u1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let lines = result.stdout.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }
+        #expect(lines == ["0 100000 65536", "0 200000 65536", "0"], "\(result.stdout)")
+        try cli.expectNothingLeft("u1")
     }
 
     @Test func killedQEMUMeansAStoppedContainerAndDeleteCleansUp() throws {

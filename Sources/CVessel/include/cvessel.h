@@ -33,6 +33,8 @@ pid_t vessel_clone_parent(void);
 
 int vessel_pivot_root(const char *new_root, const char *put_old);
 int vessel_setns(int fd, int nstype);
+/* The CLONE_NEW* type of the namespace an nsfs fd refers to (NS_GET_NSTYPE), or -1 and errno. */
+int vessel_ns_type(int fd);
 int vessel_unshare(int flags);
 int vessel_sethostname(const char *name, size_t len);
 int vessel_setgroups(size_t n, const gid_t *groups);

@@ -71,6 +71,7 @@ public enum Helper {
         try RootfsSetup(spec: config.spec, noPivot: config.noPivot, log: log,
                         beforePivot: { try Hooks.runBlocking(hooks.createContainer, kind: "createContainer", state: state(config, "creating")) },
                         afterPivot: { if terminal { try openTerminal(console: true) } }).run()
+        if config.userNamespace { try enterUserNamespace(config) }
         report(.ready)
         // The start message is an empty frame; EOF means the agent went away: give up quietly.
         guard let start = try Linux.receiveMessage(syncFD), start.isEmpty else { exit(1) }
@@ -78,11 +79,23 @@ public enum Helper {
         try launch(config)
     }
 
+    /// The setup's last step: what the guest's root must do (raise rlimits, lower the OOM score)
+    /// first, then a user namespace the agent maps; the container's uid 0 from then on. Mounts,
+    /// devices and namespaces were made by the guest's root, so their owner stays the guest's.
+    private static func enterUserNamespace(_ config: Vessel_HelperConfig) throws {
+        try ProcessLaunch(process: config.process, seccomp: nil, log: log).applyLimits()
+        try sys("unshare", "user") { vessel_unshare(Int32(Namespace.user.cloneFlag)) }
+        report(.userNamespace)
+        guard let mapped = try Linux.receiveMessage(syncFD), mapped.isEmpty else { exit(1) }
+        try sys("setgid", "0") { setgid(0) }
+        try sys("setuid", "0") { setuid(0) }
+    }
+
     private static func runExec(_ config: Vessel_HelperConfig) throws -> Never {
-        // Mount last: after it, paths resolve inside the container; the fds are all open already.
-        let order = config.namespaces.enumerated().sorted { a, b in
-            (a.element == "mnt" ? 1 : 0) < (b.element == "mnt" ? 1 : 0)
-        }
+        // Mount after the others: after it, paths resolve inside the container; the fds are all
+        // open already. The user namespace last: in it we have no rights over the others.
+        let rank = { (name: String) in name == "user" ? 2 : name == "mnt" ? 1 : 0 }
+        let order = config.namespaces.enumerated().sorted { a, b in rank(a.element) < rank(b.element) }
         for (index, name) in order {
             try sys("setns", name) { vessel_setns(firstNamespaceFD + Int32(index), 0) }
         }
@@ -151,6 +164,7 @@ public enum Helper {
     enum Report {
         case log(String)
         case createRuntime
+        case userNamespace
         case ready
         case pid(pid_t)
         case pty
@@ -167,6 +181,8 @@ public enum Helper {
             message.kind = .ready
         case .createRuntime:
             message.kind = .createRuntime
+        case .userNamespace:
+            message.kind = .userNamespace
         case .pid(let pid):
             message.kind = .pid
             message.pid = pid

@@ -25,10 +25,7 @@ struct ProcessLaunch {
         if process.terminal {
             try sys("TIOCSCTTY") { vessel_set_ctty(0) }
         }
-        try setRlimits()
-        if process.oomscoreAdj != 0 {
-            try Linux.writeFile("/proc/self/oom_score_adj", "\(process.oomscoreAdj)")
-        }
+        try applyLimits()
         if !process.apparmorProfile.isEmpty || !process.selinuxLabel.isEmpty {
             log("apparmorProfile/selinuxLabel ignored: the guest has no LSM policy")
         }
@@ -46,6 +43,15 @@ struct ProcessLaunch {
         let envp = CStringArray(process.env)
         _ = argv.withPointer { a in envp.withPointer { e in execve(path, a, e) } }
         throw LinuxError(stage: "exec", detail: program)
+    }
+
+    /// rlimits and the OOM score: done again after a user namespace was entered, with the same
+    /// values (which needs no privilege there).
+    func applyLimits() throws {
+        try setRlimits()
+        if process.oomscoreAdj != 0 {
+            try Linux.writeFile("/proc/self/oom_score_adj", "\(process.oomscoreAdj)")
+        }
     }
 
     private func setRlimits() throws {

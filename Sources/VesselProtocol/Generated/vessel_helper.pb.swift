@@ -70,6 +70,9 @@ public nonisolated struct Vessel_HelperConfig: Sendable {
   /// the sandbox's shared namespaces (a pod's IPC, UTS and network), joined instead of created.
   public var joinNamespaces: [String] = []
 
+  /// Container init: enter a new user namespace once the rootfs is set up (report USER_NAMESPACE).
+  public var userNamespace: Bool = false
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
@@ -116,6 +119,9 @@ public nonisolated struct Vessel_HelperReport: Sendable {
 
     /// a terminal process's pty master, opened in the container's devpts, follows as SCM_RIGHTS
     case pty // = 5
+
+    /// container init: in its new user namespace; waiting for an empty message once
+    case userNamespace // = 6
     case UNRECOGNIZED(Int)
 
     public init() {
@@ -130,6 +136,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       case 3: self = .log
       case 4: self = .createRuntime
       case 5: self = .pty
+      case 6: self = .userNamespace
       default: self = .UNRECOGNIZED(rawValue)
       }
     }
@@ -142,6 +149,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       case .log: return 3
       case .createRuntime: return 4
       case .pty: return 5
+      case .userNamespace: return 6
       case .UNRECOGNIZED(let i): return i
       }
     }
@@ -154,6 +162,7 @@ public nonisolated struct Vessel_HelperReport: Sendable {
       .log,
       .createRuntime,
       .pty,
+      .userNamespace,
     ]
 
   }
@@ -167,7 +176,7 @@ fileprivate nonisolated let _protobuf_package = "vessel"
 
 nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".HelperConfig"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{1}process\0\u{1}namespaces\0\u{3}container_id\0\u{3}host_pid\0\u{1}bundle\0\u{3}pause_for_create_runtime\0\u{3}no_pivot\0\u{3}join_namespaces\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{1}spec\0\u{1}process\0\u{1}namespaces\0\u{3}container_id\0\u{3}host_pid\0\u{1}bundle\0\u{3}pause_for_create_runtime\0\u{3}no_pivot\0\u{3}join_namespaces\0\u{3}user_namespace\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -184,6 +193,7 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
       case 7: try { try decoder.decodeSingularBoolField(value: &self.pauseForCreateRuntime) }()
       case 8: try { try decoder.decodeSingularBoolField(value: &self.noPivot) }()
       case 9: try { try decoder.decodeRepeatedStringField(value: &self.joinNamespaces) }()
+      case 10: try { try decoder.decodeSingularBoolField(value: &self.userNamespace) }()
       default: break
       }
     }
@@ -221,6 +231,9 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
     if !self.joinNamespaces.isEmpty {
       try visitor.visitRepeatedStringField(value: self.joinNamespaces, fieldNumber: 9)
     }
+    if self.userNamespace != false {
+      try visitor.visitSingularBoolField(value: self.userNamespace, fieldNumber: 10)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -234,6 +247,7 @@ nonisolated extension Vessel_HelperConfig: SwiftProtobuf.Message, SwiftProtobuf.
     if lhs.pauseForCreateRuntime != rhs.pauseForCreateRuntime {return false}
     if lhs.noPivot != rhs.noPivot {return false}
     if lhs.joinNamespaces != rhs.joinNamespaces {return false}
+    if lhs.userNamespace != rhs.userNamespace {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -290,5 +304,5 @@ nonisolated extension Vessel_HelperReport: SwiftProtobuf.Message, SwiftProtobuf.
 }
 
 nonisolated extension Vessel_HelperReport.Kind: SwiftProtobuf._ProtoNameProviding {
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READY\0\u{1}PID\0\u{1}ERROR\0\u{1}LOG\0\u{1}CREATE_RUNTIME\0\u{1}PTY\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0READY\0\u{1}PID\0\u{1}ERROR\0\u{1}LOG\0\u{1}CREATE_RUNTIME\0\u{1}PTY\0\u{1}USER_NAMESPACE\0")
 }
