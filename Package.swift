@@ -1,7 +1,13 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Arrows point one way: CVessel -> VesselLinux -> VesselProtocol -> VesselAgent -> vessel-agent.
+// Arrows point one way (a module imports only what its arrows come from):
+//   CVessel -> VesselLinux (syscalls, mounts, rtnetlink, spawn) -> VesselVM (QEMU), VesselVsock (+ CVesselVsock)
+//   VesselProtocol (ttrpc, generated protobuf, method tables) -> VesselAgentClient
+//   VesselLinux + VesselProtocol -> VesselSpec (OCI spec rules, guest and host)
+//   guest: VesselSpec (+ CSeccomp; CVessel still imported directly) -> VesselAgent -> vessel-agent
+//   host:  VesselSpec -> VesselCore (config, bundles, records, hooks, host cgroups)
+//          -> VesselSandbox (the owner: QEMU, vsock backend, agent client) -> VesselOCI + VesselContainerd -> vessel
 let package = Package(
     name: "Vessel",
     platforms: [.macOS(.v13)],
@@ -81,7 +87,6 @@ let package = Package(
             dependencies: [
                 "CVesselVsock", "VesselLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

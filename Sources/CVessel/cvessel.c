@@ -193,13 +193,16 @@ static void spawn_fail(int errpipe) {
 // Runs in the cloned child: async-signal-safe calls only.
 static void spawn_child(int exe_fd, const char *path, char *const argv[], char *const envp[],
                         const struct vessel_fd_map *fds, int nfds, int errpipe, int pdeathsig, pid_t parent,
-                        int new_session, uint64_t keep_caps) {
+                        int new_session, uint64_t keep_caps, int cgroup_procs_fd) {
     sigset_t all;
     sigemptyset(&all);
     for (int sig = 1; sig < NSIG; sig++)
         signal(sig, SIG_DFL);
     sigprocmask(SIG_SETMASK, &all, NULL);
     if (new_session && setsid() < 0)
+        spawn_fail(errpipe);
+    // "0" moves the writer itself: the child runs nothing before it is in that cgroup (v1 too).
+    if (cgroup_procs_fd >= 0 && write(cgroup_procs_fd, "0", 1) != 1)
         spawn_fail(errpipe);
     // The parent may have died before prctl: then nobody would ever send the signal.
     if (pdeathsig && (prctl(PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0) < 0 || getppid() != parent)) {
@@ -247,7 +250,7 @@ fail:;
 
 pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
                    const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno,
-                   int pdeathsig, int new_session, int cgroup_fd, uint64_t keep_caps) {
+                   int pdeathsig, int new_session, int cgroup_fd, uint64_t keep_caps, int cgroup_procs_fd) {
     int pipefd[2];
     pid_t parent = getpid();
     *exec_errno = 0;
@@ -256,7 +259,8 @@ pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const
     pid_t pid = raw_clone3(clone_flags, SIGCHLD, cgroup_fd);
     if (pid == 0) {
         close(pipefd[0]);
-        spawn_child(exe_fd, path, argv, envp, fds, nfds, pipefd[1], pdeathsig, parent, new_session, keep_caps);
+        spawn_child(exe_fd, path, argv, envp, fds, nfds, pipefd[1], pdeathsig, parent, new_session, keep_caps,
+                    cgroup_procs_fd);
     }
     int saved = errno;
     close(pipefd[1]);

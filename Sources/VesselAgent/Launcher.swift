@@ -97,14 +97,20 @@ struct Launcher {
                     return try receiveReport(agentEnd, logger)
                 }
             }
+            pty = report.pty
             if report.message?.kind == .userNamespace {
+                // A terminal's master came with this report, before the namespace (the catch
+                // below closes it if the mapping fails).
                 report = try await blocking { [logger, pid] in
                     try Self.writeIDMaps(spec.linux, pid: pid)
                     try Linux.sendMessage(agentEnd, [])
                     return try receiveReport(agentEnd, logger)
                 }
+                if report.pty >= 0 {
+                    Linux.close(pty)
+                    pty = report.pty
+                }
             }
-            pty = report.pty
             if report.message?.kind == .ready {
                 // From here the io owns the master, also when wrapping it fails.
                 let master = pty

@@ -177,6 +177,13 @@ public actor Sandbox {
         if cgroupLayout == nil, spec.mounts.contains(where: { $0.type.hasPrefix("cgroup") }) {
             logger.info("container \(id): no cgroup v2 here, cgroup mounts skipped")
         }
+        // The network namespace stays the guest root's, so a user namespace's root has no
+        // CAP_NET_BIND_SERVICE or CAP_NET_RAW there: low ports and ping open to everyone instead,
+        // as docker sets them for every container (the VM is the pod's boundary).
+        if namespaces.contains(.user) {
+            for (key, value) in [("net.ipv4.ip_unprivileged_port_start", "0"), ("net.ipv4.ping_group_range", "0 2147483647")]
+            where spec.linux.sysctl[key] == nil { spec.linux.sysctl[key] = value }
+        }
         // A pod's containers share its IPC and UTS namespaces (Kubernetes' pod model; in a VM the
         // "host's" are the pod's anyway) and, unless they asked for none, its network namespace.
         let joined = sharedNamespaces.filter { shared in shared.name != "net" || namespaces.contains(.network) }

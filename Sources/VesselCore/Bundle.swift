@@ -54,6 +54,13 @@ public struct GuestBundle: Sendable {
     }
     public var pod: PodRole { PodRole(annotations: oci.annotations ?? [:]) }
 
+    /// A new network namespace that only the hooks can configure (docker's libnetwork does it in
+    /// prestart): it must exist, in a process the hooks get the pid of, before they run.
+    public var hooksConfigureNetwork: Bool {
+        let hooks = oci.hooks
+        return networkNamespace == .new && (!(hooks?.prestart ?? []).isEmpty || !(hooks?.createRuntime ?? []).isEmpty)
+    }
+
     /// Reads `bundle`/config.json and checks everything the guest cannot check for us. `container`
     /// names the container's directory in the share.
     public init(bundle path: String, container: String) throws(RuntimeError) {

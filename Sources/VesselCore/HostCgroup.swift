@@ -68,6 +68,11 @@ public enum HostCgroup {
                     warn("host cgroup \(directory)/\(write.file)=\(write.value): \(error)")
                 }
             }
+            // A parent's deny-all also revoked QEMU's devices in its child: give them back.
+            let vmm = directory + "/" + vmmChild
+            if resources.devices != nil, Linux.exists(vmm + "/devices.list") {
+                do { try restrictToSandboxDevices(vmm) } catch { warn("host cgroup \(vmm): \(error)") }
+            }
         }
     }
 
@@ -90,19 +95,21 @@ public enum HostCgroup {
     }
 
     /// What the sandbox's own host tasks need at most: QEMU's main, RCU and vCPU threads and its
-    /// thread pool (64 workers under 9p load), the owner's and the monitor's threads, the hooks.
-    /// A container's pids limit counts guest processes; on the host it bounds these, never below.
-    public static let sandboxTasks: Int64 = 256
+    /// thread pool (64 workers under 9p load), the owner's and the monitor's threads (NIO and
+    /// Swift's pools grow with the cores), the hooks. A container's pids limit counts guest
+    /// processes; on the host it bounds these, never below.
+    public static let sandboxTasks = Int64(256 + 4 * ProcessInfo.processInfo.activeProcessorCount)
 
     private static func pidsWrites(_ pids: OCISpec.Pids?) -> [(file: String, value: String)] {
         guard let pids else { return [] }
         return [("pids.max", pids.limit > 0 ? "\(max(pids.limit, sandboxTasks))" : "max")]
     }
 
-    /// Devices the sandbox's host processes open, allowed after the spec's rules (Kata's list for
-    /// its sandbox cgroup): the null/zero/full/random/urandom/tty/ptmx/pts set every container
-    /// has, tun (taps), kvm, vhost-net and vhost-vsock. Nothing else: a QEMU taken over by its
-    /// guest cannot open the host's disks, even as root with CAP_DAC_OVERRIDE.
+    /// Devices the sandbox's host processes open (Kata's list for its sandbox cgroup): the
+    /// null/zero/full/random/urandom/tty/ptmx/pts set every container has, tun (taps), kvm,
+    /// vhost-net and vhost-vsock. The sandbox's cgroup allows them after the spec's rules; QEMU's
+    /// own child cgroup (`vmmDevices`) allows only them: a QEMU taken over by its guest cannot
+    /// open the host's disks, even as root with CAP_DAC_OVERRIDE, whatever the spec allows.
     static let sandboxDevices: [String] = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
                                            "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm", "c 10:232 rwm", "c 10:238 rwm",
                                            "c 10:241 rwm"]
@@ -121,6 +128,29 @@ public enum HostCgroup {
             return (rule.allow ? "devices.allow" : "devices.deny", entry)
         }
         return [("devices.deny", "a")] + spec + sandboxDevices.map { ("devices.allow", $0) }
+    }
+
+    /// QEMU's child of the sandbox's v1 devices cgroup: deny-all, then `sandboxDevices` only (the
+    /// spec's rules are its guest's business). nil where there is no v1 devices hierarchy (v2:
+    /// the guest's device filter is the only one). `remove` takes it away with its parent.
+    public static func vmmDevices(in directories: [String]) throws(RuntimeError) -> String? {
+        guard let parent = directories.first(where: { Linux.exists($0 + "/devices.list") }) else { return nil }
+        let child = parent + "/" + vmmChild
+        do {
+            try Linux.mkdirAll(child)
+            try restrictToSandboxDevices(child)
+        } catch {
+            rmdir(child)
+            throw RuntimeError(stage: "make QEMU's devices cgroup \(child)", error)
+        }
+        return child
+    }
+
+    static let vmmChild = "vmm"
+
+    private static func restrictToSandboxDevices(_ directory: String) throws(LinuxError) {
+        try Linux.writeFile(directory + "/devices.deny", "a")
+        for rule in sandboxDevices { try Linux.writeFile(directory + "/devices.allow", rule) }
     }
 
     /// A v1 cpuset cgroup refuses processes (ENOSPC) until cpus and mems are set: copy them down.
@@ -152,6 +182,7 @@ public enum HostCgroup {
         for directory in directories {
             // A just-killed shim or QEMU stays in the cgroup as a zombie until its new parent (init)
             // reaps it: EBUSY for a moment.
+            for _ in 0..<150 where rmdir(directory + "/" + vmmChild) != 0 && errno == EBUSY { usleep(20_000) }
             for _ in 0..<150 where rmdir(directory) != 0 && errno == EBUSY { usleep(20_000) }
             let parent = (directory as NSString).deletingLastPathComponent
             if parent.hasSuffix("/vessel") { rmdir(parent) }

@@ -46,14 +46,16 @@ public enum Namespace: String, CaseIterable, Sendable {
     /// by NS_GET_NSTYPE: a path of another type, or not a namespace at all, is an error.
     public static func of(path: String) throws(LinuxError) -> Namespace {
         // statfs first: opening whatever a config names (a watchdog, a tape) could have effects.
-        guard try sys("statfs", path, { vessel_fs_type(path) }) == 0x6e73_6673 else {  // NSFS_MAGIC
-            throw LinuxError(stage: "statfs", errno: EINVAL, detail: "\(path) is not a namespace file (nsfs)")
+        // Callers name the path in their message: the stages here do not repeat it.
+        let fileSystem = try sys("statfs") { vessel_fs_type(path) }
+        guard fileSystem == 0x6e73_6673 else {  // NSFS_MAGIC
+            throw LinuxError(stage: "not a namespace file (nsfs)", errno: 0)
         }
-        let fd = try Linux.open(path, O_RDONLY)
+        let fd = try sys("open") { Glibc.open(path, O_RDONLY | O_CLOEXEC) }
         defer { Linux.close(fd) }
-        let type = try sys("ioctl(NS_GET_NSTYPE)", path) { vessel_ns_type(fd) }
+        let type = try sys("ioctl(NS_GET_NSTYPE)") { vessel_ns_type(fd) }
         guard let namespace = allCases.first(where: { $0.cloneFlag == UInt64(type) }) else {
-            throw LinuxError(stage: "ioctl(NS_GET_NSTYPE)", errno: EINVAL, detail: path)
+            throw LinuxError(stage: "a namespace of a type Vessel does not know (\(type))", errno: 0)
         }
         return namespace
     }
@@ -70,10 +72,11 @@ public struct SpawnResult: Sendable {
 /// thread that lives as long as the process: the kernel ties the signal to the forking thread).
 /// `cgroup`, an fd of a cgroup v2 directory, is where the child starts (CLONE_INTO_CGROUP).
 /// `keepCapabilities` (bit n = capability n) bounds what a root child keeps, with no_new_privs.
+/// `cgroupProcs`, an open cgroup.procs file (any hierarchy, v1 too), is joined before exec.
 public func spawn(exeFD: Int32, path: String = "", arguments: [String], environment: [String],
                   fds: [(src: Int32, dst: Int32)], namespaces: UInt64 = 0,
                   parentDeathSignal: Int32 = 0, newSession: Bool = false, cgroup: Int32 = -1,
-                  keepCapabilities: UInt64? = nil) throws(LinuxError) -> SpawnResult {
+                  keepCapabilities: UInt64? = nil, cgroupProcs: Int32 = -1) throws(LinuxError) -> SpawnResult {
     let argv = CStringArray(arguments)
     let envp = CStringArray(environment)
     let map = fds.map { vessel_fd_map(src: $0.src, dst: $0.dst) }
@@ -83,7 +86,7 @@ public func spawn(exeFD: Int32, path: String = "", arguments: [String], environm
             envp.withPointer { e in
                 map.withUnsafeBufferPointer { m in
                     vessel_spawn(exeFD, path, a, e, m.baseAddress, Int32(m.count), namespaces, &execErrno,
-                                 parentDeathSignal, newSession ? 1 : 0, cgroup, keepCapabilities ?? ~0)
+                                 parentDeathSignal, newSession ? 1 : 0, cgroup, keepCapabilities ?? ~0, cgroupProcs)
                 }
             }
         }

@@ -44,7 +44,7 @@ struct Context: Sendable {
             // The container's host network namespace is the monitor's own (what `state.pid` and the
             // hooks' pid show, and where docker's prestart hook moves the interfaces); QEMU's taps
             // come from it.
-            let network = bundle.pod == .sandbox && bundle.networkNamespace == .new ? Namespace.network.cloneFlag : 0
+            let network = bundle.pod == .sandbox && bundle.hooksConfigureNetwork ? Namespace.network.cloneFlag : 0
             return try SelfExec.start(selfCommand(arguments), newSession: detach, namespaces: network)
         } catch {
             if bundle.pod == .sandbox { stopOwner(sandbox, started: owner) }

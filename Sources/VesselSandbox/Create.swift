@@ -78,7 +78,8 @@ extension SandboxOwner {
             if let holder { state["pid"] = Int(holder.pid) }
             do throws(RuntimeError) {
                 try HostHooks.run(bundle.oci.hooks?.createRuntime, state: state, name: "createRuntime")
-                // Legacy prestart hooks see the container created, as under runc and crun.
+                // Prestart hooks see the container created, as crun and runtime-tools' hooks_stdin
+                // have it (runc says creating).
                 state["status"] = Lifecycle.Status.created.rawValue
                 try HostHooks.run(bundle.oci.hooks?.prestart, state: state, name: "prestart")
                 if vm == nil { try await boot(for: bundle, namespace: holder?.namespace) }
@@ -138,11 +139,13 @@ extension SandboxOwner {
     /// side of the network.
     private func boot(for bundle: GuestBundle, namespace: Int32?) async throws(RuntimeError) {
         let cgroup = HostCgroup.relativePath(cgroupsPath: bundle.guestSpec.linux.cgroupsPath, id: sandboxRecord.id)
+        var vmmDevices: String?
         do {
             sandboxRecord.hostCgroups = try HostCgroup.join(relativePath: cgroup, pid: getpid())
             // On record before anything else can fail: a dead owner's cleanup removes only what it finds.
             persistSandbox()
             HostCgroup.limit(bundle.oci.linux?.resources, in: sandboxRecord.hostCgroups) { log.warning("\($0)") }
+            vmmDevices = try HostCgroup.vmmDevices(in: sandboxRecord.hostCgroups)
         } catch {
             log.warning("sandbox runs without its own host cgroup: \(error)")
         }
@@ -154,7 +157,7 @@ extension SandboxOwner {
         }
         let vm: SandboxVM
         do {
-            vm = try SandboxVM(config: config, paths: paths, log: log, networks: network?.devices ?? [])
+            vm = try SandboxVM(config: config, paths: paths, log: log, networks: network?.devices ?? [], cgroup: vmmDevices)
         } catch {
             network?.disconnect()
             network = nil
@@ -176,7 +179,7 @@ extension SandboxOwner {
         streams = AgentClient(ttrpc, timeout: nil)
         let storages = [GuestBundle.storage(msize: config.hypervisor.msize9p), GuestBundle.shmStorage]
         try await during("create the sandbox") {
-            try await agent.call("CreateSandbox", Grpc_CreateSandboxRequest.with {
+            try await agent.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with {
                 $0.hostname = bundle.guestSpec.hostname
                 $0.storages = storages
                 $0.sandboxID = sandboxRecord.id
@@ -190,15 +193,15 @@ extension SandboxOwner {
     private func configureGuest(_ network: PodNetwork, agent: AgentClient) async throws(RuntimeError) {
         try await during("configure the guest's network") {
             for interface in network.guestInterfaces {
-                _ = try await agent.call("UpdateInterface", Grpc_UpdateInterfaceRequest.with { $0.interface = interface }, as: Types_Interface.self)
+                _ = try await agent.call(AgentAPI.updateInterface, Grpc_UpdateInterfaceRequest.with { $0.interface = interface })
             }
             let routes = network.guestRoutes
             if !routes.isEmpty {
-                _ = try await agent.call("UpdateRoutes", Grpc_UpdateRoutesRequest.with { $0.routes.routes = routes }, as: Grpc_Routes.self)
+                _ = try await agent.call(AgentAPI.updateRoutes, Grpc_UpdateRoutesRequest.with { $0.routes.routes = routes })
             }
             let neighbours = network.guestNeighbours
             if !neighbours.isEmpty {
-                try await agent.call("AddARPNeighbors", Grpc_AddARPNeighborsRequest.with { $0.neighbors.arpneighbors = neighbours })
+                try await agent.call(AgentAPI.addARPNeighbors, Grpc_AddARPNeighborsRequest.with { $0.neighbors.arpneighbors = neighbours })
             }
         }
     }
@@ -208,7 +211,7 @@ extension SandboxOwner {
         guard let streams else { return }
         let events = events
         Task {
-            while let response = try? await streams.call("GetOOMEvent", Grpc_GetOOMEventRequest(), as: Grpc_OOMEvent.self) {
+            while let response = try? await streams.call(AgentAPI.getOOMEvent, Grpc_GetOOMEventRequest()) {
                 events.publish(.oom, Containerd_Events_TaskOOM.with { $0.containerID = response.containerID })
             }
         }
@@ -280,8 +283,7 @@ struct NamespaceHolder {
     /// The OCI CLI's monitor was started in the new namespace (`monitor`, its pid): the hooks see
     /// it as the container's process. Otherwise (containerd's shim) a holder process is made.
     static func make(for bundle: GuestBundle, monitor: Int32) throws(RuntimeError) -> NamespaceHolder? {
-        let hooks = bundle.oci.hooks
-        guard bundle.networkNamespace == .new, !(hooks?.prestart ?? []).isEmpty || !(hooks?.createRuntime ?? []).isEmpty else { return nil }
+        guard bundle.hooksConfigureNetwork else { return nil }
         if monitor > 0, bundle.pod == .sandbox {
             do {
                 return NamespaceHolder(pid: monitor, namespace: try Linux.open("/proc/\(monitor)/ns/net", O_RDONLY), release: -1)

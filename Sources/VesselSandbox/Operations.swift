@@ -173,7 +173,7 @@ extension SandboxOwner {
         if id == sandboxRecord.id { HostCgroup.limit(decoded, in: sandboxRecord.hostCgroups) { log.warning("\($0)") } }
         let (agent, _) = try liveAgent()
         try await during("update container \(id)") {
-            try await agent.call("UpdateContainer", Grpc_UpdateContainerRequest.with { $0.containerID = id; $0.resources = resources })
+            try await agent.call(AgentAPI.updateContainer, Grpc_UpdateContainerRequest.with { $0.containerID = id; $0.resources = resources })
         }
     }
 

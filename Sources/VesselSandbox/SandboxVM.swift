@@ -20,7 +20,8 @@ final class SandboxVM: Sendable {
     private let backendThread: BackendThread
 
     /// Starts the backend and QEMU; the guest then boots on its own (`waitReady`).
-    init(config: RuntimeConfig, paths: SandboxPaths, log: RuntimeLog, networks: [NetworkDevice] = []) throws(RuntimeError) {
+    init(config: RuntimeConfig, paths: SandboxPaths, log: RuntimeLog, networks: [NetworkDevice] = [],
+         cgroup: String? = nil) throws(RuntimeError) {
         self.paths = paths
         self.config = config
         try config.checkGuestFiles()
@@ -34,6 +35,7 @@ final class SandboxVM: Sendable {
         backendThread = backend.start()
         var vmConfig = Self.vmConfig(config, paths: paths)
         vmConfig.networks = networks
+        vmConfig.cgroup = cgroup
         do {
             vm = try GuestVM(vmConfig, consoleLog: paths.consoleLog, dieWithParent: true)
         } catch {
@@ -115,7 +117,7 @@ extension SandboxVM {
     /// DestroySandbox powers the guest off; QEMU is asked to quit, then killed, if it does not.
     func shutdown(agent: AgentClient?) async {
         if let agent, vm.isRunning {
-            _ = try? await agent.call("DestroySandbox", Grpc_DestroySandboxRequest())
+            _ = try? await agent.call(AgentAPI.destroySandbox, Grpc_DestroySandboxRequest())
         }
         let (vm, paths, backend, backendThread) = (vm, paths, backend, backendThread)
         await Linux.blocking {

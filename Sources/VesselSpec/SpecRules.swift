@@ -42,6 +42,7 @@ public enum SpecRules {
             if entry.path.isEmpty || namespace == .user { namespaces.insert(namespace) }
         }
         try idMappings(spec.linux, userNamespace: namespaces.contains(.user))
+        if namespaces.contains(.user) { try userIsMapped(spec.process.user, spec.linux) }
         for (index, mount) in spec.mounts.enumerated() {
             guard mount.destination.hasPrefix("/") else {
                 throw SpecError("OCI.mounts[\(index)].destination \"\(mount.destination)\" must be absolute")
@@ -74,7 +75,8 @@ public enum SpecRules {
     }
 
     /// A user namespace needs both maps (the guest has no subordinate ids to pick from), and maps
-    /// need a user namespace. Each range must fit in 32 bits and the kernel takes 340 lines.
+    /// need a user namespace. What the kernel would refuse with a bare EINVAL is named here: ranges
+    /// past 32 bits or overlapping (inside or outside), more than 340 lines or a page of text.
     static func idMappings(_ linux: Grpc_Linux, userNamespace: Bool) throws(SpecError) {
         let maps = [("uidMappings", linux.uidmappings), ("gidMappings", linux.gidmappings)]
         guard userNamespace else {
@@ -84,14 +86,35 @@ public enum SpecRules {
             return
         }
         for (name, map) in maps {
-            guard !map.isEmpty else { throw SpecError("OCI.linux.\(name): a user namespace needs them") }
-            guard map.count <= 340 else { throw SpecError("OCI.linux.\(name): \(map.count) ranges, the kernel takes 340") }
+            let field = "OCI.linux.\(name)"
+            guard !map.isEmpty else { throw SpecError("\(field): a user namespace needs them") }
+            let text = map.map { "\($0.containerID) \($0.hostID) \($0.size)\n" }.joined()
+            guard map.count <= 340, text.utf8.count < 4096 else {
+                throw SpecError("\(field): \(map.count) ranges, more than the kernel takes (340 lines, 4 KiB)")
+            }
             for (index, range) in map.enumerated() {
                 let end = UInt64(range.containerID) + UInt64(range.size), hostEnd = UInt64(range.hostID) + UInt64(range.size)
                 guard range.size > 0, end <= UInt64(UInt32.max), hostEnd <= UInt64(UInt32.max) else {
-                    throw SpecError("OCI.linux.\(name)[\(index)]: size \(range.size) from \(range.containerID)/\(range.hostID) is empty or past 2^32-1")
+                    throw SpecError("\(field)[\(index)]: size \(range.size) from \(range.containerID)/\(range.hostID) is empty or past 2^32-1")
+                }
+                for (other, earlier) in map.prefix(index).enumerated() {
+                    let overlaps = { (a: UInt32, b: UInt32) in UInt64(a) < UInt64(b) + UInt64(earlier.size) && UInt64(b) < UInt64(a) + UInt64(range.size) }
+                    if overlaps(range.containerID, earlier.containerID) || overlaps(range.hostID, earlier.hostID) {
+                        throw SpecError("\(field)[\(index)] overlaps \(field)[\(other)]")
+                    }
                 }
             }
+        }
+    }
+
+    /// The process's ids must exist in the namespace, or setuid/setgid fail with EINVAL at start.
+    static func userIsMapped(_ user: Grpc_User, _ linux: Grpc_Linux) throws(SpecError) {
+        let mapped = { (id: UInt32, map: [Grpc_LinuxIDMapping]) in
+            map.contains { UInt64(id) >= UInt64($0.containerID) && UInt64(id) < UInt64($0.containerID) + UInt64($0.size) }
+        }
+        guard mapped(user.uid, linux.uidmappings) else { throw SpecError("OCI.process.user.uid \(user.uid) is not in OCI.linux.uidMappings") }
+        for gid in [user.gid] + user.additionalGids where !mapped(gid, linux.gidmappings) {
+            throw SpecError("OCI.process.user gid \(gid) is not in OCI.linux.gidMappings")
         }
     }
 

@@ -4,7 +4,7 @@ import VesselDevSupport
 import VesselProtocol
 
 /// The agent as a root process on this host, over a Unix socket, with busybox containers.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(3)), .serialized)
 struct AgentContainerTests {
     @Test func echoReachesStdoutAndExitsZero() async throws {
         try await withAgent { agent in

@@ -4,13 +4,13 @@ import VesselDevSupport
 import VesselProtocol
 
 /// RPCs around the containers: files, clock, details, stats, freezer.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(3)), .serialized)
 struct AgentServiceTests {
     @Test func copyFileStaysInsideTheRunArea() async throws {
         try await withAgent { agent in
             let target = agent.runDir + "/sandbox/etc/hosts"
             for (offset, chunk) in [(Int64(0), "127.0.0.1 "), (Int64(10), "localhost\n")] {
-                _ = try await agent.client.call("CopyFile", Grpc_CopyFileRequest.with {
+                _ = try await agent.client.call(AgentAPI.copyFile, Grpc_CopyFileRequest.with {
                     $0.path = target; $0.fileSize = 20; $0.fileMode = 0o100644; $0.dirMode = 0o750
                     $0.offset = offset; $0.data = Data(chunk.utf8)
                 })
@@ -18,17 +18,17 @@ struct AgentServiceTests {
             #expect(try String(contentsOfFile: target, encoding: .utf8) == "127.0.0.1 localhost\n")
 
             await expectError(.invalidArgument, containing: "outside") {
-                _ = try await agent.client.call("CopyFile", Grpc_CopyFileRequest.with { $0.path = "/tmp/vessel-evil"; $0.data = Data("x".utf8) })
+                _ = try await agent.client.call(AgentAPI.copyFile, Grpc_CopyFileRequest.with { $0.path = "/tmp/vessel-evil"; $0.data = Data("x".utf8) })
             }
             await expectError(.invalidArgument, containing: "..") {
-                _ = try await agent.client.call("CopyFile", Grpc_CopyFileRequest.with { $0.path = agent.runDir + "/../evil"; $0.data = Data("x".utf8) })
+                _ = try await agent.client.call(AgentAPI.copyFile, Grpc_CopyFileRequest.with { $0.path = agent.runDir + "/../evil"; $0.data = Data("x".utf8) })
             }
             // A symlink planted inside the area that points out of it must not be followed.
             let outside = agent.directory.appendingPathComponent("outside").path
             try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
             try FileManager.default.createSymbolicLink(atPath: agent.runDir + "/link", withDestinationPath: outside)
             await expectError(.invalidArgument, containing: "link") {
-                _ = try await agent.client.call("CopyFile", Grpc_CopyFileRequest.with { $0.path = agent.runDir + "/link/evil"; $0.data = Data("x".utf8) })
+                _ = try await agent.client.call(AgentAPI.copyFile, Grpc_CopyFileRequest.with { $0.path = agent.runDir + "/link/evil"; $0.data = Data("x".utf8) })
             }
             #expect(!FileManager.default.fileExists(atPath: outside + "/evil"))
         }
@@ -37,10 +37,9 @@ struct AgentServiceTests {
     @Test func hostModeRefusesTheClockAndReportsDetails() async throws {
         try await withAgent { agent in
             await expectError(.failedPrecondition, containing: "host mode") {
-                _ = try await agent.client.call("SetGuestDateTime", Grpc_SetGuestDateTimeRequest.with { $0.sec = 0 })
+                _ = try await agent.client.call(AgentAPI.setGuestDateTime, Grpc_SetGuestDateTimeRequest.with { $0.sec = 0 })
             }
-            let details = try await agent.client.call("GetGuestDetails", Grpc_GuestDetailsRequest.with { $0.memBlockSize = true },
-                                               as: Grpc_GuestDetailsResponse.self)
+            let details = try await agent.client.call(AgentAPI.getGuestDetails, Grpc_GuestDetailsRequest.with { $0.memBlockSize = true })
             #expect(!details.agentDetails.version.isEmpty)
             #expect(details.agentDetails.initDaemon == false)
             let version = try await agent.client.version()
@@ -52,30 +51,27 @@ struct AgentServiceTests {
         try await withAgent { agent in
             try await agent.run("busy", ["sh", "-c", "i=0; while :; do i=$((i+1)); done"])
             try await Task.sleep(for: .milliseconds(300))
-            let stats = try await agent.client.call("StatsContainer", Grpc_StatsContainerRequest.with { $0.containerID = "busy" },
-                                             as: Grpc_StatsContainerResponse.self)
+            let stats = try await agent.client.call(AgentAPI.statsContainer, Grpc_StatsContainerRequest.with { $0.containerID = "busy" })
             #expect(stats.cgroupStats.cpuStats.cpuUsage.totalUsage > 0)
             #expect(stats.cgroupStats.memoryStats.usage.usage > 0)
             #expect(stats.cgroupStats.pidsStats.current >= 1)
 
-            _ = try await agent.client.call("PauseContainer", Grpc_PauseContainerRequest.with { $0.containerID = "busy" })
-            let frozen = try await agent.client.call("StatsContainer", Grpc_StatsContainerRequest.with { $0.containerID = "busy" },
-                                              as: Grpc_StatsContainerResponse.self).cgroupStats.cpuStats.cpuUsage.totalUsage
+            _ = try await agent.client.call(AgentAPI.pauseContainer, Grpc_PauseContainerRequest.with { $0.containerID = "busy" })
+            let frozen = try await agent.client.call(AgentAPI.statsContainer, Grpc_StatsContainerRequest.with { $0.containerID = "busy" }).cgroupStats.cpuStats.cpuUsage.totalUsage
             try await Task.sleep(for: .milliseconds(300))
-            let later = try await agent.client.call("StatsContainer", Grpc_StatsContainerRequest.with { $0.containerID = "busy" },
-                                             as: Grpc_StatsContainerResponse.self).cgroupStats.cpuStats.cpuUsage.totalUsage
+            let later = try await agent.client.call(AgentAPI.statsContainer, Grpc_StatsContainerRequest.with { $0.containerID = "busy" }).cgroupStats.cpuStats.cpuUsage.totalUsage
             #expect(later - frozen < 20_000_000, "a frozen container used \(later - frozen) ns of CPU")
             await expectError(.failedPrecondition, containing: "not running") {
-                _ = try await agent.client.call("PauseContainer", Grpc_PauseContainerRequest.with { $0.containerID = "busy" })
+                _ = try await agent.client.call(AgentAPI.pauseContainer, Grpc_PauseContainerRequest.with { $0.containerID = "busy" })
             }
-            _ = try await agent.client.call("ResumeContainer", Grpc_ResumeContainerRequest.with { $0.containerID = "busy" })
+            _ = try await agent.client.call(AgentAPI.resumeContainer, Grpc_ResumeContainerRequest.with { $0.containerID = "busy" })
             try await agent.client.removeContainer("busy")
         }
     }
 }
 
 /// Limits, live updates and OOM events through the host's cgroup v1 memory and pids controllers.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(3)), .serialized)
 struct CgroupHostTests {
     @Test func updateAndOOMEvent() async throws {
         try await withAgent { agent in
@@ -84,7 +80,7 @@ struct CgroupHostTests {
             try await agent.client.createContainer("lim", spec: spec)
             let pidsMax = "/sys/fs/cgroup/pids/vessel/agent/lim/pids.max"
             #expect(try String(contentsOfFile: pidsMax, encoding: .utf8) == "50\n")
-            try await agent.client.call("UpdateContainer", Grpc_UpdateContainerRequest.with {
+            try await agent.client.call(AgentAPI.updateContainer, Grpc_UpdateContainerRequest.with {
                 $0.containerID = "lim"; $0.resources = .with { $0.pids = .with { $0.limit = 77 } }
             })
             #expect(try String(contentsOfFile: pidsMax, encoding: .utf8) == "77\n")
@@ -95,7 +91,7 @@ struct CgroupHostTests {
             hog.linux.resources = .with { $0.memory = .with { $0.limit = 32 << 20 } }
             try await agent.client.createContainer("hog", spec: hog)
             try await agent.client.startContainer("hog")
-            let event = try await agent.client.call("GetOOMEvent", Grpc_GetOOMEventRequest(), as: Grpc_OOMEvent.self)
+            let event = try await agent.client.call(AgentAPI.getOOMEvent, Grpc_GetOOMEventRequest())
             #expect(event.containerID == "hog")
             #expect(try await agent.client.wait("hog") == 128 + 9)
         }

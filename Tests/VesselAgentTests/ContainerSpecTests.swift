@@ -4,7 +4,7 @@ import VesselDevSupport
 import VesselProtocol
 
 /// What the OCI spec asks for shows up inside the container.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(3)), .serialized)
 struct ContainerSpecTests {
     @Test func userCwdEnvAndGroups() async throws {
         try await withAgent { agent in
@@ -45,7 +45,8 @@ struct ContainerSpecTests {
     @Test func aUserNamespaceMapsTheContainersRoot() async throws {
         try await withAgent { agent in
             let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; cat /etc/hostname >/dev/null && echo reads; "
-                + "touch /etc/new 2>/dev/null || echo denied; mkdir -p /tmp/own && echo tmpfs; exec sleep 100"
+                + "touch /etc/new 2>/dev/null || echo denied; mkdir -p /tmp/own && echo tmpfs; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; "
+                + "exec sleep 100"
             var spec = agent.spec(["sh", "-c", script])
             spec.linux.namespaces.append(.with { $0.type = "user" })
             spec.linux.uidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 65536 }]
@@ -53,9 +54,10 @@ struct ContainerSpecTests {
             try "vessel\n".write(toFile: agent.rootfs + "/etc/hostname", atomically: true, encoding: .utf8)
             try await agent.client.createContainer("userns", spec: spec)
             try await agent.client.startContainer("userns")
-            let out = try await agent.read("userns", until: "tmpfs")
+            let out = try await agent.read("userns", until: "tmpfs\n0\n")
             let lines = out.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
-            #expect(lines == ["0 100000 65536", "0 200000 65536", "0", "0", "reads", "denied", "tmpfs"], "\(out)")
+            // Low ports are open to the namespace's root, which has no CAP_NET_BIND_SERVICE there.
+            #expect(lines == ["0 100000 65536", "0 200000 65536", "0", "0", "reads", "denied", "tmpfs", "0"], "\(out)")
             #expect(!FileManager.default.fileExists(atPath: agent.rootfs + "/etc/new"))
             try await agent.exec("userns", "e1", ["sh", "-c", "cat /proc/self/uid_map; id -u"])
             let exec = try await agent.output("userns", "e1")
@@ -63,6 +65,33 @@ struct ContainerSpecTests {
             #expect(try await agent.client.wait("userns", "e1") == 0)
             try await agent.client.signal("userns", "", signal: SIGKILL)
             _ = try await agent.client.wait("userns")
+        }
+    }
+
+    /// What kubelet and docker always set still works inside a user namespace: a terminal (its
+    /// master comes before the namespace), an OOM score and a raised rlimit (set while still the
+    /// guest's root), and an exec with the same process settings.
+    @Test func aUserNamespaceKeepsTerminalOOMScoreAndRlimits() async throws {
+        try await withAgent { agent in
+            var spec = agent.spec(["sh", "-c", "echo tty=$(tty) oom=$(cat /proc/self/oom_score_adj) nofile=$(ulimit -Hn); exec sleep 100"],
+                                  terminal: true)
+            spec.linux.namespaces.append(.with { $0.type = "user" })
+            spec.linux.uidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 65536 }]
+            spec.linux.gidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 65536 }]
+            spec.process.oomscoreAdj = 500  // raising needs no CAP_SYS_RESOURCE, which host-mode tests may lack
+            spec.process.rlimits = [.with { $0.type = "RLIMIT_NOFILE"; $0.hard = 8192; $0.soft = 4096 }]
+            try await agent.client.createContainer("usertty", spec: spec)
+            try await agent.client.startContainer("usertty")
+            let out = try await agent.read("usertty", until: "nofile=")
+            #expect(out.contains("tty=/dev/pts/") && out.contains("oom=500"), "\(out)")
+            var process = spec.process
+            process.args = ["sh", "-c", "echo oom=$(cat /proc/self/oom_score_adj) nofile=$(ulimit -Hn)"]
+            process.terminal = false
+            try await agent.client.exec("usertty", "e1", process: process)
+            let exec = try await agent.output("usertty", "e1")
+            #expect(exec == "oom=500 nofile=8192\n", "\(exec)")
+            try await agent.client.signal("usertty", "", signal: SIGKILL)
+            _ = try await agent.client.wait("usertty")
         }
     }
 
@@ -76,6 +105,16 @@ struct ContainerSpecTests {
             }
             spec.linux.namespaces.append(.with { $0.type = "user" })
             await expectError(.invalidArgument, containing: "gidMappings: a user namespace needs them") {
+                try await agent.client.createContainer("maps", spec: spec)
+            }
+            spec.linux.gidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 10 },
+                                      .with { $0.containerID = 5; $0.hostID = 300_000; $0.size = 10 }]
+            await expectError(.invalidArgument, containing: "gidMappings[1] overlaps OCI.linux.gidMappings[0]") {
+                try await agent.client.createContainer("maps", spec: spec)
+            }
+            spec.linux.gidmappings.removeLast()
+            spec.process.user.additionalGids = [20]
+            await expectError(.invalidArgument, containing: "gid 20 is not in OCI.linux.gidMappings") {
                 try await agent.client.createContainer("maps", spec: spec)
             }
         }

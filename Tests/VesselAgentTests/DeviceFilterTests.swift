@@ -5,7 +5,7 @@ import VesselProtocol
 
 /// The cgroup v2 device filter: generated eBPF, and the real thing attached to a cgroup of this
 /// host's (empty but real) cgroup2 mount.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(3)), .serialized)
 struct DeviceFilterTests {
     static let denyAll = Grpc_LinuxDeviceCgroup.with { $0.allow = false; $0.type = "a"; $0.major = -1; $0.minor = -1; $0.access = "rwm" }
 

@@ -4,7 +4,7 @@ import VesselDevSupport
 import VesselProtocol
 
 /// OCI hooks run at their points of the lifecycle with the state on stdin.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(3)), .serialized)
 struct HookTests {
     static func hook(_ script: String, timeout: Int64 = 0) -> Grpc_Hook {
         .with { $0.path = "/bin/sh"; $0.args = ["sh", "-c", script]; $0.timeout = timeout }

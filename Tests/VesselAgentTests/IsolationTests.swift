@@ -5,7 +5,7 @@ import VesselProtocol
 
 /// Issue 3's checks, read from inside the container: capabilities, no_new_privs, seccomp, masked
 /// and read-only paths, rlimits, sysctls, oom score, devices.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(3)), .serialized)
 struct IsolationTests {
     static let dockerCapabilities = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
                                      "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",

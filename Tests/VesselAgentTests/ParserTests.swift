@@ -5,6 +5,7 @@ import VesselProtocol
 import VesselSpec
 
 /// Pure conversions: mount options, cgroup values, capability and sysctl rules.
+@Suite(.timeLimit(.minutes(3)))
 struct ParserTests {
     @Test func mountOptionsSplitIntoFlagsPropagationAndData() {
         let o = MountOptions(["nosuid", "noexec", "ro", "rbind", "rslave", "mode=755", "size=64k", "rw", "relatime"])

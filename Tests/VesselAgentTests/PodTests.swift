@@ -18,7 +18,7 @@ struct PodTests {
 
     @Test func containersShareThePodsNamespaces() async throws {
         try await withAgent { agent in
-            try await agent.client.call("CreateSandbox", Grpc_CreateSandboxRequest.with { $0.sandboxID = "pod"; $0.hostname = "pod-host" })
+            try await agent.client.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with { $0.sandboxID = "pod"; $0.hostname = "pod-host" })
             for id in ["a", "b"] {
                 try await agent.client.createContainer(id, spec: podSpec(agent, ["sh", "-c", Self.probe]))
                 try await agent.client.startContainer(id)

@@ -5,7 +5,7 @@ import VesselProtocol
 
 /// Kata `Storage`s in host mode: mount points live below the agent's run directory (in the guest,
 /// below /run). 9p needs a VM (GuestContainerTests); here the bind, local and ephemeral drivers.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(3)), .serialized)
 struct StorageTests {
     static func storage(_ driver: String, _ source: String, _ mountPoint: String, _ options: [String] = []) -> Grpc_Storage {
         .with {
@@ -24,7 +24,7 @@ struct StorageTests {
     @Test func badStoragesNameTheFieldAndMountNothing() async throws {
         try await withAgent { agent in
             func sandbox(_ storage: Grpc_Storage) async throws {
-                try await agent.client.call("CreateSandbox", Grpc_CreateSandboxRequest.with { $0.sandboxID = "s"; $0.storages = [storage] })
+                try await agent.client.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with { $0.sandboxID = "s"; $0.storages = [storage] })
             }
             let run = agent.runDir
             await expectError(.invalidArgument, containing: "storages[0].driver \"x\" is not supported") {
@@ -61,7 +61,7 @@ struct StorageTests {
             }
             // CreateContainer checks its storages in the same place, before anything starts.
             await expectError(.invalidArgument, containing: "storages[1].driver \"blk\" is not supported") {
-                try await agent.client.call("CreateContainer", Grpc_CreateContainerRequest.with {
+                try await agent.client.call(AgentAPI.createContainer, Grpc_CreateContainerRequest.with {
                     $0.containerID = "c"
                     $0.oci = agent.spec(["true"])
                     $0.storages = [Self.storage("local", "", run + "/ok"), Self.storage("blk", "/dev/vda", run + "/m")]
@@ -80,7 +80,7 @@ struct StorageTests {
             let volume = agent.directory.appendingPathComponent("volume").path
             try FileManager.default.createDirectory(atPath: volume, withIntermediateDirectories: true)
             try "from the host\n".write(toFile: volume + "/file", atomically: true, encoding: .utf8)
-            try await agent.client.call("CreateSandbox", Grpc_CreateSandboxRequest.with {
+            try await agent.client.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with {
                 $0.sandboxID = "s"
                 $0.storages = [Self.storage("bind", agent.rootfs, shared + "/rootfs", ["rbind"])]
             })
@@ -92,7 +92,7 @@ struct StorageTests {
                 var spec = agent.spec(["sh", "-c", script])
                 spec.root.path = shared + "/rootfs"
                 spec.mounts.append(SpecTemplate.mount("/data", "bind", agent.runDir + "/volumes/v", ["rbind"]))
-                try await agent.client.call("CreateContainer", Grpc_CreateContainerRequest.with {
+                try await agent.client.call(AgentAPI.createContainer, Grpc_CreateContainerRequest.with {
                     $0.containerID = id
                     $0.oci = spec
                     $0.storages = [volumeStorage] + extra
@@ -114,7 +114,7 @@ struct StorageTests {
 
             // A different storage on a mount point in use is refused.
             await expectError(.invalidArgument, containing: "storages[0].mount_point \(agent.runDir)/volumes/v is already mounted from another source") {
-                try await agent.client.call("CreateContainer", Grpc_CreateContainerRequest.with {
+                try await agent.client.call(AgentAPI.createContainer, Grpc_CreateContainerRequest.with {
                     $0.containerID = "c"
                     $0.oci = agent.spec(["true"])
                     $0.storages = [Self.storage("bind", agent.rootfs, agent.runDir + "/volumes/v")]
@@ -130,7 +130,7 @@ struct StorageTests {
             #expect(!FileManager.default.fileExists(atPath: agent.runDir + "/volumes/v"))
             #expect(FileManager.default.fileExists(atPath: volume + "/file"), "unmounting leaves the source alone")
 
-            try await agent.client.call("DestroySandbox", Grpc_DestroySandboxRequest())
+            try await agent.client.call(AgentAPI.destroySandbox, Grpc_DestroySandboxRequest())
             #expect(!Self.mountPoints().contains(shared + "/rootfs"))
             #expect(agent.leftoverMounts().isEmpty, "\(agent.leftoverMounts())")
         }

@@ -3,7 +3,7 @@ import Testing
 
 @testable import VesselImage
 
-@Suite("cpio writer")
+@Suite("cpio writer", .timeLimit(.minutes(1)))
 struct CPIOWriterTests {
     @Test("header fields, name and data padding, trailer")
     func headerLayout() throws {
@@ -27,7 +27,7 @@ struct CPIOWriterTests {
     }
 }
 
-@Suite("manifest")
+@Suite("manifest", .timeLimit(.minutes(1)))
 struct ManifestTests {
     @Test("all four entry types, comments and blank lines")
     func parses() throws {
@@ -135,7 +135,7 @@ struct ManifestTests {
     }
 }
 
-@Suite("image builder")
+@Suite("image builder", .timeLimit(.minutes(1)))
 struct ImageBuilderTests {
     /// A small rootfs with one of each entry type, listed out of order.
     func smallRootfs(in directory: String) throws -> String {

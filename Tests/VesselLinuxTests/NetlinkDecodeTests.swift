@@ -6,6 +6,7 @@ import Glibc
 #endif
 
 /// The rtnetlink answer decoders without a socket, on inputs found by fuzzing (Fuzz/, fuzz-netlink).
+@Suite(.timeLimit(.minutes(1)))
 struct NetlinkDecodeTests {
     /// An NLMSG_ERROR answering request 7 with `code` as its error, then the echoed request header.
     func errorAnswer(_ code: UInt32) -> [UInt8] {

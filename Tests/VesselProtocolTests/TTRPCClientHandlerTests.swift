@@ -83,8 +83,26 @@ struct TTRPCClientHandlerTests {
 
     @Test func closeFailsPendingAndLaterCalls() async throws {
         let channel = try await self.connection()
+        // Kept as TTRPCClient keeps it: the close takes the handler out of the pipeline, yet
+        // the client still hands it the calls made afterwards.
+        let handler = try await channel.testingEventLoop.executeInContext {
+            NIOLoopBound(try channel.pipeline.syncOperations.handler(type: TTRPCClientHandler.self), eventLoop: channel.eventLoop)
+        }
         let (call, _) = try await self.start(channel)
         try await channel.close()
         await self.expectCode(.unavailable, call)
+
+        // Later calls fail at once instead of waiting for an answer that cannot come; the one
+        // with a timeout must not wait for its deadline either (this loop's clock never moves).
+        for timeout: TimeAmount? in [nil, .seconds(1)] {
+            let later = channel.eventLoop.makePromise(of: Ttrpc_Response.self)
+            try await channel.testingEventLoop.executeInContext {
+                handler.value.start(try Ttrpc_Request().serializedBytes(), promise: later, timeout: timeout)
+                // A no-op once start has failed the call; if it has not, this ends the wait
+                // below with a wrong code instead of leaving the test hanging.
+                later.fail(TTRPCError(.internal, "still pending after start returned"))
+            }
+            await self.expectCode(.unavailable, later.futureResult)
+        }
     }
 }

@@ -3,7 +3,7 @@ import NIOEmbedded
 import Testing
 @testable import VesselProtocol
 
-@Suite("ttrpc framing")
+@Suite("ttrpc framing", .timeLimit(.minutes(1)))
 struct TTRPCFrameTests {
     private func decoderChannel() -> EmbeddedChannel {
         EmbeddedChannel(handler: ByteToMessageHandler(TTRPCFrameDecoder()))

@@ -7,9 +7,17 @@ import Testing
 @Suite("ttrpc server connection", .timeLimit(.minutes(1)))
 struct TTRPCServerHandlerTests {
     let recorder = Recorder()
+    /// The connection's handler Tasks, so a test can wait until every one has reported back.
+    let tasks = TTRPCHandlerTasks()
 
+    /// `makeServerConnection`, plus `tasks`.
     private func connection() async throws -> NIOAsyncTestingChannel {
-        try await makeServerConnection([makeTestService(self.recorder)])
+        let services = ["test.Service": makeTestService(self.recorder)]
+        let channel = try await NIOAsyncTestingChannel { [tasks] channel in
+            try TTRPCServer.addHandlers(to: channel.pipeline.syncOperations, services: services, tasks: tasks)
+        }
+        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
+        return channel
     }
 
     private func echo(_ channel: NIOAsyncTestingChannel, streamID: UInt32, _ text: String) async throws {
@@ -20,6 +28,22 @@ struct TTRPCServerHandlerTests {
         #expect(reply.streamID == streamID)
         #expect(reply.code == .ok)
         #expect(try Google_Protobuf_StringValue(serializedBytes: reply.response.payload).value == text)
+    }
+
+    /// Everything the server has written so far, decoded. Never waits: answers that need no
+    /// handler Task are written before `writeInbound` returns.
+    private func written(_ channel: NIOAsyncTestingChannel) async throws -> [DecodedResponse] {
+        var answers: [DecodedResponse] = []
+        while var buffer = try await channel.readOutbound(as: ByteBuffer.self) {
+            var decoder = TTRPCFrameDecoder()
+            guard case .frame(let frame) = decoder.nextMessage(from: &buffer), frame.type == .response else {
+                Issue.record("server wrote something that is not a response frame")
+                break
+            }
+            let response = try Ttrpc_Response(serializedBytes: Array(buffer: frame.payload))
+            answers.append(DecodedResponse(streamID: frame.streamID, response: response))
+        }
+        return answers
     }
 
     @Test func servesEcho() async throws {
@@ -72,32 +96,44 @@ struct TTRPCServerHandlerTests {
         let channel = try await self.connection()
         var rng = SplitMix64(state: 0x7717_9C)
         var junk = ByteBuffer()
+        // What the server owes, by its rules: one error per request frame, on that frame's
+        // stream and in order; frames of other types get nothing. Junk that parses as a
+        // request names no service of this server.
+        var owed: [(streamID: UInt32, code: TTRPCCode)] = []
+        var lastStreamID: UInt32 = 0
         for _ in 0..<500 {
             let payload = (0..<Int.random(in: 0...48, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            let streamID = UInt32.random(in: 0...UInt32.max, using: &rng)
+            let type = UInt8.random(in: 0...4, using: &rng)
             junk.writeImmutableBuffer(
-                frameBytes(
-                    streamID: UInt32.random(in: 0...UInt32.max, using: &rng),
-                    type: UInt8.random(in: 0...4, using: &rng),
-                    flags: UInt8.random(in: 0...255, using: &rng),
-                    payload: payload
-                )
+                frameBytes(streamID: streamID, type: type, flags: UInt8.random(in: 0...255, using: &rng), payload: payload)
             )
+            guard type == TTRPCFrameType.request.rawValue else { continue }
+            if streamID % 2 == 0 || streamID <= lastStreamID {
+                owed.append((streamID, .invalidArgument))
+                continue
+            }
+            lastStreamID = streamID
+            let parses = (try? Ttrpc_Request(serializedBytes: payload)) != nil
+            owed.append((streamID, parses ? .unimplemented : .invalidArgument))
         }
-        // Then bytes that are not frames at all: a header claiming 20 bytes, and fewer arrive.
+        // Then a frame cut short: its header claims 20 bytes and only 3 arrive. It must wait, unanswered.
         junk.writeBytes([0, 0, 0, 20, 0xDE, 0xAD, 0xBE, 0xEF, 1, 0, 1, 2, 3])
         try await channel.writeInbound(junk)
 
-        while let bytes = try await channel.readOutbound(as: ByteBuffer.self) {
-            var buffer = bytes
-            var decoder = TTRPCFrameDecoder()
-            guard case .frame(let frame) = decoder.nextMessage(from: &buffer) else {
-                Issue.record("server wrote a partial frame")
-                break
-            }
-            let response = try Ttrpc_Response(serializedBytes: Array(buffer: frame.payload))
-            let code = TTRPCCode(rawValue: response.status.code)
-            #expect(code == .invalidArgument || code == .unimplemented, "junk answered with \(String(describing: code))")
-        }
+        let answers = try await self.written(channel)
+        #expect(owed.count > 50, "the seed should yield plenty of request frames")
+        #expect(answers.count == owed.count, "\(answers.count) answers to \(owed.count) request frames")
+        let firstWrong = zip(answers, owed).first { $0.streamID != $1.streamID || $0.code != $1.code }
+            .map { "stream \($0.streamID) got \(String(describing: $0.code)), owed: stream \($1.streamID) \($1.code)" }
+        #expect(firstWrong == nil)
+
+        // The rest of the cut frame completes it: a request the server must still answer
+        // (stream 0xDEADBEEF is stale or its payload does not parse, either way InvalidArgument).
+        try await channel.writeInbound(ByteBuffer(repeating: 0, count: 17))
+        let last = try await self.written(channel)
+        #expect(last.map { $0.streamID } == [0xDEAD_BEEF])
+        #expect(last.first?.code == .invalidArgument)
         #expect(channel.isActive)
         _ = try? await channel.finish()
     }
@@ -173,7 +209,10 @@ struct TTRPCServerHandlerTests {
         let reply = try await nextResponse(channel)
         #expect(reply.code == .deadlineExceeded)
         #expect(await self.recorder.waitFor("slow cancelled 60000"))
-        // The cancelled handler's own completion must not produce a second response.
+        // The cancelled handler's own completion must not produce a second response. Its Task
+        // hops to the loop just before it ends, so once drained that completion has been
+        // handled (or is queued ahead of the echo), and a stray response would show below.
+        await self.tasks.drain()
         try await self.echo(channel, streamID: 3, "after deadline")
         #expect(try await channel.readOutbound(as: ByteBuffer.self) == nil)
     }

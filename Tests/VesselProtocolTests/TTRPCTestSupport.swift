@@ -23,9 +23,6 @@ final class Recorder: Sendable {
     }
 }
 
-struct NotFoundError: TTRPCStatusConvertible {
-    var ttrpcError: TTRPCError { TTRPCError(.notFound, "no such thing") }
-}
 
 struct PlainError: Error, CustomStringConvertible {
     var description: String { "plain failure" }
@@ -47,7 +44,7 @@ func makeTestService(_ recorder: Recorder) -> TTRPCService {
         recorder.record("slow finished \(request.value)")
         return request
     }
-    service.register("Fail") { (_: Google_Protobuf_Empty) -> Google_Protobuf_Empty in throw NotFoundError() }
+    service.register("Fail") { (_: Google_Protobuf_Empty) -> Google_Protobuf_Empty in throw TTRPCError(.notFound, "no such thing") }
     service.register("Plain") { (_: Google_Protobuf_Empty) -> Google_Protobuf_Empty in throw PlainError() }
     service.register("Big") { (_: Google_Protobuf_Empty) in
         Google_Protobuf_StringValue(String(repeating: "x", count: TTRPCFrame.maxPayloadLength + 1))

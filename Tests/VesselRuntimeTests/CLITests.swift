@@ -2,7 +2,7 @@ import Foundation
 import Testing
 
 /// The CLI's answers to bad input: one line naming what was wrong, exit status 1, nothing left.
-@Suite(.serialized)
+@Suite(.timeLimit(.minutes(10)), .serialized)
 struct CLIBadInputTests {
     @Test func badBundlesAndUnknownIds() throws {
         let cli = try VesselCLI()

@@ -5,7 +5,7 @@ import VesselCore
 
 /// Real callers of an OCI runtime, installed from Debian when missing, with all their state in a
 /// temporary directory: podman (conmon) and dockerd 20.10 (containerd + containerd-shim-runc-v2).
-@Suite(.serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct CallerTests {
     @Test func podmanRunsABusyboxContainer() throws {
         try ensureInstalled(["/usr/bin/podman": "podman", "/usr/bin/conmon": "conmon"])

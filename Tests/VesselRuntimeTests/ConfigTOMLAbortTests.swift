@@ -3,6 +3,7 @@ import Testing
 
 /// Configuration files on which toml++ (inside TOMLKit, with its assertions compiled in) aborted the
 /// process instead of reporting an error; found by fuzzing (Fuzz/, fuzz-config-toml).
+@Suite(.timeLimit(.minutes(2)))
 struct ConfigTOMLAbortTests {
     /// Fuzz/Corpus/config-toml/crash-table-name-not-a-key
     @Test func tableNameStartingWithNoKeyCharacterIsAnError() {

@@ -5,7 +5,7 @@ import VesselCore
 
 /// Containers as users run them: for minutes, with a lot of output. The sandbox owner once lost
 /// QEMU 5 s after it went idle (the parent-death signal followed a dispatch worker thread).
-@Suite(.serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct LongLivedTests {
     @Test(.timeLimit(.minutes(4)))
     func aContainerThatSleeps60sIsStillRunningAt50s() throws {

@@ -6,7 +6,7 @@ import VesselCore
 import VesselVM
 
 /// `vessel` driving real QEMU guests (TCG here): the built kernel and initrd, a busybox bundle.
-@Suite(.serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct VMRuntimeTests {
     @Test func runRelaysStdioAndPropagatesTheExitCode() throws {
         let cli = try VesselCLI()

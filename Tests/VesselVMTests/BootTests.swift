@@ -13,7 +13,7 @@ let kernel = ProcessInfo.processInfo.environment["VESSEL_KERNEL"] ?? ""
 let initrd = ProcessInfo.processInfo.environment["VESSEL_INITRD"] ?? ""
 let debugInitrd = ProcessInfo.processInfo.environment["VESSEL_DEBUG_INITRD"] ?? ""
 
-@Suite(.serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct BootTests {
     func config(_ parameters: [String]) -> VMConfig {
         var config = VMConfig(kernel: kernel, initrd: initrd)
@@ -73,7 +73,7 @@ func withVsockGuest<T>(initrd: String, parameters: [String] = [], shares: [Share
 
 /// The host reaches the agent in the guest: QEMU's vhost-user-vsock device, our backend, CONNECT
 /// 1024, then ttrpc. DestroySandbox then powers the guest off.
-@Suite(.serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct GuestAgentOverVsockTests {
     @Test func healthCheckThenDestroySandboxPowersOff() async throws {
         try await withVsockGuest(initrd: initrd) { vm, backend in
@@ -82,14 +82,13 @@ struct GuestAgentOverVsockTests {
             let client = AgentClient(try await TTRPCClient.connect(connectedSocket: fd, group: group), timeout: .seconds(60))
             #expect(try await client.check().status == .serving)
             #expect(!(try await client.version().agentVersion.isEmpty))
-            let details = try await client.call("GetGuestDetails", Grpc_GuestDetailsRequest.with { $0.memBlockSize = true },
-                                                as: Grpc_GuestDetailsResponse.self)
+            let details = try await client.call(AgentAPI.getGuestDetails, Grpc_GuestDetailsRequest.with { $0.memBlockSize = true })
             #expect(details.agentDetails.initDaemon)
             // QMP answers next to the agent (the runtime's fallback for a guest that will not power off).
             let qmp = try QMPClient(socketPath: vm.config.qmpSocket!)
             #expect(try qmp.status() == "running")
             qmp.close()
-            try await client.call("DestroySandbox", Grpc_DestroySandboxRequest())
+            try await client.call(AgentAPI.destroySandbox, Grpc_DestroySandboxRequest())
             await client.close()
             try? await group.shutdownGracefully()
             #expect(try vm.waitForExit(timeout: 60) == 0, "\(vm.consoleTail())")
@@ -99,7 +98,7 @@ struct GuestAgentOverVsockTests {
 }
 
 /// `agent.debug_console`: a shell on a pty, reached through hybrid vsock port 1026.
-@Suite(.serialized, .enabled(if: !kernel.isEmpty && !debugInitrd.isEmpty, "VESSEL_KERNEL/VESSEL_DEBUG_INITRD not set (make test sets them)"))
+@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: !kernel.isEmpty && !debugInitrd.isEmpty, "VESSEL_KERNEL/VESSEL_DEBUG_INITRD not set (make test sets them)"))
 struct DebugConsoleTests {
     @Test func debugConsoleRunsAShell() async throws {
         try await withVsockGuest(initrd: debugInitrd, parameters: ["agent.debug_console"]) { vm, backend in

@@ -9,7 +9,7 @@ import VesselVsock
 
 /// Containers inside the guest, the way the host runtime drives them: the bundle's rootfs comes over
 /// virtio-9p as a CreateSandbox storage, everything else over hybrid vsock. One boot per test.
-@Suite(.serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct GuestContainerTests {
     static let sharedMount = "/run/vessel/shared"
 
@@ -21,7 +21,7 @@ struct GuestContainerTests {
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             let fd = try HybridDialer.connect(socketPath: backend.hybridSocketPath, port: 1024)
             let client = AgentClient(try await TTRPCClient.connect(connectedSocket: fd, group: group), timeout: .seconds(60))
-            try await client.call("CreateSandbox", Grpc_CreateSandboxRequest.with {
+            try await client.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with {
                 $0.sandboxID = "vm"
                 $0.storages = [.with {
                     $0.driver = "9p"
@@ -71,7 +71,7 @@ struct GuestContainerTests {
             try await client.writeStdin("c1", "", Array("go\n".utf8))
             #expect(try await client.wait("c1") == 42)
             try await client.removeContainer("c1")
-            try await client.call("DestroySandbox", Grpc_DestroySandboxRequest())
+            try await client.call(AgentAPI.destroySandbox, Grpc_DestroySandboxRequest())
             await client.close()
             try? await group.shutdownGracefully()
             #expect(try vm.waitForExit(timeout: 60) == 0, "\(vm.consoleTail())")
@@ -96,7 +96,7 @@ struct GuestContainerTests {
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             let fd = try HybridDialer.connect(socketPath: backend.hybridSocketPath, port: 1024)
             let client = AgentClient(try await TTRPCClient.connect(connectedSocket: fd, group: group), timeout: .seconds(60))
-            try await client.call("DestroySandbox", Grpc_DestroySandboxRequest())
+            try await client.call(AgentAPI.destroySandbox, Grpc_DestroySandboxRequest())
             await client.close()
             try? await group.shutdownGracefully()
             let late = try second.read(until: "vessel-agent stopping", timeout: 60)

@@ -101,7 +101,7 @@ final class DeviceHarness {
     }
 }
 
-@Suite struct HeaderTests {
+@Suite(.timeLimit(.minutes(1))) struct HeaderTests {
     @Test func roundTrip() {
         let h = VsockHeader(srcCID: 0x1122_3344_5566_7788, dstCID: 2, srcPort: 0xdead_beef, dstPort: 1024, len: 4096,
                             op: .rw, flags: 3, bufAlloc: 262144, fwdCnt: 77)
@@ -123,7 +123,7 @@ final class DeviceHarness {
     }
 }
 
-@Suite struct VirtqueueTests {
+@Suite(.timeLimit(.minutes(1))) struct VirtqueueTests {
     @Test func chainsAndUsedRing() throws {
         let d = FakeDriver()
         let mem = d.memory
@@ -192,7 +192,7 @@ final class DeviceHarness {
     }
 }
 
-@Suite struct DeviceTests {
+@Suite(.timeLimit(.minutes(1))) struct DeviceTests {
     @Test func guestInitiatedEcho() throws {
         let t = try DeviceHarness()
         let host = try t.guestConnect(src: 1234, port: 5000)

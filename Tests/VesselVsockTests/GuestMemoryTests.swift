@@ -4,6 +4,7 @@ import Testing
 @testable import VesselVsock
 
 /// SET_MEM_TABLE regions against the fds they map; found by fuzzing (Fuzz/, fuzz-vhost-user).
+@Suite(.timeLimit(.minutes(1)))
 struct GuestMemoryTests {
     func region(size: UInt64, offset: UInt64 = 0) -> MemoryRegionInfo {
         MemoryRegionInfo(guestPhysAddr: 0, size: size, userAddr: 0x7f00_0000_0000, mmapOffset: offset)

@@ -13,7 +13,7 @@ import Glibc
 /// A hostile guest (`hostile-guest.c`, its own driver for the vsock device) attacks its backend while a
 /// well-behaved guest with a backend of its own keeps echoing beside it; the hostile backend must survive (or
 /// stop that device with a logged reason), stay responsive and keep its memory bounded.
-@Suite(.serialized) struct HostileGuestTests {
+@Suite(.timeLimit(.minutes(10)), .serialized) struct HostileGuestTests {
     static let skipReason = "needs VESSEL_KERNEL (a guest kernel), qemu-system-x86_64 and gcc"
     static var enabled: Bool { getenv("VESSEL_KERNEL") != nil && GuestVM.available }
 

@@ -55,7 +55,7 @@ final class FrontEnd {
     }
 }
 
-@Suite struct VhostUserCodecTests {
+@Suite(.timeLimit(.minutes(1))) struct VhostUserCodecTests {
     func decode(_ req: UInt32, _ payload: [UInt8], fds: [Int32] = [], flags: UInt32 = 1) throws(VhostUserError)
         -> VhostUserMessage
     {
@@ -108,7 +108,7 @@ final class FrontEnd {
     }
 }
 
-@Suite(.serialized) struct VhostUserSocketTests {
+@Suite(.timeLimit(.minutes(1)), .serialized) struct VhostUserSocketTests {
     func makeBackend(_ dir: TempDir, exitOnDisconnect: Bool) throws -> VsockBackend {
         var o = VsockBackend.Options()
         o.exitOnDisconnect = exitOnDisconnect

@@ -131,7 +131,7 @@ func fuzzClient(_ stream: [UInt8], readSize: Int, calls: Int, survivors: Survivo
     survivors.channel = channel
     try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
     var futures: [EventLoopFuture<Ttrpc_Response>] = []
-    let request = try Ttrpc_Request.with { $0.service = "grpc.AgentService"; $0.method = "WaitProcess" }
+    let request = try Ttrpc_Request.with { $0.service = AgentAPI.waitProcess.service; $0.method = AgentAPI.waitProcess.name }
         .serializedBytes() as [UInt8]
     for call in 0..<calls {
         let promise = channel.eventLoop.makePromise(of: Ttrpc_Response.self)

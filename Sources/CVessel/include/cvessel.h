@@ -22,10 +22,11 @@ struct vessel_fd_map {
 /// close-on-exec pipe as posix_spawn does; the failed child is then reaped by the caller's reaper.
 /// `pdeathsig` (0 = none) is sent to the child when the calling *thread* exits; `new_session` runs setsid();
 /// `cgroup_fd` (-1 = none) is a cgroup v2 directory the child starts in; `keep_caps` (~0 = all) is the
-/// bounding set the child keeps (bit n = capability n), with no_new_privs whenever it drops any.
+/// bounding set the child keeps (bit n = capability n), with no_new_privs whenever it drops any;
+/// `cgroup_procs_fd` (-1 = none), an open cgroup.procs of any hierarchy (v1 too), is joined before exec.
 pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const envp[],
                    const struct vessel_fd_map *fds, int nfds, uint64_t clone_flags, int *exec_errno,
-                   int pdeathsig, int new_session, int cgroup_fd, uint64_t keep_caps);
+                   int pdeathsig, int new_session, int cgroup_fd, uint64_t keep_caps, int cgroup_procs_fd);
 
 /// fork() whose child becomes a child of our parent (CLONE_PARENT): the exec helper uses it so that
 /// exec'd processes are children of the agent, which reaps them. Returns like fork.

@@ -80,15 +80,13 @@ public enum Helper {
     }
 
     /// The setup's last step: what the guest's root must do (raise rlimits, lower the OOM score)
-    /// first, then a user namespace the agent maps; the container's uid 0 from then on. Mounts,
-    /// devices and namespaces were made by the guest's root, so their owner stays the guest's.
+    /// first, then a user namespace the agent maps. Mounts, devices and namespaces were made by
+    /// the guest's root, so their owner stays the guest's; the process's ids are set at launch.
     private static func enterUserNamespace(_ config: Vessel_HelperConfig) throws {
         try ProcessLaunch(process: config.process, seccomp: nil, log: log).applyLimits()
         try sys("unshare", "user") { vessel_unshare(Int32(Namespace.user.cloneFlag)) }
         report(.userNamespace)
         guard let mapped = try Linux.receiveMessage(syncFD), mapped.isEmpty else { exit(1) }
-        try sys("setgid", "0") { setgid(0) }
-        try sys("setuid", "0") { setuid(0) }
     }
 
     private static func runExec(_ config: Vessel_HelperConfig) throws -> Never {
@@ -96,6 +94,9 @@ public enum Helper {
         // open already. The user namespace last: in it we have no rights over the others.
         let rank = { (name: String) in name == "user" ? 2 : name == "mnt" ? 1 : 0 }
         let order = config.namespaces.enumerated().sorted { a, b in rank(a.element) < rank(b.element) }
+        // As for the init: the limits that need the guest's root, while we are it (and while
+        // /proc/self still resolves: not in the container's procfs, whose pid namespace we are not in).
+        if config.namespaces.contains("user") { try ProcessLaunch(process: config.process, seccomp: nil, log: log).applyLimits() }
         for (index, name) in order {
             try sys("setns", name) { vessel_setns(firstNamespaceFD + Int32(index), 0) }
         }
@@ -151,7 +152,8 @@ public enum Helper {
 
     private static func launch(_ config: Vessel_HelperConfig) throws -> Never {
         let seccomp = config.spec.linux.hasSeccomp ? config.spec.linux.seccomp : nil
-        try ProcessLaunch(process: config.process, seccomp: seccomp, log: log).exec()
+        let inUserNamespace = config.userNamespace || config.namespaces.contains("user")
+        try ProcessLaunch(process: config.process, seccomp: seccomp, log: log, limitsApplied: inUserNamespace).exec()
     }
 
     static func log(_ line: String) { report(.log(line)) }

@@ -14,6 +14,8 @@ struct ProcessLaunch {
     let process: Grpc_Process
     let seccomp: Grpc_LinuxSeccomp?
     let log: (String) -> Void
+    /// Set before a user namespace was entered: in it, /proc/self/oom_score_adj is not ours to open.
+    var limitsApplied = false
 
     static let defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -25,7 +27,7 @@ struct ProcessLaunch {
         if process.terminal {
             try sys("TIOCSCTTY") { vessel_set_ctty(0) }
         }
-        try applyLimits()
+        if !limitsApplied { try applyLimits() }
         if !process.apparmorProfile.isEmpty || !process.selinuxLabel.isEmpty {
             log("apparmorProfile/selinuxLabel ignored: the guest has no LSM policy")
         }
@@ -45,8 +47,7 @@ struct ProcessLaunch {
         throw LinuxError(stage: "exec", detail: program)
     }
 
-    /// rlimits and the OOM score: done again after a user namespace was entered, with the same
-    /// values (which needs no privilege there).
+    /// rlimits and the OOM score (raising or lowering them needs the guest's root).
     func applyLimits() throws {
         try setRlimits()
         if process.oomscoreAdj != 0 {

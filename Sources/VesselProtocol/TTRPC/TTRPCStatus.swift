@@ -33,22 +33,14 @@ public struct TTRPCError: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String { "ttrpc error \(self.code) (\(self.code.rawValue)): \(self.message)" }
 }
 
-/// Errors of other modules conform to this to choose their status; the server uses it,
-/// everything else becomes `.unknown` with `String(describing: error)`.
-public protocol TTRPCStatusConvertible: Error {
-    var ttrpcError: TTRPCError { get }
-}
-
-extension TTRPCError: TTRPCStatusConvertible {
-    public var ttrpcError: TTRPCError { self }
-}
-
 extension TTRPCError {
-    /// Status a server reports for an error thrown by a handler.
+    /// Status a server reports for an error thrown by a handler: a handler maps its own module's
+    /// errors to a TTRPCError (the agent does so in one place, `AgentError.status`); anything
+    /// else becomes `.unknown` with `String(describing: error)`.
     init(from error: any Error) {
         switch error {
-        case let convertible as any TTRPCStatusConvertible:
-            self = convertible.ttrpcError
+        case let error as TTRPCError:
+            self = error
         case is CancellationError:
             self.init(.cancelled, "request cancelled")
         default:
