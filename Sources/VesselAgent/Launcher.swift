@@ -5,6 +5,7 @@ import SwiftProtobuf
 import Synchronization
 import VesselLinux
 import VesselProtocol
+import VesselSpec
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -137,8 +138,7 @@ struct Launcher {
     /// agent), may map ids other than its own; setgroups stays allowed, as under runc as root.
     static func writeIDMaps(_ linux: Grpc_Linux, pid: pid_t) throws {
         for (file, map) in [("uid_map", linux.uidmappings), ("gid_map", linux.gidmappings)] {
-            let lines = map.map { "\($0.containerID) \($0.hostID) \($0.size)\n" }.joined()
-            try Linux.writeFile("/proc/\(pid)/\(file)", lines)
+            try Linux.writeFile("/proc/\(pid)/\(file)", SpecRules.mapText(map))
         }
     }
 

@@ -88,8 +88,7 @@ public enum SpecRules {
         for (name, map) in maps {
             let field = "OCI.linux.\(name)"
             guard !map.isEmpty else { throw SpecError("\(field): a user namespace needs them") }
-            let text = map.map { "\($0.containerID) \($0.hostID) \($0.size)\n" }.joined()
-            guard map.count <= 340, text.utf8.count < 4096 else {
+            guard map.count <= 340, mapText(map).utf8.count < 4096 else {
                 throw SpecError("\(field): \(map.count) ranges, more than the kernel takes (340 lines, 4 KiB)")
             }
             for (index, range) in map.enumerated() {
@@ -105,6 +104,11 @@ public enum SpecRules {
                 }
             }
         }
+    }
+
+    /// A map as /proc/PID/uid_map and gid_map take it (in one write), and as the size rule counts it.
+    public static func mapText(_ map: [Grpc_LinuxIDMapping]) -> String {
+        map.map { "\($0.containerID) \($0.hostID) \($0.size)\n" }.joined()
     }
 
     /// The process's ids must exist in the namespace, or setuid/setgid fail with EINVAL at start.

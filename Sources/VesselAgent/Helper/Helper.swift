@@ -83,7 +83,7 @@ public enum Helper {
     /// first, then a user namespace the agent maps. Mounts, devices and namespaces were made by
     /// the guest's root, so their owner stays the guest's; the process's ids are set at launch.
     private static func enterUserNamespace(_ config: Vessel_HelperConfig) throws {
-        try ProcessLaunch(process: config.process, seccomp: nil, log: log).applyLimits()
+        try applyLimitsBeforeUserNamespace(config)
         try sys("unshare", "user") { vessel_unshare(Int32(Namespace.user.cloneFlag)) }
         report(.userNamespace)
         guard let mapped = try Linux.receiveMessage(syncFD), mapped.isEmpty else { exit(1) }
@@ -96,7 +96,7 @@ public enum Helper {
         let order = config.namespaces.enumerated().sorted { a, b in rank(a.element) < rank(b.element) }
         // As for the init: the limits that need the guest's root, while we are it (and while
         // /proc/self still resolves: not in the container's procfs, whose pid namespace we are not in).
-        if config.namespaces.contains("user") { try ProcessLaunch(process: config.process, seccomp: nil, log: log).applyLimits() }
+        if entersUserNamespace(config) { try applyLimitsBeforeUserNamespace(config) }
         for (index, name) in order {
             try sys("setns", name) { vessel_setns(firstNamespaceFD + Int32(index), 0) }
         }
@@ -152,8 +152,17 @@ public enum Helper {
 
     private static func launch(_ config: Vessel_HelperConfig) throws -> Never {
         let seccomp = config.spec.linux.hasSeccomp ? config.spec.linux.seccomp : nil
-        let inUserNamespace = config.userNamespace || config.namespaces.contains("user")
-        try ProcessLaunch(process: config.process, seccomp: seccomp, log: log, limitsApplied: inUserNamespace).exec()
+        try ProcessLaunch(process: config.process, seccomp: seccomp, log: log, limitsApplied: entersUserNamespace(config)).exec()
+    }
+
+    /// An init that unshares a user namespace, or an exec that joins one: either applies the
+    /// process's limits before (`applyLimitsBeforeUserNamespace`), and the launch then does not.
+    private static func entersUserNamespace(_ config: Vessel_HelperConfig) -> Bool {
+        config.userNamespace || config.namespaces.contains("user")
+    }
+
+    private static func applyLimitsBeforeUserNamespace(_ config: Vessel_HelperConfig) throws {
+        try ProcessLaunch(process: config.process, seccomp: nil, log: log).applyLimits()
     }
 
     static func log(_ line: String) { report(.log(line)) }
