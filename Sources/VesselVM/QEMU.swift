@@ -175,7 +175,12 @@ public enum AcceleratorProbe {
         }
         let deadline = Date().addingTimeInterval(3)
         while Date() < deadline && !seen.value && process.isRunning { usleep(20_000) }
+        // A QEMU whose vCPU is stuck in KVM_RUN ignores SIGTERM (its shutdown waits for the vCPU):
+        // it gets a second to go, then SIGKILL, which always ends it.
         if process.isRunning { process.terminate() }
+        let grace = Date().addingTimeInterval(1)
+        while Date() < grace && process.isRunning { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()
         pipe.fileHandleForReading.readabilityHandler = nil
         return seen.value
