@@ -1,4 +1,5 @@
 import Foundation
+import VesselLinux
 
 /// How to run one guest with QEMU: kernel, initrd, memory shared through a memfd (the
 /// vhost-user-vsock backend maps it), a serial console, and the accelerator that works here.
@@ -160,37 +161,40 @@ public enum AcceleratorProbe {
         return works ? .kvm : .tcg
     }
 
+    /// The probe guest is killed outright (nothing of it is kept): on a host where KVM opens but
+    /// never runs a guest, a probe QEMU was seen to outlive SIGTERM for 100 minutes while the
+    /// probe waited for it. Spawned as GuestVM spawns QEMU, and read with a deadline.
     static func bootsWithKVM(kernel: String, qemu: String) -> Bool {
-        let process = Process()
-        let pipe = Pipe()
-        process.executableURL = URL(fileURLWithPath: qemu)
-        process.arguments = ["-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "128M", "-nographic", "-nodefaults",
-                             "-no-reboot", "-serial", "stdio", "-kernel", kernel, "-append", "console=ttyS0 panic=-1"]
-        process.standardOutput = pipe
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return false }
-        let seen = LockedFlag()
-        pipe.fileHandleForReading.readabilityHandler = { handle in
-            if String(decoding: handle.availableData, as: UTF8.self).contains("Linux version") { seen.set() }
+        let devNull = open("/dev/null", O_RDWR | O_CLOEXEC)
+        guard devNull >= 0 else { return false }
+        defer { close(devNull) }
+        guard let pipe = try? Linux.pipe() else { return false }
+        defer { close(pipe.read) }
+        let arguments = [qemu, "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "128M", "-nographic", "-nodefaults",
+                         "-no-reboot", "-serial", "stdio", "-kernel", kernel, "-append", "console=ttyS0 panic=-1"]
+        let spawned = try? spawn(exeFD: -1, path: qemu, arguments: arguments,
+                                 environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" },
+                                 fds: [(devNull, 0), (pipe.write, 1), (devNull, 2)])
+        close(pipe.write)
+        guard let spawned else { return false }
+        defer {
+            kill(spawned.pid, SIGKILL)
+            Linux.reap(spawned.pid)
         }
+        guard spawned.execErrno == 0 else { return false }
+        let marker = Array("Linux version".utf8)
+        var seen: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
         let deadline = Date().addingTimeInterval(3)
-        while Date() < deadline && !seen.value && process.isRunning { usleep(20_000) }
-        // A QEMU whose vCPU is stuck in KVM_RUN ignores SIGTERM (its shutdown waits for the vCPU):
-        // it gets a second to go, then SIGKILL, which always ends it.
-        if process.isRunning { process.terminate() }
-        let grace = Date().addingTimeInterval(1)
-        while Date() < grace && process.isRunning { usleep(20_000) }
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
-        pipe.fileHandleForReading.readabilityHandler = nil
-        return seen.value
+        while Date() < deadline {
+            var p = pollfd(fd: pipe.read, events: Int16(POLLIN), revents: 0)
+            guard poll(&p, 1, Int32(max(1, deadline.timeIntervalSinceNow * 1000))) > 0 else { continue }
+            let n = read(pipe.read, &buffer, buffer.count)
+            guard n > 0 else { return false }  // QEMU is gone (or its stdout closed) without a line
+            // Only a marker's length of the past is needed: the marker may straddle two reads.
+            seen = Array(seen.suffix(marker.count - 1)) + buffer[0..<n]
+            if seen.indices.contains(where: { seen[$0...].starts(with: marker) }) { return true }
+        }
+        return false
     }
-}
-
-final class LockedFlag: @unchecked Sendable {
-    // @unchecked: the flag is only read and written under `lock`.
-    private let lock = NSLock()
-    private var flag = false
-    var value: Bool { lock.withLock { flag } }
-    func set() { lock.withLock { flag = true } }
 }

@@ -2,8 +2,9 @@ import Foundation
 import Testing
 import VesselVM
 
-/// The KVM probe with stand-ins for QEMU: on this kind of host a QEMU whose vCPU never runs also
-/// ignores SIGTERM, and a probe that only sent SIGTERM waited for it forever (make run hung).
+/// The KVM probe with stand-ins for QEMU: on a host where KVM opens but never boots a guest, the
+/// probe's QEMU outlived SIGTERM and the probe, which only sent SIGTERM, waited for it forever
+/// (make run hung).
 @Suite(.timeLimit(.minutes(1)), .serialized,
        .enabled(if: access("/dev/kvm", R_OK | W_OK) == 0, "the probe only runs where /dev/kvm opens"))
 struct AcceleratorProbeTests {
