@@ -76,7 +76,7 @@ let package = Package(
         .target(
             name: "VesselDevSupport",
             dependencies: [
-                "VesselAgentClient", "VesselProtocol",
+                "VesselAgentClient", "VesselLinux", "VesselProtocol",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),

@@ -70,12 +70,17 @@ public enum Agent {
         pool.start()
         _ = Reaper.shared
         let termination = Termination()
-        let sandbox = Sandbox(options: options, launcher: Launcher(exeFD: exeFD, group: group, pool: pool, logger: logger, noPivot: options.noPivot), logger: logger)
+        let stdioStreams = StdioStreams()
+        let launcher = Launcher(exeFD: exeFD, group: group, pool: pool, logger: logger, noPivot: options.noPivot,
+                                pipeSize: options.containerPipeSize)
+        let sandbox = Sandbox(options: options, launcher: launcher, stdioStreams: stdioStreams, logger: logger)
         let server = TTRPCServer(services: AgentService.make(sandbox, options: options, termination: termination), group: group)
         switch options.serverAddress {
         case .unix(let path): try await server.bind(unixPath: path)
         case .vsock(let port): try await server.bind(vsockPort: port)
         }
+        var stdioListener: (any Channel)?
+        if let address = options.stdioAddress { stdioListener = try await stdioStreams.listen(address, group: group) }
         var console: (any Channel)?
         if options.debugConsole {
             do {
@@ -95,6 +100,7 @@ public enum Agent {
         await termination.wait()
         logger.info("vessel-agent stopping")
         try? await console?.close()
+        try? await stdioListener?.close()
         await sandbox.destroySandbox()
         await server.close()
     }

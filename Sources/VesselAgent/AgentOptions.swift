@@ -6,6 +6,10 @@ public struct AgentOptions: Sendable {
     }
 
     public var serverAddress = ServerAddress.vsock(port: 1024)
+    /// Where the host dials a process's stdio streams (`StdioStreams`): vsock port 1025 in the
+    /// guest (`agent.stdio_vport`), `--stdio-addr unix:///path` on a host (none without it: a
+    /// host's vsock is not ours to listen on).
+    public var stdioAddress: ServerAddress?
     /// The sandbox's run area: CopyFile writes only below it.
     public var runDirectory = "/run/kata-containers"
     public var logLevel = "info"
@@ -41,7 +45,7 @@ public struct AgentOptions: Sendable {
         throw AgentError.invalidArgument("server address \(text): expected unix:///path or vsock://-1:PORT")
     }
 
-    /// Parses `--server-addr X --run-dir X --log-level X --no-pivot`.
+    /// Parses `--server-addr X --stdio-addr X --run-dir X --log-level X --no-pivot`.
     public static func parse(_ arguments: [String]) throws -> AgentOptions {
         var options = AgentOptions()
         var rest = arguments[...]
@@ -53,6 +57,11 @@ public struct AgentOptions: Sendable {
             guard let value = rest.popFirst() else { throw AgentError.invalidArgument("\(flag) needs a value") }
             switch flag {
             case "--server-addr": options.serverAddress = try parseServerAddress(value)
+            case "--stdio-addr":
+                guard case .unix(let path) = try parseServerAddress(value) else {
+                    throw AgentError.invalidArgument("--stdio-addr \(value): expected unix:///path")
+                }
+                options.stdioAddress = .unix(path)
             case "--run-dir": options.runDirectory = value
             case "--log-level": options.logLevel = value
             default: throw AgentError.invalidArgument("unknown option \(flag)")

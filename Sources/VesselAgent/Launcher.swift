@@ -64,13 +64,15 @@ struct Launcher {
     let pool: NIOThreadPool
     let logger: Logger
     let noPivot: Bool
+    /// `agent.container_pipe_size`: stdout and stderr pipes of this size.
+    var pipeSize: Int?
 
     /// The container's init, set up inside new namespaces (or the pod's `joined` ones) and
     /// blocked before exec; started inside `cgroup` (a v2 directory fd) when there is one.
     func createInit(id: String, spec: Grpc_Spec, namespaces: UInt64, joined: [(name: String, fd: Int32)],
                     cgroup: Cgroup?) async throws -> (ContainerProcess, syncFD: Int32)
     {
-        let (pipes, child) = try await Self.stdio(terminal: spec.process.terminal, group: group)
+        let (pipes, child) = try await stdio(terminal: spec.process.terminal)
         let (agentEnd, helperEnd) = try Linux.socketPair()
         var pid: pid_t = 0
         var pty: Int32 = -1
@@ -192,7 +194,7 @@ struct Launcher {
             if containerSpec.linux.hasSeccomp { $0.spec.linux.seccomp = containerSpec.linux.seccomp }
             $0.namespaces = namespaceFDs.map(\.name)
         }
-        let (pipes, child) = try await Self.stdio(terminal: process.terminal, group: group)
+        let (pipes, child) = try await stdio(terminal: process.terminal)
         let started: (pid: pid_t, pty: Int32)
         do {
             started = try await runExecHelper(config, child: child, namespaceFDs: namespaceFDs, cgroup: cgroup)
@@ -241,9 +243,9 @@ struct Launcher {
     }
 
     /// Pipes, or for a terminal process /dev/null until its helper sends the pty.
-    private static func stdio(terminal: Bool, group: any EventLoopGroup) async throws -> (ProcessIO?, ProcessIO.ChildEnds) {
+    private func stdio(terminal: Bool) async throws -> (ProcessIO?, ProcessIO.ChildEnds) {
         if terminal { return (nil, try ProcessIO.ChildEnds.devNull()) }
-        let (io, child) = try await ProcessIO.pipes(group: group)
+        let (io, child) = try await ProcessIO.pipes(group: group, outputPipeSize: pipeSize)
         return (io, child)
     }
 

@@ -1,6 +1,7 @@
 import CVessel
 import NIOCore
 import NIOPosix
+import Synchronization
 import VesselLinux
 #if canImport(Glibc)
 import Glibc
@@ -15,7 +16,7 @@ final class StreamReader: ChannelInboundHandler, @unchecked Sendable {
 
     private var buffer = ByteBuffer()
     private var eof = false
-    private var pending: [(max: Int, promise: EventLoopPromise<[UInt8]>)] = []
+    private var pending: [(max: Int, promise: EventLoopPromise<ByteBuffer>)] = []
     private var context: ChannelHandlerContext?
     let eventLoop: any EventLoop
 
@@ -24,9 +25,9 @@ final class StreamReader: ChannelInboundHandler, @unchecked Sendable {
     }
 
     /// Up to `max` bytes; empty at EOF.
-    func read(max: Int) -> EventLoopFuture<[UInt8]> {
+    func read(max: Int) -> EventLoopFuture<ByteBuffer> {
         eventLoop.flatSubmit {
-            let promise = self.eventLoop.makePromise(of: [UInt8].self)
+            let promise = self.eventLoop.makePromise(of: ByteBuffer.self)
             self.pending.append((max, promise))
             self.satisfy()
             return promise.futureResult
@@ -38,7 +39,7 @@ final class StreamReader: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
-        buffer.writeBuffer(&incoming)
+        if buffer.readableBytes == 0 { buffer = incoming } else { buffer.writeBuffer(&incoming) }
         satisfy()
     }
 
@@ -63,9 +64,9 @@ final class StreamReader: ChannelInboundHandler, @unchecked Sendable {
         while let request = pending.first, buffer.readableBytes > 0 || eof {
             pending.removeFirst()
             let n = min(request.max, buffer.readableBytes)
-            request.promise.succeed(buffer.readBytes(length: n) ?? [])
+            request.promise.succeed(buffer.readSlice(length: n) ?? ByteBuffer())
         }
-        buffer.discardReadBytes()
+        if buffer.readableBytes == 0 { buffer.clear() }
         if !pending.isEmpty, !eof { context?.read() }
     }
 }
@@ -79,6 +80,8 @@ final class ProcessIO: Sendable {
     let terminal: Bool
     /// The pty master, still owned by its channel; only for ioctls.
     private let masterFD: Int32
+    /// Fds bound to a stdio stream (`StdioStreams`): no RPC may read or write them any more.
+    private let forwarded = Mutex<Set<Int32>>([])
 
     /// The fds the child gets as 0, 1, 2, to close in the agent once the child has them.
     struct ChildEnds {
@@ -93,9 +96,13 @@ final class ProcessIO: Sendable {
 
     /// Creates the pipes and wraps the agent's ends in NIO channels. (A terminal process gets
     /// /dev/null instead until its helper opened the pty inside the container: `terminal(master:)`.)
-    static func pipes(group: any EventLoopGroup) async throws -> (ProcessIO, ChildEnds) {
+    /// `outputPipeSize`: for stdout and stderr (fewer, larger reads; a failure keeps the default).
+    static func pipes(group: any EventLoopGroup, outputPipeSize: Int?) async throws -> (ProcessIO, ChildEnds) {
         let stdin = try Linux.pipe(), stdout = try Linux.pipe(), stderr = try Linux.pipe()
         let child = ChildEnds(stdin: stdin.read, stdout: stdout.write, stderr: stderr.write)
+        if let outputPipeSize {
+            for fd in [stdout.read, stderr.read] { try? Linux.setPipeSize(fd, outputPipeSize) }
+        }
         do {
             let out = try await readerChannel(group) { $0.takingOwnershipOfDescriptor(input: stdout.read) }
             let err = try await readerChannel(group) { $0.takingOwnershipOfDescriptor(input: stderr.read) }
@@ -125,6 +132,7 @@ final class ProcessIO: Sendable {
         let reader = StreamReader(eventLoop: loop)
         let bootstrap = NIOPipeBootstrap(group: loop)
             .channelOption(.autoRead, value: false)
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 16 << 10, maximum: 1 << 20))
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelInitializer { $0.pipeline.addHandler(reader) }
         return (reader, try await open(bootstrap).get())
@@ -141,25 +149,48 @@ final class ProcessIO: Sendable {
     }
 
     func readStdout(max: Int) async throws -> [UInt8] {
-        try await stdoutReader.read(max: max).get()
+        try notForwarded(1)
+        return Array(buffer: try await stdoutReader.read(max: max).get())
     }
 
     /// With a terminal stderr is merged into the pty: report EOF at once.
     func readStderr(max: Int) async throws -> [UInt8] {
         guard let stderr else { return [] }
-        return try await stderr.reader.read(max: max).get()
+        try notForwarded(2)
+        return Array(buffer: try await stderr.reader.read(max: max).get())
     }
 
     func writeStdin(_ bytes: [UInt8]) async throws -> Int {
-        guard let stdinChannel, stdinChannel.isActive else { throw AgentError.failedPrecondition("stdin is closed") }
-        try await stdinChannel.writeAndFlush(ByteBuffer(bytes: bytes)).get()
+        try notForwarded(0)
+        try await write(ByteBuffer(bytes: bytes))
         return bytes.count
+    }
+
+    /// Hands an output fd (1 or 2) to a stream; nil for a terminal's stderr, which it does not have.
+    func forward(output fd: Int32) -> StreamReader? {
+        let reader: StreamReader? = fd == 1 ? stdoutReader : stderr?.reader
+        if reader != nil { forwarded.withLock { _ = $0.insert(fd) } }
+        return reader
+    }
+
+    /// Stdin is fed from a stream from now on.
+    func forwardInput() { forwarded.withLock { _ = $0.insert(0) } }
+
+    func write(_ buffer: ByteBuffer) async throws {
+        guard let stdinChannel, stdinChannel.isActive else { throw AgentError.failedPrecondition("stdin is closed") }
+        try await stdinChannel.writeAndFlush(buffer).get()
+    }
+
+    private func notForwarded(_ fd: Int32) throws {
+        if forwarded.withLock({ $0.contains(fd) }) {
+            throw AgentError.failedPrecondition("\(["stdin", "stdout", "stderr"][Int(fd)]) goes through a stdio stream")
+        }
     }
 
     /// A pty has no half-close: send the terminal's EOF character, as a user typing ^D would.
     func closeStdin() async throws {
         if terminal {
-            _ = try await writeStdin([0x04])
+            try await write(ByteBuffer(bytes: [0x04]))
         } else {
             try await stdinChannel?.close()
         }

@@ -101,8 +101,11 @@ public actor Sandbox {
     /// Ids being created: the actor is re-entered while a create awaits its helper.
     var creating: Set<String> = []
 
-    init(options: AgentOptions, launcher: Launcher, logger: Logger) {
+    let stdioStreams: StdioStreams
+
+    init(options: AgentOptions, launcher: Launcher, stdioStreams: StdioStreams, logger: Logger) {
         self.options = options
+        self.stdioStreams = stdioStreams
         self.launcher = launcher
         self.logger = logger
         self.storages = StorageTable(base: options.hostMode ? options.runDirectory : "/run")
@@ -156,15 +159,33 @@ public actor Sandbox {
             throw AgentError.alreadyExists("container \(id) already exists")
         }
         try Validation.storages(request.storages, base: storages.base)
+        let streams = try stdioStreams.claim(stdin: request.stdinPort, stdout: request.stdoutPort, stderr: request.stderrPort,
+                                             terminal: request.oci.process.terminal)
         creating.insert(id)
         defer { creating.remove(id) }
-        // Before the spec's checks: the root may live on one of them.
-        let acquired = try storages.acquire(request.storages, log: logWarning)
         do {
-            try await createContainer(request, storages: acquired)
+            // Before the spec's checks: the root may live on one of them.
+            let acquired = try storages.acquire(request.storages, log: logWarning)
+            do {
+                try await createContainer(request, storages: acquired)
+            } catch {
+                storages.release(acquired, log: logWarning)
+                throw error
+            }
         } catch {
-            storages.release(acquired, log: logWarning)
+            streams.close()
             throw error
+        }
+        bind(streams, to: try process(id, ""), of: id)
+    }
+
+    /// From here the process's stdio flows through its streams; an exec is forgotten once it
+    /// was waited for and its output reached the host.
+    private func bind(_ streams: StdioStreams.Claimed, to process: ContainerProcess, of containerID: String) {
+        guard !streams.isEmpty else { return }
+        streams.bind(to: process.io) { [weak self] stderr in
+            process.noteEnd(stderr: stderr)
+            await self?.forgetIfFinished(containerID, process)
         }
     }
 
@@ -304,9 +325,18 @@ public actor Sandbox {
             throw AgentError.failedPrecondition("container \(container.id) is not running")
         }
         try Validation.process(request.process, field: "process")
-        let process = try await launcher.exec(execID: request.execID, process: request.process, containerSpec: container.spec,
+        let streams = try stdioStreams.claim(stdin: request.stdinPort, stdout: request.stdoutPort, stderr: request.stderrPort,
+                                             terminal: request.process.terminal)
+        let process: ContainerProcess
+        do {
+            process = try await launcher.exec(execID: request.execID, process: request.process, containerSpec: container.spec,
                                               namespaceFDs: container.namespaceFDs, cgroup: container.cgroup)
+        } catch {
+            streams.close()
+            throw error
+        }
         container.execs[request.execID] = process
+        bind(streams, to: process, of: container.id)
     }
 
     func signalProcess(_ request: Grpc_SignalProcessRequest) throws {

@@ -32,8 +32,16 @@ public final class AgentClient: Sendable {
 
     public func version() async throws -> Grpc_VersionCheckResponse { try await call(HealthAPI.version, Grpc_CheckRequest()) }
 
-    public func createContainer(_ id: String, spec: Grpc_Spec) async throws {
-        try await call(AgentAPI.createContainer, Grpc_CreateContainerRequest.with { $0.containerID = id; $0.oci = spec })
+    /// `stdio`: the ids of streams dialed to the agent's stdio port (Vessel's agent only); none
+    /// leaves the process's stdio to ReadStdout/WriteStdin.
+    public func createContainer(_ id: String, spec: Grpc_Spec, stdio: StdioPorts = StdioPorts()) async throws {
+        try await call(AgentAPI.createContainer, Grpc_CreateContainerRequest.with {
+            $0.containerID = id
+            $0.oci = spec
+            $0.stdinPort = stdio.stdin
+            $0.stdoutPort = stdio.stdout
+            $0.stderrPort = stdio.stderr
+        })
     }
 
     public func startContainer(_ id: String) async throws {
@@ -44,8 +52,15 @@ public final class AgentClient: Sendable {
         try await call(AgentAPI.removeContainer, Grpc_RemoveContainerRequest.with { $0.containerID = id; $0.timeout = seconds })
     }
 
-    public func exec(_ id: String, _ execID: String, process: Grpc_Process) async throws {
-        try await call(AgentAPI.execProcess, Grpc_ExecProcessRequest.with { $0.containerID = id; $0.execID = execID; $0.process = process })
+    public func exec(_ id: String, _ execID: String, process: Grpc_Process, stdio: StdioPorts = StdioPorts()) async throws {
+        try await call(AgentAPI.execProcess, Grpc_ExecProcessRequest.with {
+            $0.containerID = id
+            $0.execID = execID
+            $0.process = process
+            $0.stdinPort = stdio.stdin
+            $0.stdoutPort = stdio.stdout
+            $0.stderrPort = stdio.stderr
+        })
     }
 
     /// Exit code, or 128+signal.
@@ -97,5 +112,18 @@ public final class AgentClient: Sendable {
 
     public func resume(_ id: String) async throws {
         try await call(AgentAPI.resumeContainer, Grpc_ResumeContainerRequest.with { $0.containerID = id })
+    }
+}
+
+/// Stream ids for a process's stdio (0: that fd has no stream).
+public struct StdioPorts: Sendable, Equatable {
+    public var stdin: UInt32 = 0
+    public var stdout: UInt32 = 0
+    public var stderr: UInt32 = 0
+
+    public init(stdin: UInt32 = 0, stdout: UInt32 = 0, stderr: UInt32 = 0) {
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
     }
 }

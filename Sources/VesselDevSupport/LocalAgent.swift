@@ -49,25 +49,38 @@ public final class LocalAgent: @unchecked Sendable {
         client = connected
     }
 
-    /// Runs `body` against a fresh agent and always stops it, whatever `body` does.
+    /// Runs `body` against a fresh agent and always stops it, whatever `body` does. An agent
+    /// that has to be killed is an error of its own: its SIGTERM cleanup hung.
     public static func with<T>(binary: String, arguments: [String] = [], _ body: (LocalAgent) async throws -> T) async throws -> T {
         let agent = try await LocalAgent(binary: binary, arguments: arguments)
+        let result: T
         do {
-            let result = try await body(agent)
-            await agent.stop()
-            return result
+            result = try await body(agent)
         } catch {
             await agent.stop()
             throw error
         }
+        guard await agent.stop() else {
+            throw DevSupportError("vessel-agent (\(binary)) still running \(Int(stopGrace)) s after SIGTERM: killed")
+        }
+        return result
     }
 
-    /// SIGTERM: the agent removes its containers and exits; then the temp dir goes.
-    public func stop() async {
+    /// How long the agent gets to remove its containers after SIGTERM.
+    public static let stopGrace: Double = 30
+
+    /// SIGTERM: the agent removes its containers and exits; then the temp dir goes. False when it
+    /// was still running after `stopGrace` and had to be killed (a hang fails one test, not the run).
+    @discardableResult
+    public func stop() async -> Bool {
         await client.close()
-        process.terminate()
-        process.waitUntilExit()
+        if process.isRunning { process.terminate() }
+        let deadline = Date().addingTimeInterval(Self.stopGrace)
+        // A cancelled test (its time limit) stops waiting and kills the agent at once.
+        while process.isRunning && Date() < deadline && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(20)) }
+        let exited = process.exited(within: 0)
         try? FileManager.default.removeItem(at: directory)
+        return exited
     }
 
     /// VmRSS of the agent process in KiB.
@@ -89,6 +102,22 @@ public final class LocalAgent: @unchecked Sendable {
             $0.cwd = "/"
             $0.terminal = terminal
         }
+    }
+}
+
+extension Process {
+    /// Waits at most `seconds` for the process to exit; one still running then gets SIGKILL. False
+    /// when it had to be killed, so the caller can fail clearly instead of waiting forever
+    /// (`waitUntilExit` has no bound). Even after SIGKILL the wait is bounded: a process stuck in
+    /// the kernel (D state) is left behind rather than hanging the caller.
+    public func exited(within seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while isRunning && Date() < deadline { usleep(20_000) }
+        guard isRunning else { return true }
+        kill(processIdentifier, SIGKILL)
+        let killed = Date().addingTimeInterval(10)
+        while isRunning && Date() < killed { usleep(20_000) }
+        return false
     }
 }
 

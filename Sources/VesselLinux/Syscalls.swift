@@ -20,6 +20,12 @@ public enum Linux {
         return (fds[0], fds[1])
     }
 
+    /// F_SETPIPE_SZ: the kernel rounds up to a power of two pages.
+    public static func setPipeSize(_ fd: Int32, _ bytes: Int) throws(LinuxError) {
+        let setPipeSize: Int32 = 1031  // F_LINUX_SPECIFIC_BASE + 7
+        try sys("F_SETPIPE_SZ") { fcntl(fd, setPipeSize, Int32(clamping: bytes)) }
+    }
+
     public static func socketPair() throws(LinuxError) -> (Int32, Int32) {
         var fds: [Int32] = [-1, -1]
         try sys("socketpair") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &fds) }
@@ -107,11 +113,18 @@ public enum Linux {
         }
     }
 
-    /// Reads exactly `count` bytes; returns nil on EOF before the first byte.
-    public static func readExactly(_ fd: Int32, _ count: Int) throws(LinuxError) -> [UInt8]? {
+    /// Reads exactly `count` bytes; returns nil on EOF before the first byte. With a timeout it
+    /// gives up (ETIMEDOUT) once that many milliseconds passed without a byte: for a peer that
+    /// may never answer (a guest).
+    public static func readExactly(_ fd: Int32, _ count: Int, timeoutMilliseconds: Int32? = nil) throws(LinuxError) -> [UInt8]? {
         var buffer = [UInt8](repeating: 0, count: count)
         var offset = 0
         while offset < count {
+            if let timeoutMilliseconds {
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let ready = try sys("poll") { Int(poll(&p, 1, timeoutMilliseconds)) }
+                guard ready > 0 else { throw LinuxError(stage: "read", errno: ETIMEDOUT) }
+            }
             let n = try sys("read") {
                 buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + offset, count - offset) }
             }

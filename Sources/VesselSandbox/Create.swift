@@ -98,8 +98,11 @@ extension SandboxOwner {
             let hostPid = request.monitorPid > 0 ? request.monitorPid : vm.qemuPid
             container.record.pid = hostPid
             initProcess.hostPid = hostPid
-            initProcess.session = try await ProcessSession.open(request.stdio, agent: streams, containerID: id, execID: "")
-            try await during("create container \(id)") { try await agent.createContainer(id, spec: bundle.guestSpec) }
+            let session = try await ProcessSession.open(request.stdio, agent: streams, containerID: id, execID: "") {
+                () async throws(RuntimeError) in try await vm.dialStdio()
+            }
+            initProcess.session = session
+            try await during("create container \(id)") { try await agent.createContainer(id, spec: bundle.guestSpec, stdio: session.ports) }
             container.inGuest = true
         } catch {
             if container.inGuest { try? await agent?.removeContainer(id) }

@@ -32,7 +32,7 @@ extension SandboxOwner {
             }
             guard container.initProcess.lifecycle.status == .running else { throw .precondition("cannot exec in a \(container.record.status.rawValue) container") }
             do {
-                try await during("exec in container \(id)") { try await agent.exec(id, execID, process: spec) }
+                try await during("exec in container \(id)") { try await agent.exec(id, execID, process: spec, stdio: process.session?.ports ?? StdioPorts()) }
             } catch {
                 // It never ran: its waiters (ctr waits before it starts) hear of it as an exit.
                 await process.session?.close()
@@ -65,8 +65,11 @@ extension SandboxOwner {
         let stdio = StdioPaths(stdin: request.stdin, stdout: request.stdout, stderr: request.stderr, terminal: request.terminal)
         let process = OwnedProcess(execID: execID, stdio: stdio, spec: spec, hostPid: container.initProcess.hostPid)
         container.execs[execID] = process
-        do {
-            process.session = try await ProcessSession.open(stdio, agent: streams, containerID: container.id, execID: execID)
+        do throws(RuntimeError) {
+            guard let vm else { throw RuntimeError("sandbox \(sandboxRecord.id) has no VM", kind: .unavailable) }
+            process.session = try await ProcessSession.open(stdio, agent: streams, containerID: container.id, execID: execID) {
+                () async throws(RuntimeError) in try await vm.dialStdio()
+            }
         } catch {
             container.execs.removeValue(forKey: execID)
             throw error

@@ -15,94 +15,135 @@ struct StdioPaths: Sendable, Equatable {
     var terminal = false
 }
 
-/// One process's stdio between the agent and its fifos: output pulled chunk by chunk (ReadStdout,
-/// ReadStderr) and written with back-pressure, input written as it comes (WriteStdin). The same
-/// session serves a container's init and its execs, for both front doors.
+/// A stdio stream the agent named (its `StdioStreams`): a connected socket, and the id that
+/// CreateContainer or ExecProcess passes back.
+struct StdioStream: Sendable {
+    let fd: Int32
+    let id: UInt32
+}
+
+/// One process's stdio between the agent and its fifos, a stream per fd (dialed before the
+/// process exists, so nothing it writes can be missed): output copied stream → fifo with
+/// back-pressure, input fifo → stream, the stream's end being stdin's end. The same session
+/// serves a container's init and its execs, for both front doors.
 final class ProcessSession: Sendable {
     private let agent: AgentClient
     private let containerID: String
     private let execID: String
     let paths: StdioPaths
-    private let stdin: NIOAsyncChannel<ByteBuffer, ByteBuffer>?
-    private let outputs: [(stderr: Bool, channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>?)]
+    /// What CreateContainer/ExecProcess names as stdin_port, stdout_port, stderr_port.
+    let ports: StdioPorts
+    private let input: (fifo: NIOAsyncChannel<ByteBuffer, ByteBuffer>, stream: any Channel)?
+    private let outputs: [(stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, fifo: (any Channel)?)]
     private let pumps = PumpGroup()
+    private let stdin = Mutex(InputState())
 
-    /// Opens the fifos (never blocking: the caller has its ends open, or will). `agent` must
-    /// have no request timeout: a read waits as long as the process is silent.
-    static func open(_ paths: StdioPaths, agent: AgentClient, containerID: String, execID: String) async throws(RuntimeError)
+    private struct InputState {
+        var pump: Task<Void, Never>?
+        var closeRequested = false
+        /// A terminal's stream, kept open after its console closed, until CloseIO.
+        var parked: ChannelSink?
+    }
+
+    /// Opens the fifos (never blocking: the caller has its ends open, or will) and dials a
+    /// stream per fd: stdout always, stderr unless a terminal merges it, stdin when there is one.
+    static func open(_ paths: StdioPaths, agent: AgentClient, containerID: String, execID: String,
+                     dial: @escaping @Sendable () async throws(RuntimeError) -> StdioStream) async throws(RuntimeError)
         -> ProcessSession
     {
         let group = MultiThreadedEventLoopGroup.singleton
-        var opened: [NIOAsyncChannel<ByteBuffer, ByteBuffer>] = []
+        var opened: [any Channel] = []
         do {
-            func channel(_ path: String, input: Bool) async throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer>? {
-                guard !path.isEmpty else { return nil }
-                let fd = try Fifo.open(path, forReading: input)
-                let bootstrap = NIOPipeBootstrap(group: group)
-                let wrap: @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, ByteBuffer>> = { channel in
-                    channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel(wrappingChannelSynchronously: channel) }
-                }
-                let result = input
-                    ? try await bootstrap.takingOwnershipOfDescriptor(input: fd, channelInitializer: wrap)
-                    : try await bootstrap.takingOwnershipOfDescriptor(output: fd, channelInitializer: wrap)
-                opened.append(result)
-                return result
+            let wrap: @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, ByteBuffer>> = { channel in
+                channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel(wrappingChannelSynchronously: channel) }
             }
-            let stdin = try await channel(paths.stdin, input: true)
-            let stdout = try await channel(paths.stdout, input: false)
-            let stderr = paths.terminal ? nil : try await channel(paths.stderr, input: false)
-            return ProcessSession(agent: agent, containerID: containerID, execID: execID, paths: paths, stdin: stdin,
-                                  outputs: [(false, stdout)] + (paths.terminal ? [] : [(true, stderr)]))
+            // Wrapped as they are made: a read before a handler is there would be lost.
+            func readable(fifo path: String) async throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
+                let fd = try Fifo.open(path, forReading: true)
+                let channel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: fd, channelInitializer: wrap)
+                opened.append(channel.channel)
+                return channel
+            }
+            func writable(fifo path: String) async throws -> (any Channel)? {
+                guard !path.isEmpty else { return nil }
+                let fd = try Fifo.open(path, forReading: false)
+                let channel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(output: fd).get()
+                opened.append(channel)
+                return channel
+            }
+            func stream<Output: Sendable>(_ initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Output>,
+                                          channel: (Output) -> any Channel) async throws -> (Output, UInt32) {
+                let dialed = try await dial()
+                let output = try await ClientBootstrap(group: group).withConnectedSocket(dialed.fd, channelInitializer: initializer)
+                opened.append(channel(output))
+                return (output, dialed.id)
+            }
+            var ports = StdioPorts()
+            var input: (fifo: NIOAsyncChannel<ByteBuffer, ByteBuffer>, stream: any Channel)?
+            if !paths.stdin.isEmpty {
+                let fifo = try await readable(fifo: paths.stdin)
+                let (channel, id) = try await stream({ $0.eventLoop.makeSucceededFuture($0) }, channel: { $0 })
+                input = (fifo, channel)
+                ports.stdin = id
+            }
+            var outputs: [(stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, fifo: (any Channel)?)] = []
+            for stderr in paths.terminal ? [false] : [false, true] {
+                let fifo = try await writable(fifo: stderr ? paths.stderr : paths.stdout)
+                let (channel, id) = try await stream(wrap, channel: \.channel)
+                outputs.append((channel, fifo))
+                if stderr { ports.stderr = id } else { ports.stdout = id }
+            }
+            return ProcessSession(agent: agent, containerID: containerID, execID: execID, paths: paths, ports: ports,
+                                  input: input, outputs: outputs)
         } catch {
-            for channel in opened { try? await channel.channel.close() }
+            for channel in opened { try? await channel.close() }
+            if let error = error as? RuntimeError { throw error }
             throw RuntimeError("open the stdio of \(execID.isEmpty ? containerID : execID): \(error)", kind: .invalidArgument)
         }
     }
 
-    private init(agent: AgentClient, containerID: String, execID: String, paths: StdioPaths,
-                 stdin: NIOAsyncChannel<ByteBuffer, ByteBuffer>?, outputs: [(stderr: Bool, channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>?)]) {
+    private init(agent: AgentClient, containerID: String, execID: String, paths: StdioPaths, ports: StdioPorts,
+                 input: (fifo: NIOAsyncChannel<ByteBuffer, ByteBuffer>, stream: any Channel)?,
+                 outputs: [(stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, fifo: (any Channel)?)]) {
         self.agent = agent
         self.containerID = containerID
         self.execID = execID
         self.paths = paths
-        self.stdin = stdin
+        self.ports = ports
+        self.input = input
         self.outputs = outputs
     }
 
     /// Starts copying; call once the process exists in the guest.
     func start() {
-        for (isStderr, channel) in outputs {
-            pumps.add { [agent, containerID, execID] in
-                await Self.pumpOutput(agent: agent, containerID: containerID, execID: execID, stderr: isStderr, to: channel)
-            }
+        for (stream, fifo) in outputs {
+            pumps.add { await Self.copy(from: stream, to: fifo.map(ChannelSink.init)) }
         }
-        if let stdin {
-            let (agent, containerID, execID, terminal) = (agent, containerID, execID, paths.terminal)
-            Task {
-                try? await stdin.executeThenClose { inbound, _ in
-                    for try await buffer in inbound {
-                        try await agent.writeStdin(containerID, execID, Array(buffer.readableBytesView))
-                    }
-                }
-                // A closed console is not ^D: only CloseIO ends a terminal's input.
-                if !terminal { try? await agent.closeStdin(containerID, execID) }
+        guard let input else { return }
+        let terminal = paths.terminal
+        let pump = Task { [self] in
+            let sink = ChannelSink(input.stream)
+            try? await input.fifo.executeThenClose { inbound, _ in
+                for try await buffer in inbound { await sink.write(buffer) }
             }
+            // A closed console is not ^D: only CloseIO ends a terminal's input.
+            let finish = self.stdin.withLock { state in
+                if !terminal || state.closeRequested { return true }
+                state.parked = sink
+                return false
+            }
+            if finish { await sink.finish() }
         }
+        stdin.withLock { $0.pump = pump }
     }
 
-    /// The output is pulled even with nobody to write it to: a process must never block on it.
-    private static func pumpOutput(agent: AgentClient, containerID: String, execID: String, stderr: Bool,
-                                   to channel: NIOAsyncChannel<ByteBuffer, ByteBuffer>?) async {
-        guard let channel else {
-            while let chunk = try? await agent.read(containerID, execID, stderr: stderr), !chunk.isEmpty {}
-            return
-        }
-        try? await channel.executeThenClose { _, outbound in
-            var open = true
-            while let chunk = try? await agent.read(containerID, execID, stderr: stderr), !chunk.isEmpty {
-                // A reader that went away must not stall the container: keep draining.
-                if open { open = (try? await outbound.write(ByteBuffer(bytes: chunk))) != nil }
-            }
+    /// A reader that went away must not stall the container: the output keeps draining.
+    private static func copy(from stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, to sink: ChannelSink?) async {
+        try? await stream.executeThenClose { inbound, _ in
+            do {
+                for try await buffer in inbound { await sink?.write(buffer) }
+            } catch {}
+            await sink?.finish()
         }
     }
 
@@ -111,15 +152,62 @@ final class ProcessSession: Sendable {
         await pumps.wait(timeout: timeout)
     }
 
+    /// CloseIO: what the stdin fifo still holds goes first (up to a second), then the stream
+    /// ends, which ends the process's stdin. Without a stdin stream the agent closes the pipe.
     func closeStdin() async throws {
-        try await agent.closeStdin(containerID, execID)
+        guard input != nil else {
+            try await agent.closeStdin(containerID, execID)
+            return
+        }
+        let pump = stdin.withLock { state in
+            state.closeRequested = true
+            return state.pump
+        }
+        if let pump {
+            let deadline = Task {
+                try? await Task.sleep(for: .seconds(1))
+                pump.cancel()
+            }
+            await pump.value
+            deadline.cancel()
+        }
+        let parked = stdin.withLock { state in
+            defer { state.parked = nil }
+            return state.parked
+        }
+        await parked?.finish()
     }
 
     /// Closes what is still open (a process that never started, a sandbox that died).
     func close() async {
-        for channel in [stdin] + outputs.map(\.channel) {
-            try? await channel?.channel.close()
-        }
+        let channels: [(any Channel)?] = [input?.fifo.channel, input?.stream] + outputs.flatMap { [$0.stream.channel, $0.fifo] }
+        for channel in channels { try? await channel?.close() }
+    }
+}
+
+/// Writes with one write in flight while the next is awaited: back-pressure without NIO's
+/// async writer, whose close drops what it still buffers. After a failed write (the reader
+/// left) it drops everything, so the writer keeps draining its source. One writer at a time.
+private final class ChannelSink: @unchecked Sendable {
+    // @unchecked: `write` is called from one task; `finish` after it returned.
+    private let channel: any Channel
+    private var inFlight: EventLoopFuture<Void>?
+    private var failed = false
+
+    init(_ channel: any Channel) { self.channel = channel }
+
+    func write(_ buffer: ByteBuffer) async {
+        guard !failed else { return }
+        let next: EventLoopFuture<Void> = channel.writeAndFlush(buffer)
+        if let previous = inFlight, (try? await previous.get()) == nil { failed = true }
+        inFlight = next
+    }
+
+    /// The channel closes once everything written is out.
+    func finish() async {
+        if let inFlight { _ = try? await inFlight.get() }
+        inFlight = nil
+        try? await channel.close()
     }
 }
 

@@ -11,6 +11,7 @@ import VesselVsock
 /// QEMU is a child that gets SIGKILL when the owner dies.
 final class SandboxVM: Sendable {
     static let agentPort: UInt32 = 1024
+    static let stdioPort: UInt32 = 1025
     static let readyLine = "vessel-agent ready in"
 
     let paths: SandboxPaths
@@ -90,6 +91,29 @@ extension SandboxVM {
             let fd = try await Linux.blocking { Result { try HybridDialer.connect(socketPath: socket, port: Self.agentPort, timeoutMilliseconds: 10_000) } }
                 .get()
             return try await TTRPCClient.connect(connectedSocket: fd, group: MultiThreadedEventLoopGroup.singleton)
+        }
+    }
+
+    /// A stdio stream to the agent (its `StdioStreams` on vsock 1025) and the id it was given.
+    func dialStdio() async throws(RuntimeError) -> StdioStream {
+        let socket = paths.hybridSocket
+        return try await during("open a stdio stream to the agent") {
+            try await Linux.blocking {
+                Result { () throws -> StdioStream in
+                    let fd = try HybridDialer.connect(socketPath: socket, port: Self.stdioPort, timeoutMilliseconds: 10_000)
+                    do {
+                        guard let bytes = try Linux.readExactly(fd, 4, timeoutMilliseconds: 10_000) else {
+                            throw RuntimeError("the agent closed a stdio stream before naming it", kind: .unavailable)
+                        }
+                        let id = bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+                        guard id != 0 else { throw RuntimeError("the agent named a stdio stream 0", kind: .unavailable) }
+                        return StdioStream(fd: fd, id: id)
+                    } catch {
+                        Linux.close(fd)
+                        throw error
+                    }
+                }
+            }.get()
         }
     }
 

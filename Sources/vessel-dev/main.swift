@@ -170,6 +170,35 @@ func bench() async throws {
     let execMedian = median(numbers.exec), checkMedian = median(numbers.check)
     print("exec /bin/true + wait: \(format(execMedian)); Health.Check round trip: \(format(checkMedian)); ratio \(String(format: "%.1f", execMedian / checkMedian))x")
     print("agent RSS: idle \(numbers.idleRSS) KiB, after the benchmark \(numbers.busyRSS) KiB")
+    let socket = "/tmp/vessel-bench-stdio-\(getpid()).sock"
+    defer { unlink(socket) }
+    let (rpc, stream) = try await LocalAgent.with(binary: option("--agent", default: defaultAgent),
+                                                  arguments: ["--stdio-addr", "unix://\(socket)"]) { try await measureStdio($0, socket: socket) }
+    print("stdout of a container, 256 MiB: ReadStdout round trips \(String(format: "%.0f", rpc)) MiB/s; its stdio stream "
+        + "\(String(format: "%.0f", stream)) MiB/s; ratio \(String(format: "%.1f", stream / rpc))x")
+}
+
+/// MiB/s of a container's stdout read by ReadStdout (Kata's way) and through a stdio stream.
+func measureStdio(_ agent: LocalAgent, socket: String) async throws -> (rpc: Double, stream: Double) {
+    let mib = 256
+    func rate(_ id: String, stdio: StdioPorts, read: () async throws -> Int) async throws -> Double {
+        try await agent.client.createContainer(id, spec: agent.spec(["head", "-c", "\(mib << 20)", "/dev/zero"]), stdio: stdio)
+        let start = ContinuousClock.now
+        try await agent.client.startContainer(id)
+        let bytes = try await read()
+        let elapsed = ContinuousClock.now - start
+        guard bytes == mib << 20, try await agent.client.wait(id) == 0 else { throw DevSupportError("\(id): \(bytes) bytes read") }
+        try await agent.client.removeContainer(id)
+        return Double(mib) / (Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18)
+    }
+    let rpc = try await rate("rpc", stdio: StdioPorts()) {
+        var total = 0
+        while case let chunk = try await agent.client.read("rpc", max: 1 << 20), !chunk.isEmpty { total += chunk.count }
+        return total
+    }
+    let stream = try StdioStreamClient.dial(socket)
+    defer { stream.close() }
+    return (rpc, try await rate("stream", stdio: StdioPorts(stdout: stream.id)) { try await stream.drain() })
 }
 
 /// QEMU start -> "vessel-agent ready" next to QEMU start -> exit of an init that only powers off.
@@ -204,13 +233,14 @@ func bootBench() throws {
     }
 }
 
-/// Runs a command with stdio to /dev/null (no Foundation polling); returns (exit status, milliseconds).
-func timed(_ arguments: [String]) throws -> (Int32, Double) {
+/// Runs a command with stdout and stderr to /dev/null and stdin from `stdin` (no Foundation
+/// polling); returns (exit status, milliseconds).
+func timed(_ arguments: [String], stdin: String = "/dev/null") throws -> (Int32, Double) {
     var pid: pid_t = 0
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
-    for fd in [0, 1, 2] as [Int32] { posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+    for fd in [0, 1, 2] as [Int32] { posix_spawn_file_actions_addopen(&actions, fd, fd == 0 ? stdin : "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
     let argv = arguments.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     let start = ContinuousClock.now
@@ -276,6 +306,16 @@ func runBench() throws {
         let (status, ms) = try timed(cli + ["exec", "idle", "true"])
         guard status == 0 else { throw DevSupportError("vessel exec failed with status \(status)") }
         execs.append(ms)
+    }
+    // stdio: 100 MiB each way through `vessel exec`, less the latency of an exec of true.
+    let mib = 100, input = dir + "/input"
+    try Data(count: mib << 20).write(to: URL(fileURLWithPath: input))
+    for (what, arguments, stdin) in [("stdout", ["head", "-c", "\(mib << 20)", "/dev/zero"], "/dev/null"),
+                                     ("stdin", ["sh", "-c", "cat > /dev/null"], input)] {
+        let (status, ms) = try timed(cli + ["exec", "idle"] + arguments, stdin: stdin)
+        guard status == 0 else { throw DevSupportError("vessel exec (\(what)) failed with status \(status)") }
+        let rate = Double(mib) / ((ms - median(execs)) / 1000)
+        print("\(what) through `vessel exec`: \(mib) MiB in \(format(ms)), \(String(format: "%.1f", rate)) MiB/s beyond an exec of true")
     }
     let store = StateStore(root: dir + "/root")
     let record = try store.load("idle")

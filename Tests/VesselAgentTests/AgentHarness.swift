@@ -71,6 +71,17 @@ func pids(withArgument marker: String) -> [Int32] {
     }
 }
 
+/// True once `condition` holds, checked every 50 ms for at most `seconds`: a wait for what the
+/// test needs rather than for a time a loaded host may overrun.
+func eventually(within seconds: Double = 10, _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while true {
+        if try await condition() { return true }
+        if ContinuousClock.now >= deadline { return false }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+}
+
 /// Expects a ttrpc error with `code` whose message contains `fragment`.
 func expectError(_ code: TTRPCCode, containing fragment: String, _ body: () async throws -> Void) async {
     do {

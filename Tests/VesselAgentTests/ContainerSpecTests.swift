@@ -143,13 +143,17 @@ struct ContainerSpecTests {
             try FileManager.default.createSymbolicLink(atPath: agent.rootfs + "/escape", withDestinationPath: "../../../../..")
             let data = agent.directory.appendingPathComponent("payload").path
             try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
-            var spec = agent.spec(["sh", "-c", "ls /target-marker >/dev/null 2>&1 && echo inside"])
+            var spec = agent.spec(["sh", "-c", "ls /x/target-marker >/dev/null 2>&1 && echo inside"])
             try FileManager.default.createDirectory(atPath: data + "/target-marker", withIntermediateDirectories: true)
             spec.mounts.append(SpecTemplate.mount("/escape/x", "bind", data, ["rbind"]))
             try await agent.client.createContainer("sym", spec: spec)
             // The mount landed at <rootfs>/x, never at a host path above the rootfs.
             #expect(FileManager.default.fileExists(atPath: agent.rootfs + "/x"))
             #expect(!FileManager.default.fileExists(atPath: "/x"))
+            // And the container sees the payload there: the mount was made, not just its mount point.
+            try await agent.client.startContainer("sym")
+            #expect(try await agent.output("sym") == "inside\n")
+            #expect(try await agent.client.wait("sym") == 0)
             try await agent.client.removeContainer("sym")
             #expect(agent.leftoverMounts().isEmpty)
         }

@@ -29,19 +29,31 @@ func fakeAgent(in directory: String) throws -> String {
     return path
 }
 
-/// Runs a command with stdin from a file; returns status, stdout, stderr.
-func run(_ command: [String], stdin: String? = nil) throws -> (status: Int32, stdout: [UInt8], stderr: String) {
+/// Runs a command with stdin from a file; returns status, stdout, stderr. Output goes through
+/// files, so the wait can have a bound: one still running after `timeout` s is killed and throws.
+func run(_ command: [String], stdin: String? = nil, timeout: Double = 120) throws -> (status: Int32, stdout: [UInt8], stderr: String) {
+    let directory = try temporaryDirectory()
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    let out = directory + "/stdout", err = directory + "/stderr"
+    FileManager.default.createFile(atPath: out, contents: nil)
+    FileManager.default.createFile(atPath: err, contents: nil)
     let process = Process()
-    let out = Pipe()
-    let err = Pipe()
     process.executableURL = URL(fileURLWithPath: command[0])
     process.arguments = Array(command.dropFirst())
     process.standardInput = try stdin.map { try FileHandle(forReadingFrom: URL(fileURLWithPath: $0)) } ?? FileHandle.nullDevice
-    process.standardOutput = out
-    process.standardError = err
+    process.standardOutput = FileHandle(forWritingAtPath: out)
+    process.standardError = FileHandle(forWritingAtPath: err)
     try process.run()
-    let stdout = out.fileHandleForReading.readDataToEndOfFile()
-    let stderr = err.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return (process.terminationStatus, Array(stdout), String(decoding: stderr, as: UTF8.self))
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+    if process.isRunning {
+        kill(process.processIdentifier, SIGKILL)
+        throw TimedOut(description: "\(command.joined(separator: " ")) still running after \(Int(timeout)) s: killed")
+    }
+    return (process.terminationStatus, Array(try Data(contentsOf: URL(fileURLWithPath: out))),
+            (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+}
+
+struct TimedOut: Error, CustomStringConvertible {
+    var description: String
 }

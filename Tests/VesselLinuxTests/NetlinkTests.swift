@@ -91,22 +91,33 @@ struct NetlinkTests {
 
 @discardableResult
 func shell(_ line: String) -> Int32 {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    process.arguments = ["-c", line]
-    try? process.run()
-    process.waitUntilExit()
-    return process.terminationStatus
+    runShell(line).status
 }
 
 func command(_ line: String) -> String {
+    runShell(line + " 2>&1").output
+}
+
+/// `sh -c line`, stdout through a file so the wait can have a bound: a command still running
+/// after `timeout` s is killed and fails the test (status -1).
+func runShell(_ line: String, timeout: Double = 60) -> (status: Int32, output: String) {
+    let output = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-sh-\(UUID().uuidString.prefix(8))").path
+    FileManager.default.createFile(atPath: output, contents: nil)
+    defer { unlink(output) }
     let process = Process()
-    let pipe = Pipe()
     process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    process.arguments = ["-c", line + " 2>&1"]
-    process.standardOutput = pipe
-    try? process.run()
-    let data = pipe.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
+    process.arguments = ["-c", line]
+    process.standardOutput = FileHandle(forWritingAtPath: output)
+    do { try process.run() } catch {
+        Issue.record("sh -c \(line): \(error)")
+        return (-1, "")
+    }
+    let deadline = Date().addingTimeInterval(timeout)
+    while process.isRunning && Date() < deadline { usleep(10_000) }
+    if process.isRunning {
+        kill(process.processIdentifier, SIGKILL)
+        Issue.record("sh -c \(line): still running after \(Int(timeout)) s: killed")
+        return (-1, "")
+    }
+    return (process.terminationStatus, (try? String(contentsOfFile: output, encoding: .utf8)) ?? "")
 }

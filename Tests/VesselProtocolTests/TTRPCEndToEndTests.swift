@@ -95,20 +95,19 @@ struct TTRPCEndToEndTests {
             async let slow: Google_Protobuf_StringValue = f.client.call(
                 service: "test.Service",
                 method: "Slow",
-                request: Google_Protobuf_StringValue("1500")
+                request: Google_Protobuf_StringValue("5000")
             )
-            #expect(await f.recorder.waitFor("slow started 1500"))
-            let clock = ContinuousClock()
-            let start = clock.now
+            #expect(await f.recorder.waitFor("slow started 5000"))
             let fast: Google_Protobuf_StringValue = try await f.client.call(
                 service: "test.Service",
                 method: "Echo",
                 request: Google_Protobuf_StringValue("fast")
             )
             #expect(fast.value == "fast")
-            #expect(clock.now - start < .milliseconds(1000))
-            #expect(!f.recorder.contains("slow finished 1500"))
-            #expect(try await slow.value == "1500")
+            // The condition itself, not a time a loaded debug build may overrun: the fast answer
+            // came while the slow call was still running.
+            #expect(!f.recorder.contains("slow finished 5000"))
+            #expect(try await slow.value == "5000")
         }
     }
 

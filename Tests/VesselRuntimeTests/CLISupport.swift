@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import VesselCore
+@testable import VesselCore
 import VesselDevSupport
 
 /// The `vessel` binary built next to the tests, run as docker or podman would run it.
@@ -40,7 +40,9 @@ struct VesselCLI {
     /// A call that outlives `timeout` is killed and fails the test instead of stalling the suite.
     @discardableResult
     func run(_ arguments: [String], stdin: String? = nil, global: [String] = [], timeout: Double = 300,
-             stdoutFile: String? = nil, binary: String = binary, workingDirectory: String? = nil) throws -> Result {
+             stdoutFile: String? = nil, stdinFile: String? = nil, binary: String = binary, workingDirectory: String? = nil) throws
+        -> Result
+    {
         let token = UUID().uuidString.prefix(8)
         let out = stdoutFile ?? directory + "/out-\(token)", err = directory + "/err-\(token)", input = directory + "/in-\(token)"
         FileManager.default.createFile(atPath: out, contents: nil)
@@ -51,7 +53,7 @@ struct VesselCLI {
         process.executableURL = URL(fileURLWithPath: binary)
         if let workingDirectory { process.currentDirectoryURL = URL(fileURLWithPath: workingDirectory) }
         process.arguments = ["--root", root, "--config", config] + global + arguments
-        process.standardInput = FileHandle(forReadingAtPath: input)
+        process.standardInput = FileHandle(forReadingAtPath: stdinFile ?? input)
         process.standardOutput = FileHandle(forWritingAtPath: out)
         process.standardError = FileHandle(forWritingAtPath: err)
         try process.run()
@@ -59,10 +61,9 @@ struct VesselCLI {
         while process.isRunning && Date() < deadline { usleep(20_000) }
         if process.isRunning {
             process.interrupt()
-            usleep(500_000)
-            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
+            _ = process.exited(within: 0.5)
             Issue.record("vessel \(arguments.joined(separator: " ")) still running after \(Int(timeout)) s: killed")
+            if process.isRunning { throw CLIError("vessel \(arguments.joined(separator: " ")) survived SIGKILL") }
         }
         return Result(status: process.terminationStatus,
                       stdout: stdoutFile == nil ? (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" : "",
@@ -90,7 +91,7 @@ struct VesselCLI {
     }
 
     /// Nothing of the container may remain: state dir, sandbox dir, mounts, sockets, processes.
-    func expectNothingLeft(_ id: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    func expectNothingLeft(_ id: String, cgroupsPath: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) throws {
         #expect(!FileManager.default.fileExists(atPath: root + "/" + id), "state dir left", sourceLocation: sourceLocation)
         let sandboxDirectory = SandboxPaths(root: root, id: id).directory
         #expect(!FileManager.default.fileExists(atPath: sandboxDirectory), "sandbox dir \(sandboxDirectory) left",
@@ -106,8 +107,11 @@ struct VesselCLI {
             return (args.contains(root) && args.last == id) || cmdline.contains(sandboxDirectory)
         }
         #expect(ours.isEmpty, "processes left: \(ours)", sourceLocation: sourceLocation)
-        let cgroups = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? [])
-            .map { "/sys/fs/cgroup/\($0)/vessel/\(id)" }.filter { FileManager.default.fileExists(atPath: $0) }
+        // Every mounted hierarchy as the owner finds them: /sys/fs/cgroup itself on a v2-only host.
+        let hierarchies = HostCgroup.hierarchies()
+        #expect(!hierarchies.isEmpty, "no cgroup hierarchy mounted read-write", sourceLocation: sourceLocation)
+        let relative = HostCgroup.relativePath(cgroupsPath: cgroupsPath, id: id)
+        let cgroups = hierarchies.map { $0 + "/" + relative }.filter { FileManager.default.fileExists(atPath: $0) }
         #expect(cgroups.isEmpty, "cgroups left: \(cgroups)", sourceLocation: sourceLocation)
     }
 

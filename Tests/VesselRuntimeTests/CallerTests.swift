@@ -25,23 +25,46 @@ struct CallerTests {
                       "--runtime", VesselCLI.binary, "--runtime-flag", "config=" + cli.config]
         let environment = ["CONTAINERS_CONF": dir + "/containers.conf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
         // podman's cleanup (`podman container cleanup`) calls the runtime without --runtime-flag: default --root.
-        let result = try command(podman + ["run", "--rm", "--cidfile", dir + "/cid", "--rootfs", dir + "/rootfs",
-                                           "sh", "-c", "echo hello-podman from $(hostname); exit 7"], environment: environment)
+        let run = Background {
+            try command(podman + ["run", "--rm", "--cidfile", dir + "/cid", "--rootfs", dir + "/rootfs",
+                                  "sh", "-c", "echo hello-podman from $(hostname); exit 7"], environment: environment)
+        }
+        // The state must be seen while the container exists, or its absence afterwards proves nothing.
+        let stateDirectory = { () -> String? in
+            let id = ((try? String(contentsOfFile: dir + "/cid", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            return id.isEmpty ? nil : "/run/vessel/" + id
+        }
+        var seen = false
+        while !seen, try run.value(timeout: 0.1) == nil {
+            seen = stateDirectory().map { FileManager.default.fileExists(atPath: $0) } ?? false
+        }
+        let result = try #require(try run.value(timeout: 400), "podman run outlived its command's own timeout")
         #expect(result.status == 7, "\(result.output)")
         #expect(result.output.contains("hello-podman from"), "\(result.output)")
         _ = try command(podman + ["rm", "--all", "--force"], environment: environment)
-        let id = (try? String(contentsOfFile: dir + "/cid", encoding: .utf8)) ?? ""
-        #expect(!id.isEmpty)
-        #expect(!FileManager.default.fileExists(atPath: "/run/vessel/" + id), "container state left in /run/vessel")
+        let state = try #require(stateDirectory(), "podman wrote no container id")
+        #expect(seen, "\(state) never appeared: the runtime kept its state elsewhere")
+        #expect(!FileManager.default.fileExists(atPath: state), "container state left in /run/vessel")
     }
 
     @Test func dockerRunsABusyboxContainer() throws {
         let docker = try DockerDaemon()
         defer { docker.stop() }
-        let run = try docker.docker(["run", "--rm", "--runtime", "vessel", "--network", "none", "busybox:vessel",
-                                     "sh", "-c", "echo hello-docker from $(hostname); exit 5"])
+        let cidfile = docker.cli.directory + "/cid"
+        let background = Background {
+            try docker.docker(["run", "--rm", "--cidfile", cidfile, "--runtime", "vessel", "--network", "none", "busybox:vessel",
+                               "sh", "-c", "echo hello-docker from $(hostname); exit 5"])
+        }
+        // The state must be seen while the container exists, or its absence afterwards proves nothing.
+        var seen = false
+        while !seen, try background.value(timeout: 0.1) == nil {
+            let id = ((try? String(contentsOfFile: cidfile, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            seen = !id.isEmpty && FileManager.default.fileExists(atPath: docker.runtimeRoot + "/" + id)
+        }
+        let run = try #require(try background.value(timeout: 400), "docker run outlived its command's own timeout")
         #expect(run.status == 5, "\(run.output)")
         #expect(run.output.contains("hello-docker from"), "\(run.output)")
+        #expect(seen, "the container's state never appeared in \(docker.runtimeRoot)")
         docker.expectNoContainersLeft()
     }
 }
@@ -93,15 +116,20 @@ final class DockerDaemon: @unchecked Sendable {
         try command(["/usr/bin/docker", "-H", "unix://" + socket] + arguments)
     }
 
+    /// Where docker's shim has `vessel` keep its state (`--root`): `<exec-root>/runtime-<name>/<namespace>`.
+    var runtimeRoot: String { cli.directory + "/exec/runtime-vessel/moby" }
+
+    /// The root must exist (the runtime made it): an empty listing of a directory that was never
+    /// there would pass whatever the runtime left elsewhere.
     func expectNoContainersLeft(sourceLocation: SourceLocation = #_sourceLocation) {
-        let runtimeRoot = cli.directory + "/exec/runtime-vessel/moby"
-        #expect(((try? FileManager.default.contentsOfDirectory(atPath: runtimeRoot)) ?? []).isEmpty, "containers left in \(runtimeRoot)",
-                sourceLocation: sourceLocation)
+        let entries = try? FileManager.default.contentsOfDirectory(atPath: runtimeRoot)
+        #expect(entries != nil, "\(runtimeRoot) was never made: docker did not run vessel there", sourceLocation: sourceLocation)
+        #expect((entries ?? []).isEmpty, "containers left in \(runtimeRoot): \(entries ?? [])", sourceLocation: sourceLocation)
     }
 
     func stop() {
         daemon.terminate()
-        daemon.waitUntilExit()
+        if !daemon.exited(within: 60) { Issue.record("dockerd still running 60 s after SIGTERM: killed") }
         _ = try? command(["/bin/umount", "--recursive", "--lazy", cli.directory + "/exec"])
         _ = try? command(["/bin/umount", "--recursive", "--lazy", cli.directory + "/data"])
         cli.cleanUp()

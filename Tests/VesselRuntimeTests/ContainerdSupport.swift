@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VesselDevSupport
 import VesselCore
 
 /// A private containerd 1.6 (Debian's) with all its state in a temporary directory, Vessel's shim
@@ -157,7 +158,7 @@ final class Containerd: @unchecked Sendable {
 
     func stop() {
         daemon.terminate()
-        daemon.waitUntilExit()
+        if !daemon.exited(within: 60) { Issue.record("containerd still running 60 s after SIGTERM: killed") }
         _ = try? command(["/bin/umount", "--recursive", "--lazy", directory + "/root"])
         _ = try? command(["/bin/umount", "--recursive", "--lazy", directory + "/state"])
         try? FileManager.default.removeItem(atPath: "/run/vessel-containerd/" + namespace)

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VesselDevSupport
 import VesselCore
 
 /// `containerd-shim-vessel-v2` driven by a real containerd 1.6 through `ctr`, as users run it.
@@ -89,7 +90,7 @@ struct ContainerdTests {
         try events.run()
         defer {
             events.terminate()
-            events.waitUntilExit()
+            if !events.exited(within: 30) { Issue.record("ctr events still running 30 s after SIGTERM: killed") }
         }
         #expect(try containerd.run("q1", ["sleep", "1000"], flags: ["-d"]).status == 0)
         let sandbox = try containerd.sandbox("q1")
@@ -121,7 +122,7 @@ struct ContainerdTests {
         try exec.run()
         defer {
             exec.terminate()
-            exec.waitUntilExit()
+            if !exec.exited(within: 30) { Issue.record("ctr task exec still running 30 s after SIGTERM: killed") }
         }
         // Until the first e1 runs (the agent forgets an exec once it was waited for and read, so
         // a second e1 that wins the race would simply run).

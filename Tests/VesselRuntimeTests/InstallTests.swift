@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VesselDevSupport
 import VesselCore
 
 /// What `make` built (out/): the files `make install` installs.
@@ -23,7 +24,7 @@ struct InstallTests {
         process.standardOutput = FileHandle(forWritingAtPath: log)
         process.standardError = process.standardOutput
         try process.run()
-        process.waitUntilExit()
+        guard process.exited(within: 120) else { throw CLIError("make \(target) still running after 120 s: killed") }
         return VesselCLI.Result(status: process.terminationStatus, stdout: (try? String(contentsOfFile: log, encoding: .utf8)) ?? "",
                                 stderr: "")
     }

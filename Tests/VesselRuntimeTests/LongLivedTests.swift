@@ -57,14 +57,37 @@ struct LongLivedTests {
         let output = cli.directory + "/stdout"
         let result = try cli.run(["run", "--bundle", bundle, "l3"], stdoutFile: output)
         #expect(result.status == 0, "\(result.stderr)")
-        let received = try Data(contentsOf: URL(fileURLWithPath: output))
-        #expect(received.count == payload.count)
+        try Self.expectFile(output, holds: payload)
+        try cli.expectNothingLeft("l3")
+    }
+
+    /// 100 MB into `vessel exec cat` and back out, byte for byte: stdin to its end, then stdout,
+    /// with the exec's status reported only after the last byte.
+    @Test(.timeLimit(.minutes(6)))
+    func hundredMegabytesThroughAnExecsStdinAndStdout() throws {
+        let cli = try VesselCLI()
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sleep", "100000"])
+        let started = try cli.run(["run", "--detach", "--bundle", bundle, "l4"])
+        #expect(started.status == 0, "\(started.stderr)")
+        let payload = Self.payload(count: 100 << 20)
+        let input = cli.directory + "/stdin", output = cli.directory + "/stdout"
+        try payload.write(to: URL(fileURLWithPath: input))
+        let result = try cli.run(["exec", "l4", "sh", "-c", "cat; exit 7"], stdoutFile: output, stdinFile: input)
+        #expect(result.status == 7, "\(result.stderr)")
+        try Self.expectFile(output, holds: payload)
+        #expect(try cli.run(["delete", "--force", "l4"]).status == 0)
+        try cli.expectNothingLeft("l4")
+    }
+
+    static func expectFile(_ path: String, holds payload: Data, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let received = try Data(contentsOf: URL(fileURLWithPath: path))
+        #expect(received.count == payload.count, sourceLocation: sourceLocation)
         if received != payload {
             let first = zip(received, payload).enumerated().first { $0.element.0 != $0.element.1 }?.offset
                 ?? min(received.count, payload.count)
-            Issue.record("output differs from byte \(first) on (\(received.count) of \(payload.count) bytes)")
+            Issue.record("output differs from byte \(first) on (\(received.count) of \(payload.count) bytes)", sourceLocation: sourceLocation)
         }
-        try cli.expectNothingLeft("l3")
     }
 
     /// xorshift64: no block repeats, so a lost, doubled or reordered chunk shows.

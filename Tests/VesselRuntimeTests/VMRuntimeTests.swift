@@ -482,12 +482,14 @@ final class Background<T>: @unchecked Sendable {
 
     func value() throws -> T {
         done.wait()
+        done.signal()  // open for the next caller: the result can be asked for again
         return try result!.get()
     }
 
     /// nil when the call has not ended within `timeout` seconds.
     func value(timeout: Double) throws -> T? {
         guard done.wait(timeout: .now() + timeout) == .success else { return nil }
+        done.signal()
         return try result!.get()
     }
 }

@@ -1,5 +1,7 @@
 import CVesselVsock
+import Synchronization
 import Testing
+import VesselLinux
 
 @testable import VesselVsock
 
@@ -8,11 +10,22 @@ import Glibc
 #endif
 
 /// Runs a program and waits; stdout/stderr go to `output` when given. Returns the exit status (-1: spawn failed).
+/// One still running after `timeoutMs` is killed and fails the test instead of stalling it.
 @discardableResult
-func runProgram(_ argv: [String], output: String? = nil) -> Int32 {
+func runProgram(_ argv: [String], output: String? = nil, timeoutMs: UInt64 = 300_000) -> Int32 {
     guard let pid = spawnProgram(argv, output: output) else { return -1 }
     var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    let deadline = nowMs() + timeoutMs
+    var reaped = waitpid(pid, &status, WNOHANG)
+    while reaped == 0 && nowMs() < deadline {
+        usleep(10_000)
+        reaped = waitpid(pid, &status, WNOHANG)
+    }
+    if reaped == 0 {
+        kill(pid, SIGKILL)
+        waitpid(pid, &status, 0)
+        Issue.record("\(argv.joined(separator: " ")) still running after \(timeoutMs / 1000) s: killed")
+    }
     return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
@@ -60,6 +73,22 @@ final class ThreadRunner: @unchecked Sendable {
         }, arg)
     }
     func join() { pthread_join(tid, nil) }
+}
+
+/// The backend's exit, or nil when it has not returned within `timeoutMs`: a backend that hangs
+/// fails its test instead of stalling the run (the waiting thread is left behind, blocked).
+func join(_ thread: BackendThread, timeoutMs: UInt64) -> Result<VsockBackend.Exit, LinuxError>? {
+    let box = Mutex<Result<VsockBackend.Exit, LinuxError>?>(nil)
+    let waiter = ThreadRunner { let r = thread.join(); box.withLock { $0 = r } }
+    let deadline = nowMs() + timeoutMs
+    while nowMs() < deadline {
+        if let r = box.withLock({ $0 }) {
+            waiter.join()
+            return r
+        }
+        usleep(20_000)
+    }
+    return nil
 }
 
 /// Connects through the hybrid socket; returns the fd after `OK`, or nil.
@@ -223,6 +252,9 @@ struct GuestVM {
         #expect(count == le(UInt64(big)))
 
         let src = try #require(hybridConnect(hp, port: 1025))
+        // A guest that stops sending ends the read below (short) instead of blocking it forever.
+        var stall = timeval(tv_sec: 60, tv_usec: 0)
+        setsockopt(src, SOL_SOCKET, SO_RCVTIMEO, &stall, socklen_t(MemoryLayout<timeval>.size))
         writeAll(src, [UInt8(ascii: "G")] + le(UInt64(big)))
         tStart = nowNs()
         var received = 0
@@ -296,7 +328,9 @@ struct GuestVM {
         var st: Int32 = 0
         waitpid(qemu, &st, 0)
         qemuAlive = false
-        #expect(try thread.join().get() == .frontEndGone(error: nil))
+        let ended = join(thread, timeoutMs: 30_000)
+        #expect(ended != nil, "the backend still ran 30 s after QEMU was gone")
+        #expect(try ended?.get() == .frontEndGone(error: nil))
     }
 }
 

@@ -46,12 +46,14 @@ final class FrontEnd {
         return p.withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
     }
 
-    /// True when the back-end closed the connection.
+    /// True when the back-end closed the connection (within 10 s, however much it sends first).
     func closedByPeer(timeoutMs: Int32 = 3000) -> Bool {
-        while true {
+        let deadline = nowMs() + 10_000
+        while nowMs() < deadline {
             guard let b = readSome(fd, timeoutMs: timeoutMs) else { return true }
             if b.isEmpty { return false }
         }
+        return false
     }
 }
 
@@ -157,9 +159,17 @@ final class FrontEnd {
             let fe = FrontEnd(path: path)
             _ = [UInt8](repeating: 1, count: 5).withUnsafeBytes { write(fe.fd, $0.baseAddress, 5) }
         }
-        usleep(200_000)  // one front-end at a time: let the back-end see that one go
-        let fe = FrontEnd(path: path)
-        #expect(fe.u64(1) == VhostFeature.offered)
+        // One front-end at a time: until the back-end has seen that one go it turns a new one
+        // away, so connect again until one is served.
+        var fe = FrontEnd(path: path)
+        var features = fe.u64(1)
+        let deadline = nowMs() + 10_000
+        while features == nil && nowMs() < deadline {
+            usleep(20_000)
+            fe = FrontEnd(path: path)
+            features = fe.u64(1)
+        }
+        #expect(features == VhostFeature.offered)
         #expect(fe.u64(15) == 0x201)
         backend.stop()
         #expect(try thread.join().get() == .stopped)
