@@ -2,10 +2,10 @@
 import PackageDescription
 
 // Arrows point one way (a module imports only what its arrows come from):
-//   CVessel -> VesselLinux (syscalls, mounts, rtnetlink, spawn) -> VesselVM (QEMU), VesselVsock (+ CVesselVsock)
+//   CVessel, CSeccomp -> VesselLinux (syscalls, mounts, rtnetlink, spawn, seccomp) -> VesselVM (QEMU), VesselVsock (+ CVesselVsock)
 //   VesselProtocol (ttrpc, generated protobuf, method tables) -> VesselAgentClient
 //   VesselLinux + VesselProtocol -> VesselSpec (OCI spec rules, guest and host)
-//   guest: VesselSpec (+ CSeccomp; CVessel still imported directly) -> VesselAgent -> vessel-agent
+//   guest: VesselSpec -> VesselAgent -> vessel-agent (C only through VesselLinux, libseccomp too)
 //   host:  VesselSpec -> VesselCore (config, bundles, records, hooks, host cgroups)
 //          -> VesselSandbox (the owner: QEMU, vsock backend, agent client) -> VesselOCI + VesselContainerd -> vessel
 let package = Package(
@@ -38,7 +38,7 @@ let package = Package(
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
         .target(
             name: "VesselLinux",
-            dependencies: ["CVessel"]
+            dependencies: ["CVessel", "CSeccomp"]
         ),
         .testTarget(name: "VesselLinuxTests", dependencies: ["VesselLinux"]),
         .target(
@@ -55,7 +55,7 @@ let package = Package(
         .target(
             name: "VesselAgent",
             dependencies: [
-                "CVessel", "CSeccomp", "VesselLinux", "VesselProtocol", "VesselSpec",
+                "VesselLinux", "VesselProtocol", "VesselSpec",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
@@ -92,7 +92,7 @@ let package = Package(
         ),
         .executableTarget(name: "vessel-vsock", dependencies: ["VesselVsock"]),
         // hostile-guest.c: the attacking guest's /init, compiled by its test with gcc -static.
-        .testTarget(name: "VesselVsockTests", dependencies: ["VesselVsock"], exclude: ["hostile-guest.c"]),
+        .testTarget(name: "VesselVsockTests", dependencies: ["VesselVsock"], exclude: ["guest-init.c", "hostile-guest.c"]),
         // QEMU guests: command line, accelerator probe, console capture (host side).
         .target(name: "VesselVM", dependencies: ["VesselLinux"]),
         .testTarget(

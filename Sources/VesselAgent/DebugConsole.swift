@@ -1,4 +1,3 @@
-import CVessel
 import NIOCore
 import NIOPosix
 import VesselLinux
@@ -66,7 +65,7 @@ enum DebugConsole {
     /// Helper mode `console`, in the new process: own session, the pty as controlling terminal, a shell.
     static func execShell() -> Never {
         _ = setsid()
-        _ = vessel_set_ctty(0)
+        try? Linux.setControllingTerminal(0)
         for shell in ["/bin/sh", "/bin/busybox"] where access(shell, X_OK) == 0 {
             let argv = CStringArray(["sh"])
             let envp = CStringArray(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=vt100", "HOME=/root"])

@@ -1,4 +1,3 @@
-import CVessel
 import VesselLinux
 import VesselProtocol
 #if canImport(Glibc)
@@ -78,33 +77,21 @@ enum DeviceFilter {
     /// Loads the program for `rules` (after `denyAll`, before the defaults) and attaches it to the
     /// cgroup directory. Returns the program fd, which the caller keeps to detach it on replacement.
     static func attach(_ rules: [Grpc_LinuxDeviceCgroup], cgroup: String) throws -> Int32 {
-        let instructions = program([denyAll] + rules + defaultAllowed).map(\.raw)
-        func load(log: UnsafeMutableBufferPointer<CChar>?) -> Int32 {
-            instructions.withUnsafeBufferPointer {
-                vessel_bpf_load_device_program($0.baseAddress, UInt32($0.count), log?.baseAddress, UInt32(log?.count ?? 0))
-            }
-        }
-        let fd = load(log: nil)
-        if fd < 0 {
-            // Load again with the verifier's log (a successful load would overflow a small one).
-            var log = [CChar](repeating: 0, count: 1 << 16)
-            _ = log.withUnsafeMutableBufferPointer { load(log: $0) }
-            let lines = log.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }.split(separator: "\n")
-            throw LinuxError(stage: "bpf(BPF_PROG_LOAD) device filter", errno: -fd, detail: lines.first { !$0.hasPrefix("processed") }.map(String.init) ?? "")
-        }
+        let fd = try Linux.loadDeviceProgram(program([denyAll] + rules + defaultAllowed).map(\.raw))
         let dir = try Linux.open(cgroup, O_DIRECTORY | O_RDONLY)
         defer { Linux.close(dir) }
-        let rc = vessel_bpf_device_attach(dir, fd, 1)
-        if rc < 0 {
+        do {
+            try Linux.setDeviceProgram(fd, cgroup: dir, attached: true, detail: cgroup)
+        } catch {
             Linux.close(fd)
-            throw LinuxError(stage: "bpf(BPF_PROG_ATTACH) device filter", errno: -rc, detail: cgroup)
+            throw error
         }
         return fd
     }
 
     static func detach(_ programFD: Int32, cgroup: String) {
         if let dir = try? Linux.open(cgroup, O_DIRECTORY | O_RDONLY) {
-            _ = vessel_bpf_device_attach(dir, programFD, 0)
+            try? Linux.setDeviceProgram(programFD, cgroup: dir, attached: false, detail: cgroup)
             Linux.close(dir)
         }
         Linux.close(programFD)

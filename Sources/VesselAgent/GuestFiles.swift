@@ -1,4 +1,3 @@
-import CVessel
 import FoundationEssentials
 import VesselLinux
 import VesselProtocol
@@ -18,7 +17,7 @@ enum CopyFile {
         let components = try RootedPath.components(String(request.path.dropFirst(prefix.count)), field: "CopyFile path")
         guard let name = components.last else { throw AgentError.invalidArgument("CopyFile path \(request.path) names no file") }
         try Linux.mkdirAll(base)
-        let baseFD = try Linux.open(base, VESSEL_O_PATH | O_DIRECTORY)
+        let baseFD = try Linux.open(base, Linux.openPath | O_DIRECTORY)
         defer { Linux.close(baseFD) }
         let beneath = RootedPath(rootFD: baseFD, confined: true)
         let dirMode = request.dirMode == 0 ? 0o755 : mode_t(request.dirMode & 0o7777)

@@ -1,4 +1,3 @@
-import CVessel
 import VesselLinux
 #if canImport(Glibc)
 import Glibc
@@ -46,7 +45,7 @@ enum GuestInit {
             do { try Linux.writeFile("/sys/fs/cgroup/cgroup.subtree_control", enable) } catch { log("init: cgroup controllers: \(error)") }
         }
         setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1)
-        _ = vessel_sethostname("vessel", 6)
+        try? Linux.setHostname("vessel")
     }
 
     /// `agent.*` options from the kernel command line, with Kata's names.
@@ -82,7 +81,7 @@ enum GuestInit {
     /// "/" is the kernel's initramfs (ramfs or tmpfs, and the root of the mount tree): there
     /// pivot_root(2) fails with EINVAL, in every mount namespace cloned from ours.
     static func rootIsInitramfs() -> Bool {
-        let type = vessel_fs_type("/")
+        guard let type = try? Linux.fileSystemType("/") else { return false }
         guard type == 0x8584_58f6 || type == 0x0102_1994 else { return false }
         return (try? MountInfo.rootIsNamespaceRoot(MountInfo.read())) ?? false
     }
@@ -105,8 +104,7 @@ enum GuestInit {
         sync()
         for mount in mounts.reversed() { umount2(mount.target, Int32(MNT_DETACH)) }
         log("vessel-agent: powering off")
-        _ = vessel_reboot_poweroff()
-        log("vessel-agent: power off failed: \(LinuxError(stage: "reboot"))")
+        log("vessel-agent: power off failed: \(Linux.powerOff())")
         while true { pause() }
     }
 }

@@ -1,4 +1,3 @@
-import CVessel
 import Logging
 import Synchronization
 import VesselLinux
@@ -69,8 +68,7 @@ final class LogForwarder: Sendable {
     private func run(port: UInt32) {
         var retryDelay: useconds_t = 100_000
         while true {
-            let fd = vessel_vsock_connect(Self.hostCID, port)
-            guard fd >= 0 else {
+            guard let fd = try? Linux.vsockConnect(cid: Self.hostCID, port: port) else {
                 // Nobody listens yet (or any more): keep buffering, try again, slower each time.
                 usleep(retryDelay)
                 retryDelay = min(retryDelay * 2, 2_000_000)

@@ -1,4 +1,3 @@
-import CVessel
 import NIOCore
 import NIOPosix
 import Synchronization
@@ -198,7 +197,7 @@ final class ProcessIO: Sendable {
 
     func resize(rows: UInt16, columns: UInt16) throws {
         guard terminal else { throw AgentError.failedPrecondition("process has no terminal") }
-        try sys("TIOCSWINSZ") { vessel_set_winsize(masterFD, rows, columns) }
+        try Linux.setWindowSize(masterFD, rows: rows, columns: columns)
     }
 
     func close() async {

@@ -1,5 +1,4 @@
 import VesselLinux
-import CVessel
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -76,12 +75,10 @@ public final class Reaper: Sendable {
     private func loop() {
         while true {
             let generation = state.withLock { $0.spawnGeneration }
-            var status: Int32 = 0
-            let pid = vessel_reap_one(0, &status)
-            if pid > 0 {
-                deliver(pid, status)
-            } else if pid == -ECHILD {
-                wakeup.wait { state.withLock { $0.spawnGeneration } != generation }
+            switch Result(catching: { () throws(LinuxError) in try Linux.reapAny() }) {
+            case .success(let (pid, status)?): deliver(pid, status)
+            case .success(nil): wakeup.wait { state.withLock { $0.spawnGeneration } != generation }
+            case .failure: continue
             }
         }
     }

@@ -1,4 +1,3 @@
-import CVessel
 import VesselLinux
 import VesselProtocol
 #if canImport(Glibc)
@@ -81,7 +80,7 @@ struct StorageTable {
     /// planted under /run cannot send a mount elsewhere.
     private func beneathBase() throws -> (RootedPath, Int32) {
         try Linux.mkdirAll(base)
-        let fd = try Linux.open(base, VESSEL_O_PATH | O_DIRECTORY)
+        let fd = try Linux.open(base, Linux.openPath | O_DIRECTORY)
         return (RootedPath(rootFD: fd, confined: true), fd)
     }
 
@@ -139,7 +138,7 @@ struct StorageTable {
             try sys("umount", storage.mountPoint) { umount2(procFDPath(mounted), Int32(MNT_DETACH)) }
         }
         // Only an empty directory (or the empty file a file bind needed) goes; data stays.
-        let parent = try rooted.open(Array(parts.dropLast()), flags: VESSEL_O_PATH | O_DIRECTORY)
+        let parent = try rooted.open(Array(parts.dropLast()), flags: Linux.openPath | O_DIRECTORY)
         defer { Linux.close(parent) }
         if unlinkat(parent, parts.last!, AT_REMOVEDIR) != 0 && errno == ENOTDIR && storage.driver == "bind" {
             unlinkat(parent, parts.last!, 0)

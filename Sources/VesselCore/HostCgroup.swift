@@ -64,7 +64,9 @@ public enum HostCgroup {
         let writes = cpuWrites(resources.cpu) + pidsWrites(resources.pids) + deviceWrites(resources.devices)
         for directory in directories {
             for write in writes where Linux.exists(directory + "/" + write.file) {
-                do { try Linux.writeFile(directory + "/" + write.file, write.value) } catch {
+                do {
+                    if write == ("devices.deny", "a") { try revokeAllDevices(directory) } else { try Linux.writeFile(directory + "/" + write.file, write.value) }
+                } catch {
                     warn("host cgroup \(directory)/\(write.file)=\(write.value): \(error)")
                 }
             }
@@ -115,7 +117,7 @@ public enum HostCgroup {
                                            "c 10:241 rwm"]
 
     /// cgroup v1's devices files, in the spec's order (a later rule overrides an earlier one), after
-    /// a deny-all so the sandbox never has more than the spec and `sandboxDevices`. A rule that
+    /// a deny-all (`revokeAllDevices`) so the sandbox never has more than the spec and `sandboxDevices`. A rule that
     /// allows every device (a privileged container's) is the guest's business, not the host's: the
     /// guest's devices are its own. On a v2 host (no devices files) this part is a no-op.
     static func deviceWrites(_ rules: [OCISpec.DeviceCgroup]?) -> [(file: String, value: String)] {
@@ -128,6 +130,19 @@ public enum HostCgroup {
             return (rule.allow ? "devices.allow" : "devices.deny", entry)
         }
         return [("devices.deny", "a")] + spec + sandboxDevices.map { ("devices.allow", $0) }
+    }
+
+    /// v1 refuses a deny-all (EINVAL) in a cgroup with children, as the sandbox's is once QEMU's
+    /// `vmm` exists: then each rule it holds is revoked on its own, so that `update` replaces the
+    /// rules instead of adding to them.
+    private static func revokeAllDevices(_ directory: String) throws(LinuxError) {
+        do {
+            try Linux.writeFile(directory + "/devices.deny", "a")
+        } catch where error.errno == EINVAL {
+            for rule in try Linux.readFile(directory + "/devices.list").split(separator: "\n") where !rule.isEmpty {
+                try Linux.writeFile(directory + "/devices.deny", String(rule))
+            }
+        }
     }
 
     /// QEMU's child of the sandbox's v1 devices cgroup: deny-all, then `sandboxDevices` only (the

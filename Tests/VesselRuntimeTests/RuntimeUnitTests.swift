@@ -443,12 +443,22 @@ struct HostSpecCheckTests {
         resources.devices = kept
         HostCgroup.limit(resources, in: made) { warnings.append($0) }
         #expect(try Linux.readFile(vmm + "/devices.list").split(separator: "\n").map(String.init) == HostCgroup.sandboxDevices)
+        #expect(warnings.isEmpty, "\(warnings)")
         guard let disk else { return }
         let open = { (cgroup: String) in
             try command(["/bin/sh", "-c", "echo $$ > \(cgroup)/cgroup.procs && (exec 3</dev/null) && (exec 3<\(disk.0)) 2>/dev/null"], timeout: 30).status
         }
         #expect(try open(devices) == 0, "the monitor's cgroup allows the spec's \(disk.0)")
         #expect(try open(vmm) != 0, "QEMU's cgroup must not open \(disk.0)")
+        // `update` with fewer rules replaces them, also with QEMU's child there (v1 refuses a
+        // deny-all then): the disk is gone from the sandbox's cgroup.
+        resources.devices = [OCISpec.DeviceCgroup(allow: true, type: "c", major: 10, minor: 229, access: "rwm")]
+        HostCgroup.limit(resources, in: made) { warnings.append($0) }
+        #expect(warnings.isEmpty, "\(warnings)")
+        let updated = try Linux.readFile(devices + "/devices.list").split(separator: "\n").map(String.init)
+        #expect(updated == ["c 10:229 rwm"] + HostCgroup.sandboxDevices, "\(updated)")
+        #expect(try open(devices) != 0, "the update took \(disk.0) away")
+        #expect(try Linux.readFile(vmm + "/devices.list").split(separator: "\n").map(String.init) == HostCgroup.sandboxDevices)
     }
 
     @Test func theGuestNeverGetsHostCPUNumbers() throws {

@@ -293,13 +293,7 @@ struct GuestPair {
         var out = GuestPair()
         let kernel = try #require(getenv("VESSEL_KERNEL").map { String(cString: $0) })
         let build = TempDir()
-        let goodSource = build.path + "/good.c"
-        let cfd = open(goodSource, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        writeAll(cfd, Array(guestInitSource.utf8))
-        close(cfd)
-        let here = String(#filePath)
-        let hostileSource = String(here[..<here.lastIndex(of: "/")!]) + "/hostile-guest.c"
-        try #require(access(hostileSource, R_OK) == 0, "\(hostileSource)")
+        let goodSource = try guestSource("guest-init.c"), hostileSource = try guestSource("hostile-guest.c")
         try #require(mkdir(build.path + "/a", 0o755) == 0 && mkdir(build.path + "/b", 0o755) == 0)
         let goodInitrd = try initrd(source: goodSource, in: build.path + "/a")
         let testInitrd = hostile ? try initrd(source: hostileSource, in: build.path + "/b") : goodInitrd

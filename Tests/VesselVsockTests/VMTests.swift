@@ -158,10 +158,7 @@ struct GuestVM {
         let dir = TempDir()
         let kernel = GuestVM.kernelPath!
         // The guest: a static /init, packed as newc cpio.
-        let csrc = dir.path + "/init.c"
-        let cfd = open(csrc, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        writeAll(cfd, Array(guestInitSource.utf8))
-        close(cfd)
+        let csrc = try guestSource("guest-init.c")
         try #require(runProgram(["gcc", "-static", "-O2", "-o", dir.path + "/init", csrc], output: dir.path + "/gcc.log") == 0)
         try #require(runProgram(["sh", "-c", "cd \(dir.path) && mkdir -p root/dev root/proc root/sys && mv init root/init && cd root && find . | cpio -o -H newc > ../initrd 2>/dev/null"]) == 0)
 

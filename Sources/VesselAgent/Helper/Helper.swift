@@ -1,4 +1,3 @@
-import CVessel
 import SwiftProtobuf
 import VesselLinux
 import VesselProtocol
@@ -30,10 +29,10 @@ public enum Helper {
         }
         // Everything but stdio must vanish at exec, including the sync socket: its EOF tells the
         // agent that exec succeeded.
-        vessel_cloexec_from(3)
+        Linux.closeOnExec(from: 3)
         // Not dumpable until execve (which makes it dumpable again): a process of the container
         // must not ptrace the helper or open its /proc/PID/fd while it holds the agent's socket.
-        vessel_set_dumpable(0)
+        Linux.setDumpable(false)
         do {
             guard let bytes = try Linux.receiveMessage(syncFD) else { exit(1) }
             let config = try Vessel_HelperConfig(serializedBytes: bytes)
@@ -55,12 +54,12 @@ public enum Helper {
     private static func runInit(_ config: Vessel_HelperConfig) throws -> Never {
         // The pod's namespaces first: everything after happens inside them.
         for (index, name) in config.joinNamespaces.enumerated() {
-            try sys("setns", name) { vessel_setns(firstNamespaceFD + Int32(index), 0) }
+            try Linux.setns(firstNamespaceFD + Int32(index), name: name)
         }
         // As runc: the cgroup namespace after joining the cgroup (this helper started inside it),
         // so its root is the container's own cgroup, not the guest's whole hierarchy.
         if config.spec.linux.namespaces.contains(where: { $0.type == "cgroup" && $0.path.isEmpty }) {
-            try sys("unshare", "cgroup") { vessel_unshare(Int32(Namespace.cgroup.cloneFlag)) }
+            try Linux.unshare(Namespace.cgroup.cloneFlag, name: "cgroup")
         }
         if config.pauseForCreateRuntime {
             report(.createRuntime)
@@ -84,7 +83,7 @@ public enum Helper {
     /// the guest's root, so their owner stays the guest's; the process's ids are set at launch.
     private static func enterUserNamespace(_ config: Vessel_HelperConfig) throws {
         try applyLimitsBeforeUserNamespace(config)
-        try sys("unshare", "user") { vessel_unshare(Int32(Namespace.user.cloneFlag)) }
+        try Linux.unshare(Namespace.user.cloneFlag, name: "user")
         report(.userNamespace)
         guard let mapped = try Linux.receiveMessage(syncFD), mapped.isEmpty else { exit(1) }
     }
@@ -98,12 +97,11 @@ public enum Helper {
         // /proc/self still resolves: not in the container's procfs, whose pid namespace we are not in).
         if entersUserNamespace(config) { try applyLimitsBeforeUserNamespace(config) }
         for (index, name) in order {
-            try sys("setns", name) { vessel_setns(firstNamespaceFD + Int32(index), 0) }
+            try Linux.setns(firstNamespaceFD + Int32(index), name: name)
         }
         if config.process.terminal { try openTerminal(console: false) }
         // setns(pid) only applies to children; CLONE_PARENT makes the process the agent's child.
-        let pid = vessel_clone_parent()
-        if pid < 0 { throw LinuxError(stage: "clone") }
+        let pid = try Linux.forkAsSibling()
         if pid == 0 {
             do {
                 try launch(config)
@@ -142,8 +140,7 @@ public enum Helper {
 
     /// The pod's shared namespaces exist as long as this helper does, and the agent's fds to them after.
     private static func holdNamespaces(_ config: Vessel_HelperConfig) throws -> Never {
-        let hostname = Array(config.spec.hostname.utf8)
-        if !hostname.isEmpty { try sys("sethostname") { hostname.withUnsafeBufferPointer { vessel_sethostname($0.baseAddress, $0.count) } } }
+        if !config.spec.hostname.isEmpty { try Linux.setHostname(config.spec.hostname) }
         try Linux.loopbackUp()
         report(.ready)
         while (try? Linux.receiveMessage(syncFD)) != nil {}

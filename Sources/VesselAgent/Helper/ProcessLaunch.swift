@@ -1,4 +1,3 @@
-import CVessel
 import VesselLinux
 import VesselProtocol
 import VesselSpec
@@ -25,26 +24,35 @@ struct ProcessLaunch {
         }
         _ = setsid()
         if process.terminal {
-            try sys("TIOCSCTTY") { vessel_set_ctty(0) }
+            try Linux.setControllingTerminal(0)
         }
         if !limitsApplied { try applyLimits() }
         if !process.apparmorProfile.isEmpty || !process.selinuxLabel.isEmpty {
             log("apparmorProfile/selinuxLabel ignored: the guest has no LSM policy")
         }
-        if !process.noNewPrivileges, let seccomp { try SeccompFilter(spec: seccomp).load(log: log) }
+        if !process.noNewPrivileges, let seccomp { try Self.filter(seccomp).load(log: log) }
         let capabilities = try Capabilities.sets(process, field: "process")
         try dropBounding(keeping: capabilities.bounding)
         try setCredentials()
         try setCapabilities(capabilities)
-        if process.noNewPrivileges { try sys("prctl(PR_SET_NO_NEW_PRIVS)") { vessel_set_no_new_privs() } }
+        if process.noNewPrivileges { try Linux.setNoNewPrivileges() }
         let cwd = process.cwd.isEmpty ? "/" : process.cwd
         try sys("process.cwd", cwd) { chdir(cwd) }
         let path = try resolve(program)
-        if process.noNewPrivileges, let seccomp { try SeccompFilter(spec: seccomp).load(log: log) }
+        if process.noNewPrivileges, let seccomp { try Self.filter(seccomp).load(log: log) }
         let argv = CStringArray(process.args)
         let envp = CStringArray(process.env)
         _ = argv.withPointer { a in envp.withPointer { e in execve(path, a, e) } }
         throw LinuxError(stage: "exec", detail: program)
+    }
+
+    static func filter(_ spec: Grpc_LinuxSeccomp) -> SeccompFilter {
+        SeccompFilter(defaultAction: spec.defaultAction, flags: spec.flags, architectures: spec.architectures, rules: spec.syscalls.map { rule in
+            let errnoRet: UInt32? = if case .errnoret(let value)? = rule.errnoRet { value } else { nil }
+            return SeccompFilter.Rule(names: rule.names, action: rule.action, errnoRet: errnoRet, conditions: rule.args.map {
+                SeccompFilter.Condition(index: UInt32($0.index), op: $0.op, value: $0.value, valueTwo: $0.valueTwo)
+            })
+        })
     }
 
     /// rlimits and the OOM score (raising or lowering them needs the guest's root).
@@ -70,28 +78,28 @@ struct ProcessLaunch {
 
     private func dropBounding(keeping bounding: UInt64) throws {
         for cap in 0...Self.lastCapability where bounding & (1 << UInt64(cap)) == 0 {
-            try sys("prctl(PR_CAPBSET_DROP)", Capabilities.names[safe: cap]) { vessel_capbset_drop(Int32(cap)) }
+            try Linux.dropBoundingCapability(cap, name: Capabilities.names[safe: cap])
         }
     }
 
     private func setCredentials() throws {
         let user = process.user
         // Keep the permitted set across the uid change; the spec's sets are applied right after.
-        try sys("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(1) }
-        try sys("setgroups") { user.additionalGids.withUnsafeBufferPointer { vessel_setgroups($0.count, $0.baseAddress) } }
+        try Linux.setKeepCapabilities(true)
+        try Linux.setGroups(user.additionalGids)
         try sys("setgid", "\(user.gid)") { setgid(user.gid) }
         try sys("setuid", "\(user.uid)") { setuid(user.uid) }
-        try sys("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(0) }
+        try Linux.setKeepCapabilities(false)
     }
 
     private func setCapabilities(_ sets: Capabilities.Sets) throws {
         let known: UInt64 = Self.lastCapability >= 63 ? ~0 : (1 << UInt64(Self.lastCapability + 1)) - 1
-        try sys("capset") { vessel_capset(sets.effective & known, sets.permitted & known, sets.inheritable & known) }
-        try sys("prctl(PR_CAP_AMBIENT_CLEAR_ALL)") { vessel_cap_ambient_clear() }
+        try Linux.setCapabilities(effective: sets.effective & known, permitted: sets.permitted & known, inheritable: sets.inheritable & known)
+        try Linux.clearAmbientCapabilities()
         for cap in 0...Self.lastCapability where sets.ambient & (1 << UInt64(cap)) != 0 {
             // Ambient needs the capability permitted and inheritable; runc skips it otherwise too.
-            if vessel_cap_ambient_raise(Int32(cap)) != 0 {
-                log("ambient capability \(Capabilities.names[safe: cap]) not raised: \(LinuxError(stage: "prctl"))")
+            do { try Linux.raiseAmbientCapability(cap, name: Capabilities.names[safe: cap]) } catch {
+                log("ambient capability not raised: \(error)")
             }
         }
     }

@@ -1,4 +1,3 @@
-import CVessel
 import VesselLinux
 import VesselProtocol
 #if canImport(Glibc)
@@ -25,7 +24,7 @@ struct RootfsSetup {
         }
         // pivot_root needs the new root to be a mount point.
         try Linux.mount(root, root, nil, MountFlags([.bind, .recursive]).rawValue, nil)
-        let rootFD = try Linux.open(root, VESSEL_O_PATH | O_DIRECTORY)
+        let rootFD = try Linux.open(root, Linux.openPath | O_DIRECTORY)
         defer { Linux.close(rootFD) }
         let rooted = RootedPath(rootFD: rootFD)
 
@@ -73,7 +72,7 @@ struct RootfsSetup {
             try Linux.mount("tmpfs", path, "tmpfs", MountFlags.readOnly.rawValue, "size=0k,mode=0755")
             return
         }
-        let null = try Linux.open("/dev/null", VESSEL_O_PATH | O_NOFOLLOW)
+        let null = try Linux.open("/dev/null", Linux.openPath | O_NOFOLLOW)
         defer { Linux.close(null) }
         var st = stat()
         guard fstat(null, &st) == 0, (st.st_mode & S_IFMT) == S_IFCHR, st.st_rdev == 0x103 else {  // makedev(1, 3)
@@ -174,14 +173,14 @@ struct RootfsSetup {
         guard spec.linux.namespaces.contains(where: { $0.type == "uts" }) else {
             throw LinuxError(stage: "hostname", errno: EINVAL, detail: "needs a private uts namespace")
         }
-        try sys("sethostname", spec.hostname) { vessel_sethostname(spec.hostname, spec.hostname.utf8.count) }
+        try Linux.setHostname(spec.hostname)
     }
 
     /// pivot_root(".", ".") then detach the old root stacked underneath: no temporary directory
     /// inside the container is needed (the trick runc uses).
     private func pivot(into root: String) throws {
         try sys("chdir", root) { chdir(root) }
-        try sys("pivot_root", root) { vessel_pivot_root(".", ".") }
+        try Linux.pivotRootHere(detail: root)
         try sys("umount old root") { umount2(".", Int32(MNT_DETACH)) }
         try sys("chdir /") { chdir("/") }
     }

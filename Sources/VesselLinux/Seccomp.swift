@@ -1,14 +1,52 @@
 import CSeccomp
-import VesselLinux
-import VesselProtocol
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Turns `linux.seccomp` into a BPF filter with libseccomp and loads it into the helper (and so
-/// into the process it execs). Validation already happened in the agent (`SeccompSpec`).
-struct SeccompFilter {
-    let spec: Grpc_LinuxSeccomp
+/// A seccomp filter in OCI's terms (action and operator names as the spec spells them), built
+/// with libseccomp and loaded into the calling process (and so into what it execs). The spec's
+/// rules were checked before (`VesselSpec`); names this kernel or libseccomp does not know are
+/// skipped with a line to `log`, as runc does.
+public struct SeccompFilter: Sendable {
+    public struct Condition: Sendable {
+        public var index: UInt32
+        public var op: String
+        public var value: UInt64
+        public var valueTwo: UInt64
+
+        public init(index: UInt32, op: String, value: UInt64, valueTwo: UInt64) {
+            self.index = index
+            self.op = op
+            self.value = value
+            self.valueTwo = valueTwo
+        }
+    }
+
+    public struct Rule: Sendable {
+        public var names: [String]
+        public var action: String
+        public var errnoRet: UInt32?
+        public var conditions: [Condition]
+
+        public init(names: [String], action: String, errnoRet: UInt32?, conditions: [Condition]) {
+            self.names = names
+            self.action = action
+            self.errnoRet = errnoRet
+            self.conditions = conditions
+        }
+    }
+
+    public var defaultAction: String
+    public var flags: [String]
+    public var architectures: [String]
+    public var rules: [Rule]
+
+    public init(defaultAction: String, flags: [String], architectures: [String], rules: [Rule]) {
+        self.defaultAction = defaultAction
+        self.flags = flags
+        self.architectures = architectures
+        self.rules = rules
+    }
 
     static func action(_ name: String, errnoRet: UInt32?) -> UInt32 {
         switch name {
@@ -34,14 +72,13 @@ struct SeccompFilter {
         }
     }
 
-    /// `log` receives one line per rule that names a syscall this kernel/libseccomp doesn't know.
-    func load(log: (String) -> Void) throws {
-        let defaultAction = Self.action(spec.defaultAction, errnoRet: nil)
+    public func load(log: (String) -> Void) throws(LinuxError) {
+        let defaultAction = Self.action(self.defaultAction, errnoRet: nil)
         guard let ctx = seccomp_init(defaultAction) else { throw LinuxError(stage: "seccomp_init", errno: EINVAL) }
         defer { seccomp_release(ctx) }
         // We set no_new_privs ourselves, when the spec asks; libseccomp would force it.
         try check("seccomp attribute NNP") { seccomp_attr_set(ctx, SCMP_FLTATR_CTL_NNP, 0) }
-        for flag in spec.flags {
+        for flag in flags {
             switch flag {
             case "SECCOMP_FILTER_FLAG_TSYNC": try check(flag) { seccomp_attr_set(ctx, SCMP_FLTATR_CTL_TSYNC, 1) }
             case "SECCOMP_FILTER_FLAG_LOG": try check(flag) { seccomp_attr_set(ctx, SCMP_FLTATR_CTL_LOG, 1) }
@@ -49,7 +86,7 @@ struct SeccompFilter {
             default: break
             }
         }
-        for name in spec.architectures {
+        for name in architectures {
             let short = name.hasPrefix("SCMP_ARCH_") ? String(name.dropFirst("SCMP_ARCH_".count)).lowercased() : name.lowercased()
             let arch = seccomp_arch_resolve_name(short)
             if arch == 0 {
@@ -59,13 +96,12 @@ struct SeccompFilter {
             let rc = seccomp_arch_add(ctx, arch)
             if rc < 0 && rc != -EEXIST { throw LinuxError(stage: "seccomp_arch_add", errno: -rc, detail: name) }
         }
-        for rule in spec.syscalls {
-            let errnoRet: UInt32? = if case .errnoret(let value)? = rule.errnoRet { value } else { nil }
-            let action = Self.action(rule.action, errnoRet: errnoRet)
+        for rule in rules {
+            let action = Self.action(rule.action, errnoRet: rule.errnoRet)
             // libseccomp refuses rules that repeat the default action; they change nothing anyway.
             if action == defaultAction { continue }
-            let conditions = rule.args.map { arg in
-                scmp_arg_cmp(arg: UInt32(arg.index), op: Self.compare(arg.op), datum_a: arg.value, datum_b: arg.valueTwo)
+            let conditions = rule.conditions.map { c in
+                scmp_arg_cmp(arg: c.index, op: Self.compare(c.op), datum_a: c.value, datum_b: c.valueTwo)
             }
             for name in rule.names {
                 let number = seccomp_syscall_resolve_name(name)
@@ -82,7 +118,7 @@ struct SeccompFilter {
     }
 
     /// libseccomp returns -errno instead of setting errno.
-    private func check(_ stage: String, _ call: () -> Int32) throws {
+    private func check(_ stage: String, _ call: () -> Int32) throws(LinuxError) {
         let rc = call()
         if rc < 0 { throw LinuxError(stage: stage, errno: -rc) }
     }

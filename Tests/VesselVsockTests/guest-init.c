@@ -1,5 +1,3 @@
-/// The test guest's /init (compiled with `gcc -static` by the VM test): AF_VSOCK servers inside the guest.
-let guestInitSource = #"""
 // Test guest /init: AF_VSOCK servers for the vsock backend tests.
 //  port 1024: echo.  port 1025: 'S' = sink (reply 8-byte count after EOF), 'G'+u64 = send N bytes then close.
 //  On start: connects to host port 2000 (hybrid listener <path>_2000), sends "hello from guest\n", echoes what it reads
@@ -167,4 +165,3 @@ int main(void) {
     }
     for (;;) pause();
 }
-"""#
