@@ -23,7 +23,7 @@ INITRD ?= $(OUT)/initrd.img
 DEBUG_INITRD ?= $(OUT)/initrd-debug.img
 
 .PHONY: all deps build agent agent-dynamic vessel kernel initrd boot proto test bench soak validate run demo clean \
-        install install-files uninstall fuzz
+        install install-files uninstall fuzz lint format
 
 all: build
 
@@ -32,6 +32,14 @@ deps:
 
 build: deps
 	$(SWIFT) build
+
+# swift-format (part of the Swift toolchain) with the project's .swift-format; generated protobuf
+# files opt out in their header. `make format` rewrites, `make lint` (CI) only checks.
+FORMATTED = Sources Tests Fuzz/Sources Package.swift Fuzz/Package.swift
+format:
+	$(SWIFT) format format --in-place --recursive --parallel $(FORMATTED)
+lint:
+	$(SWIFT) format lint --strict --recursive --parallel $(FORMATTED)
 
 # The guest agent: fully static (glibc, Swift runtime, Foundation-free), stripped.
 agent: deps

@@ -138,15 +138,21 @@ let package = Package(
         .executableTarget(name: "vessel", dependencies: ["VesselOCI", "VesselContainerd"]),
         .testTarget(
             name: "VesselRuntimeTests",
-            dependencies: ["VesselCore", "VesselSandbox", "VesselOCI", "VesselContainerd", "VesselDevSupport", "VesselProtocol",
-                           "VesselLinux", "VesselVM", "CVessel"]
+            dependencies: [
+                "VesselCore", "VesselSandbox", "VesselOCI", "VesselContainerd", "VesselDevSupport", "VesselProtocol",
+                "VesselLinux", "VesselVM", "CVessel",
+            ]
         ),
         // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.
         .target(name: "VesselImage"),
         .executableTarget(name: "vessel-image", dependencies: ["VesselImage"]),
         .testTarget(name: "VesselImageTests", dependencies: ["VesselImage"]),
-        .executableTarget(name: "vessel-dev", dependencies: ["VesselDevSupport", "VesselAgentClient", "VesselProtocol", "VesselVM",
-                                                           "VesselCore", "VesselSandbox", "VesselVsock"]),
+        .executableTarget(
+            name: "vessel-dev",
+            dependencies: [
+                "VesselDevSupport", "VesselAgentClient", "VesselProtocol", "VesselVM",
+                "VesselCore", "VesselSandbox", "VesselVsock",
+            ]),
         .testTarget(
             name: "VesselProtocolTests",
             dependencies: [

@@ -1,11 +1,12 @@
 import Logging
-import Synchronization
 import NIOCore
 import NIOPosix
+import Synchronization
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs the agent: the ttrpc server over the sandbox.
@@ -71,8 +72,9 @@ public enum Agent {
         _ = Reaper.shared
         let termination = Termination()
         let stdioStreams = StdioStreams()
-        let launcher = Launcher(exeFD: exeFD, group: group, pool: pool, logger: logger, noPivot: options.noPivot,
-                                pipeSize: options.containerPipeSize)
+        let launcher = Launcher(
+            exeFD: exeFD, group: group, pool: pool, logger: logger, noPivot: options.noPivot,
+            pipeSize: options.containerPipeSize)
         let sandbox = Sandbox(options: options, launcher: launcher, stdioStreams: stdioStreams, logger: logger)
         let server = TTRPCServer(services: AgentService.make(sandbox, options: options, termination: termination), group: group)
         switch options.serverAddress {
@@ -153,8 +155,9 @@ enum SelfTest {
             switch step {
             case "crash":
                 do {
-                    let child = try spawn(exeFD: exeFD, arguments: ["vessel-agent", Helper.argument, "crash"], environment: [],
-                                          fds: [(0, 0), (1, 1), (2, 2)])
+                    let child = try spawn(
+                        exeFD: exeFD, arguments: ["vessel-agent", Helper.argument, "crash"], environment: [],
+                        fds: [(0, 0), (1, 1), (2, 2)])
                     Reaper.shared.watch(child.pid)
                     let status = await Reaper.shared.wait(child.pid)
                     Reaper.shared.forget(child.pid)

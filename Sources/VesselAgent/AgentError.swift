@@ -1,8 +1,9 @@
 import VesselLinux
 import VesselProtocol
 import VesselSpec
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The agent's one error type: what kind of failure (it decides the ttrpc status) and a one-line
@@ -47,18 +48,20 @@ public struct AgentError: Error, Sendable, CustomStringConvertible {
     /// The single place where any error of the agent becomes a ttrpc status.
     static func status(for error: any Error) -> TTRPCError {
         if let error = error as? TTRPCError { return error }
-        let agentError = (error as? AgentError) ?? (error as? LinuxError).map { AgentError($0) }
+        let agentError =
+            (error as? AgentError) ?? (error as? LinuxError).map { AgentError($0) }
             ?? (error as? SpecError).map { AgentError.invalidArgument($0.message) }
             ?? AgentError(kind: .internal, message: "\(error)")
-        let code: TTRPCCode = switch agentError.kind {
-        case .invalidArgument: .invalidArgument
-        case .notFound: .notFound
-        case .alreadyExists: .alreadyExists
-        case .failedPrecondition: .failedPrecondition
-        case .resourceExhausted: .resourceExhausted
-        case .internal: .internal
-        case .deadlineExceeded: .deadlineExceeded
-        }
+        let code: TTRPCCode =
+            switch agentError.kind {
+            case .invalidArgument: .invalidArgument
+            case .notFound: .notFound
+            case .alreadyExists: .alreadyExists
+            case .failedPrecondition: .failedPrecondition
+            case .resourceExhausted: .resourceExhausted
+            case .internal: .internal
+            case .deadlineExceeded: .deadlineExceeded
+            }
         return TTRPCError(code, agentError.message)
     }
 }

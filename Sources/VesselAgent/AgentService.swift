@@ -15,7 +15,10 @@ enum AgentService {
             }
         }
 
-        on(AgentAPI.createSandbox) { (r: Grpc_CreateSandboxRequest) in try await sandbox.createSandbox(r); return Empty() }
+        on(AgentAPI.createSandbox) { (r: Grpc_CreateSandboxRequest) in
+            try await sandbox.createSandbox(r)
+            return Empty()
+        }
         on(AgentAPI.destroySandbox) { (_: Grpc_DestroySandboxRequest) in
             await sandbox.destroySandbox()
             // In the guest this ends the VM; let the response leave first.
@@ -27,14 +30,26 @@ enum AgentService {
             }
             return Empty()
         }
-        on(AgentAPI.createContainer) { (r: Grpc_CreateContainerRequest) in try await sandbox.createContainer(r); return Empty() }
-        on(AgentAPI.startContainer) { (r: Grpc_StartContainerRequest) in try await sandbox.startContainer(r.containerID); return Empty() }
+        on(AgentAPI.createContainer) { (r: Grpc_CreateContainerRequest) in
+            try await sandbox.createContainer(r)
+            return Empty()
+        }
+        on(AgentAPI.startContainer) { (r: Grpc_StartContainerRequest) in
+            try await sandbox.startContainer(r.containerID)
+            return Empty()
+        }
         on(AgentAPI.removeContainer) { (r: Grpc_RemoveContainerRequest) in
             try await sandbox.removeContainer(r.containerID, timeout: r.timeout)
             return Empty()
         }
-        on(AgentAPI.execProcess) { (r: Grpc_ExecProcessRequest) in try await sandbox.execProcess(r); return Empty() }
-        on(AgentAPI.signalProcess) { (r: Grpc_SignalProcessRequest) in try await sandbox.signalProcess(r); return Empty() }
+        on(AgentAPI.execProcess) { (r: Grpc_ExecProcessRequest) in
+            try await sandbox.execProcess(r)
+            return Empty()
+        }
+        on(AgentAPI.signalProcess) { (r: Grpc_SignalProcessRequest) in
+            try await sandbox.signalProcess(r)
+            return Empty()
+        }
         on(AgentAPI.waitProcess) { (r: Grpc_WaitProcessRequest) in
             var response = Grpc_WaitProcessResponse()
             response.status = try await sandbox.wait(r.containerID, r.execID)
@@ -60,9 +75,18 @@ enum AgentService {
             return Empty()
         }
         on(AgentAPI.statsContainer) { (r: Grpc_StatsContainerRequest) in try await sandbox.stats(r.containerID) }
-        on(AgentAPI.pauseContainer) { (r: Grpc_PauseContainerRequest) in try await sandbox.setPaused(r.containerID, true); return Empty() }
-        on(AgentAPI.resumeContainer) { (r: Grpc_ResumeContainerRequest) in try await sandbox.setPaused(r.containerID, false); return Empty() }
-        on(AgentAPI.updateContainer) { (r: Grpc_UpdateContainerRequest) in try await sandbox.update(r.containerID, r.resources); return Empty() }
+        on(AgentAPI.pauseContainer) { (r: Grpc_PauseContainerRequest) in
+            try await sandbox.setPaused(r.containerID, true)
+            return Empty()
+        }
+        on(AgentAPI.resumeContainer) { (r: Grpc_ResumeContainerRequest) in
+            try await sandbox.setPaused(r.containerID, false)
+            return Empty()
+        }
+        on(AgentAPI.updateContainer) { (r: Grpc_UpdateContainerRequest) in
+            try await sandbox.update(r.containerID, r.resources)
+            return Empty()
+        }
         on(AgentAPI.getOOMEvent) { (_: Grpc_GetOOMEventRequest) in
             var event = Grpc_OOMEvent()
             event.containerID = try await sandbox.nextOOMEvent()
@@ -73,8 +97,13 @@ enum AgentService {
             try GuestInfo.setClock(r, hostMode: options.hostMode)
             return Empty()
         }
-        on(AgentAPI.copyFile) { (r: Grpc_CopyFileRequest) in try CopyFile.perform(r, base: options.runDirectory); return Empty() }
-        on(AgentAPI.updateInterface) { (r: Grpc_UpdateInterfaceRequest) in try GuestNetwork.updateInterface(r.interface, pod: await sandbox.podNetwork) }
+        on(AgentAPI.copyFile) { (r: Grpc_CopyFileRequest) in
+            try CopyFile.perform(r, base: options.runDirectory)
+            return Empty()
+        }
+        on(AgentAPI.updateInterface) { (r: Grpc_UpdateInterfaceRequest) in
+            try GuestNetwork.updateInterface(r.interface, pod: await sandbox.podNetwork)
+        }
         on(AgentAPI.updateRoutes) { (r: Grpc_UpdateRoutesRequest) in
             let routes = try GuestNetwork.updateRoutes(r.routes.routes, pod: await sandbox.podNetwork)
             return Grpc_Routes.with { $0.routes = routes }

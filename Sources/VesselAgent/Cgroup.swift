@@ -1,7 +1,8 @@
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A container's cgroup: cgroup v2 in the guest (our kernel), or the v1 controllers this kind of
@@ -17,7 +18,8 @@ struct Cgroup: Sendable {
     /// nil when this machine offers no usable cgroup hierarchy.
     static func detect(root: String = "/sys/fs/cgroup") -> Layout? {
         if let controllers = try? Linux.readFile(root + "/cgroup.controllers"),
-           !controllers.trimmed.isEmpty {
+            !controllers.trimmed.isEmpty
+        {
             return .v2(root: root)
         }
         if v1Controllers.allSatisfy({ Linux.isDirectory(root + "/" + $0) }) { return .v1(root: root) }

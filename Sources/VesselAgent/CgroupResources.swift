@@ -43,9 +43,13 @@ enum CgroupResources {
             for d in b.weightDevice where d.weight != 0 {
                 writes.append(Write(file: "io.weight", value: "\(d.major):\(d.minor) \(ioWeight(d.weight))"))
             }
-            for (key, list) in [("rbps", b.throttleReadBpsDevice), ("wbps", b.throttleWriteBpsDevice),
-                                ("riops", b.throttleReadIopsdevice), ("wiops", b.throttleWriteIopsdevice)] {
-                for d in list { writes.append(Write(file: "io.max", value: "\(d.major):\(d.minor) \(key)=\(d.rate == 0 ? "max" : String(d.rate))")) }
+            for (key, list) in [
+                ("rbps", b.throttleReadBpsDevice), ("wbps", b.throttleWriteBpsDevice),
+                ("riops", b.throttleReadIopsdevice), ("wiops", b.throttleWriteIopsdevice),
+            ] {
+                for d in list {
+                    writes.append(Write(file: "io.max", value: "\(d.major):\(d.minor) \(key)=\(d.rate == 0 ? "max" : String(d.rate))"))
+                }
             }
         }
         if !r.hugepageLimits.isEmpty { skipped.append("hugepageLimits (the guest has no huge pages)") }

@@ -1,8 +1,9 @@
 import NIOCore
 import NIOPosix
 import VesselLinux
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `agent.debug_console`: every connection to the vsock port gets a shell on a fresh pty (busybox's,
@@ -22,8 +23,9 @@ enum DebugConsole {
         defer { Linux.close(slave) }
         let shell: SpawnResult
         do {
-            shell = try spawn(exeFD: exeFD, arguments: ["vessel-agent", Helper.argument, "console"], environment: [],
-                              fds: [(slave, 0), (slave, 1), (slave, 2)])
+            shell = try spawn(
+                exeFD: exeFD, arguments: ["vessel-agent", Helper.argument, "console"], environment: [],
+                fds: [(slave, 0), (slave, 1), (slave, 2)])
         } catch {
             Linux.close(master)
             throw error

@@ -1,7 +1,8 @@
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// cgroup v2 has no devices.allow file: device rules are an eBPF program of type
@@ -13,7 +14,15 @@ enum DeviceFilter {
     /// terminal's /dev/console is its pty, 136:N). A spec that allows it explicitly still gets it.
     static let defaultAllowed: [Grpc_LinuxDeviceCgroup] = [
         (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2), (136, -1), (10, 200),
-    ].map { (major: Int64, minor: Int64) in .with { $0.allow = true; $0.type = "c"; $0.major = major; $0.minor = minor; $0.access = "rwm" } }
+    ].map { (major: Int64, minor: Int64) in
+        .with {
+            $0.allow = true
+            $0.type = "c"
+            $0.major = major
+            $0.minor = minor
+            $0.access = "rwm"
+        }
+    }
 
     struct Instruction: Equatable {
         var code: UInt8, dst: UInt8 = 0, src: UInt8 = 0, off: Int16 = 0, imm: Int32 = 0
@@ -27,8 +36,12 @@ enum DeviceFilter {
         static func shiftRight(_ dst: UInt8, _ imm: Int32) -> Instruction { Instruction(code: 0x74, dst: dst, imm: imm) }
         static func move(_ dst: UInt8, register src: UInt8) -> Instruction { Instruction(code: 0xbf, dst: dst, src: src) }
         static func move(_ dst: UInt8, _ imm: Int32) -> Instruction { Instruction(code: 0xb7, dst: dst, imm: imm) }
-        static func jumpIfNotEqual(_ dst: UInt8, _ imm: Int32, skip: Int16) -> Instruction { Instruction(code: 0x55, dst: dst, off: skip, imm: imm) }
-        static func jumpIfNotEqual(_ dst: UInt8, register src: UInt8, skip: Int16) -> Instruction { Instruction(code: 0x5d, dst: dst, src: src, off: skip) }
+        static func jumpIfNotEqual(_ dst: UInt8, _ imm: Int32, skip: Int16) -> Instruction {
+            Instruction(code: 0x55, dst: dst, off: skip, imm: imm)
+        }
+        static func jumpIfNotEqual(_ dst: UInt8, register src: UInt8, skip: Int16) -> Instruction {
+            Instruction(code: 0x5d, dst: dst, src: src, off: skip)
+        }
         static let exit = Instruction(code: 0x95)
     }
 
@@ -72,7 +85,10 @@ enum DeviceFilter {
 
     /// The first rule: what neither the spec nor the defaults allow is refused (a spec without
     /// rules must not mean every device, in a guest whose devices are the VM's).
-    static let denyAll: Grpc_LinuxDeviceCgroup = .with { $0.allow = false; $0.access = "rwm" }
+    static let denyAll: Grpc_LinuxDeviceCgroup = .with {
+        $0.allow = false
+        $0.access = "rwm"
+    }
 
     /// Loads the program for `rules` (after `denyAll`, before the defaults) and attaches it to the
     /// cgroup directory. Returns the program fd, which the caller keeps to detach it on replacement.

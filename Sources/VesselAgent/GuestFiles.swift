@@ -1,8 +1,9 @@
 import FoundationEssentials
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// CopyFile: the host pushes files (resolv.conf, hostname, volume contents) into the sandbox's run

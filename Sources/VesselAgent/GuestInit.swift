@@ -1,6 +1,7 @@
 import VesselLinux
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The agent as PID 1 of the guest: the mounts every later step relies on, the `agent.*` kernel
@@ -14,13 +15,15 @@ enum GuestInit {
         // /proc was mounted by the C constructor already (the Swift runtime needs it before main).
         MountPoint(source: "sysfs", target: "/sys", type: "sysfs", flags: [.noSUID, .noDev, .noExec], data: nil),
         MountPoint(source: "devtmpfs", target: "/dev", type: "devtmpfs", flags: [.noSUID], data: "mode=0755"),
-        MountPoint(source: "devpts", target: "/dev/pts", type: "devpts", flags: [.noSUID, .noExec],
-                   data: "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        MountPoint(
+            source: "devpts", target: "/dev/pts", type: "devpts", flags: [.noSUID, .noExec],
+            data: "newinstance,ptmxmode=0666,mode=0620,gid=5"),
         MountPoint(source: "shm", target: "/dev/shm", type: "tmpfs", flags: [.noSUID, .noDev], data: "mode=1777"),
         MountPoint(source: "tmpfs", target: "/run", type: "tmpfs", flags: [.noSUID, .noDev], data: "mode=0755"),
         MountPoint(source: "tmpfs", target: "/tmp", type: "tmpfs", flags: [.noSUID, .noDev], data: "mode=1777"),
-        MountPoint(source: "cgroup2", target: "/sys/fs/cgroup", type: "cgroup2", flags: [.noSUID, .noDev, .noExec],
-                   data: "nsdelegate"),
+        MountPoint(
+            source: "cgroup2", target: "/sys/fs/cgroup", type: "cgroup2", flags: [.noSUID, .noDev, .noExec],
+            data: "nsdelegate"),
     ]
 
     /// Mounts and links; a failure is logged and the rest goes on (a half-working guest that says
@@ -34,8 +37,10 @@ enum GuestInit {
                 log("init: \(error)")
             }
         }
-        for (link, target) in [("/dev/ptmx", "pts/ptmx"), ("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
-                               ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2")] {
+        for (link, target) in [
+            ("/dev/ptmx", "pts/ptmx"), ("/dev/fd", "/proc/self/fd"), ("/dev/stdin", "/proc/self/fd/0"),
+            ("/dev/stdout", "/proc/self/fd/1"), ("/dev/stderr", "/proc/self/fd/2"),
+        ] {
             unlink(link)
             if symlink(target, link) != 0 { log("init: \(LinuxError(stage: "symlink", detail: link))") }
         }
@@ -62,7 +67,11 @@ enum GuestInit {
             switch key {
             case "log": options.logLevel = value
             case "server_addr":
-                if let address = try? AgentOptions.parseServerAddress(value) { options.serverAddress = address } else { unknown.append(String(word)) }
+                if let address = try? AgentOptions.parseServerAddress(value) {
+                    options.serverAddress = address
+                } else {
+                    unknown.append(String(word))
+                }
             case "debug_console": options.debugConsole = true
             case "debug_console_vport": options.debugConsolePort = UInt32(value) ?? options.debugConsolePort
             case "stdio_vport":

@@ -1,7 +1,8 @@
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// OCI hooks: each runs with the container's state as JSON on stdin and must exit 0 within its
@@ -17,11 +18,14 @@ enum Hooks {
         var annotations: [String: String]
 
         init(ociVersion: String, id: String, status: String, pid: Int32, bundle: String, annotations: [String: String]) {
-            (self.ociVersion, self.id, self.status, self.pid, self.bundle, self.annotations) = (ociVersion, id, status, pid, bundle, annotations)
+            (self.ociVersion, self.id, self.status, self.pid, self.bundle, self.annotations) = (
+                ociVersion, id, status, pid, bundle, annotations
+            )
         }
 
         init(spec: Grpc_Spec, id: String, status: String, pid: Int32) {
-            self.init(ociVersion: spec.version, id: id, status: status, pid: pid, bundle: Hooks.bundle(of: spec), annotations: spec.annotations)
+            self.init(
+                ociVersion: spec.version, id: id, status: status, pid: pid, bundle: Hooks.bundle(of: spec), annotations: spec.annotations)
         }
 
         var json: String {
@@ -44,10 +48,14 @@ enum Hooks {
     /// Starts one hook; `output` receives its stdout and stderr.
     static func start(_ hook: Grpc_Hook, state: State, output: Int32, exeFD: Int32 = -1) throws -> pid_t {
         let stdin = try Linux.pipe()
-        defer { Linux.close(stdin.read); Linux.close(stdin.write) }
+        defer {
+            Linux.close(stdin.read)
+            Linux.close(stdin.write)
+        }
         let args = hook.args.isEmpty ? [hook.path] : hook.args
-        let result = try spawn(exeFD: -1, path: hook.path, arguments: args, environment: hook.env,
-                               fds: [(stdin.read, 0), (output, 1), (output, 2)])
+        let result = try spawn(
+            exeFD: -1, path: hook.path, arguments: args, environment: hook.env,
+            fds: [(stdin.read, 0), (output, 1), (output, 2)])
         if result.execErrno != 0 {
             throw Failure(description: "\(hook.path): \(LinuxError(stage: "exec", errno: result.execErrno))")
         }
@@ -67,7 +75,10 @@ enum Hooks {
             let status: Int32? = await withTaskGroup(of: Int32?.self) { group in
                 group.addTask { await Reaper.shared.wait(pid) }
                 if hook.timeout > 0 {
-                    group.addTask { try? await Task.sleep(for: .seconds(hook.timeout)); return nil }
+                    group.addTask {
+                        try? await Task.sleep(for: .seconds(hook.timeout))
+                        return nil
+                    }
                 }
                 let first = await group.next()!
                 if first == nil { kill(pid, SIGKILL) }

@@ -6,8 +6,9 @@ import Synchronization
 import VesselLinux
 import VesselProtocol
 import VesselSpec
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One process the agent started: a container's init or an exec'd process.
@@ -69,16 +70,18 @@ struct Launcher {
 
     /// The container's init, set up inside new namespaces (or the pod's `joined` ones) and
     /// blocked before exec; started inside `cgroup` (a v2 directory fd) when there is one.
-    func createInit(id: String, spec: Grpc_Spec, namespaces: UInt64, joined: [(name: String, fd: Int32)],
-                    cgroup: Cgroup?) async throws -> (ContainerProcess, syncFD: Int32)
-    {
+    func createInit(
+        id: String, spec: Grpc_Spec, namespaces: UInt64, joined: [(name: String, fd: Int32)],
+        cgroup: Cgroup?
+    ) async throws -> (ContainerProcess, syncFD: Int32) {
         let (pipes, child) = try await stdio(terminal: spec.process.terminal)
         let (agentEnd, helperEnd) = try Linux.socketPair()
         var pid: pid_t = 0
         var pty: Int32 = -1
         do {
-            pid = try startHelper(.initContainer, child: child, sync: helperEnd, extraFDs: joined.map(\.fd), namespaces: namespaces,
-                                  cgroup: cgroup)
+            pid = try startHelper(
+                .initContainer, child: child, sync: helperEnd, extraFDs: joined.map(\.fd), namespaces: namespaces,
+                cgroup: cgroup)
             let config = Vessel_HelperConfig.with {
                 $0.spec = spec
                 $0.process = spec.process
@@ -187,8 +190,10 @@ struct Launcher {
 
     /// A process inside a running container: the helper joins the namespaces (fds kept open by the
     /// agent, so no pid can be reused under us) and forks the process as the agent's own child.
-    func exec(execID: String, process: Grpc_Process, containerSpec: Grpc_Spec,
-              namespaceFDs: [(name: String, fd: Int32)], cgroup: Cgroup?) async throws -> ContainerProcess {
+    func exec(
+        execID: String, process: Grpc_Process, containerSpec: Grpc_Spec,
+        namespaceFDs: [(name: String, fd: Int32)], cgroup: Cgroup?
+    ) async throws -> ContainerProcess {
         let config = Vessel_HelperConfig.with {
             $0.process = process
             if containerSpec.linux.hasSeccomp { $0.spec.linux.seccomp = containerSpec.linux.seccomp }
@@ -207,12 +212,15 @@ struct Launcher {
     }
 
     /// The exec helper's whole conversation: the pid of the process it forked (and its pty).
-    private func runExecHelper(_ config: Vessel_HelperConfig, child: ProcessIO.ChildEnds,
-                               namespaceFDs: [(name: String, fd: Int32)], cgroup: Cgroup?) async throws -> (pid: pid_t, pty: Int32) {
+    private func runExecHelper(
+        _ config: Vessel_HelperConfig, child: ProcessIO.ChildEnds,
+        namespaceFDs: [(name: String, fd: Int32)], cgroup: Cgroup?
+    ) async throws -> (pid: pid_t, pty: Int32) {
         let (agentEnd, helperEnd) = try Linux.socketPair()
         defer { Linux.close(agentEnd) }
-        let helper = try startHelper(.exec, child: child, sync: helperEnd, extraFDs: namespaceFDs.map(\.fd), namespaces: 0,
-                                     cgroup: cgroup)
+        let helper = try startHelper(
+            .exec, child: child, sync: helperEnd, extraFDs: namespaceFDs.map(\.fd), namespaces: 0,
+            cgroup: cgroup)
         let outcome = try await blocking { [logger] () throws -> HelperOutcome in
             try send(config, agentEnd)
             var outcome = HelperOutcome()
@@ -256,8 +264,10 @@ struct Launcher {
 
     /// Every helper of a container starts inside its cgroup, so what it forks (an exec'd process)
     /// is never outside the container's limits, device filter, freezer or stats.
-    private func startHelper(_ mode: Helper.Mode, child: ProcessIO.ChildEnds, sync: Int32, extraFDs: [Int32],
-                             namespaces: UInt64, cgroup: Cgroup? = nil) throws -> pid_t {
+    private func startHelper(
+        _ mode: Helper.Mode, child: ProcessIO.ChildEnds, sync: Int32, extraFDs: [Int32],
+        namespaces: UInt64, cgroup: Cgroup? = nil
+    ) throws -> pid_t {
         var cgroupFD: Int32 = -1
         defer {
             child.close()
@@ -269,8 +279,9 @@ struct Launcher {
         for (index, fd) in extraFDs.enumerated() {
             fds.append((fd, Helper.firstNamespaceFD + Int32(index)))
         }
-        let result = try spawn(exeFD: exeFD, arguments: ["vessel-agent", Helper.argument, mode.rawValue],
-                               environment: [], fds: fds, namespaces: namespaces, cgroup: cgroupFD)
+        let result = try spawn(
+            exeFD: exeFD, arguments: ["vessel-agent", Helper.argument, mode.rawValue],
+            environment: [], fds: fds, namespaces: namespaces, cgroup: cgroupFD)
         Reaper.shared.watch(result.pid)
         if result.execErrno != 0 {
             Reaper.shared.forget(result.pid)

@@ -1,8 +1,9 @@
 import Logging
 import Synchronization
 import VesselLinux
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `agent.log_vport=N`: the agent's log lines also go to the host over a vsock stream the guest
@@ -63,7 +64,6 @@ final class LogForwarder: Sendable {
             state.withLock { s in !s.connected || (s.lines.isEmpty && !s.sending) }
         }
     }
-
 
     private func run(port: UInt32) {
         var retryDelay: useconds_t = 100_000

@@ -1,7 +1,8 @@
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The guest's side of the pod's network, as Kata's agent API describes it (UpdateInterface,
@@ -33,8 +34,10 @@ enum GuestNetwork {
             guard let prefix = UInt8(address.mask.isEmpty ? "32" : address.mask), prefix <= 32 else {
                 throw AgentError.invalidArgument("\(field).mask \"\(address.mask)\" is not a prefix length")
             }
-            try netlink.addAddress(NetworkAddress(index: link.index, family: UInt8(AF_INET), address: try parseIPv4(address.address, field: field),
-                                                  prefixLength: prefix))
+            try netlink.addAddress(
+                NetworkAddress(
+                    index: link.index, family: UInt8(AF_INET), address: try parseIPv4(address.address, field: field),
+                    prefixLength: prefix))
         }
         try netlink.setLink(link.index, up: true)
         return try listInterfaces(pod: pod).first { $0.hwAddr == interface.hwAddr.lowercased() } ?? interface
@@ -79,10 +82,12 @@ enum GuestNetwork {
                 throw AgentError.notFound("\(field).device \(neighbour.device): no such interface")
             }
             // NUD_PERMANENT unless told otherwise: these are the host's static entries.
-            try netlink.addNeighbour(NetworkNeighbour(index: link.index, family: UInt8(AF_INET),
-                                                      address: try parseIPv4(neighbour.toIpaddress.address, field: "\(field).toIPAddress"),
-                                                      mac: try parseMAC(neighbour.lladdr, field: "\(field).lladdr"),
-                                                      state: neighbour.state == 0 ? 0x80 : UInt16(clamping: neighbour.state)))
+            try netlink.addNeighbour(
+                NetworkNeighbour(
+                    index: link.index, family: UInt8(AF_INET),
+                    address: try parseIPv4(neighbour.toIpaddress.address, field: "\(field).toIPAddress"),
+                    mac: try parseMAC(neighbour.lladdr, field: "\(field).lladdr"),
+                    state: neighbour.state == 0 ? 0x80 : UInt16(clamping: neighbour.state)))
         }
     }
 
@@ -98,7 +103,11 @@ enum GuestNetwork {
                 $0.type = link.kind
                 $0.rawFlags = link.flags
                 $0.ipaddresses = addresses.filter { $0.index == link.index && $0.family == UInt8(AF_INET) }.map { address in
-                    .with { $0.family = .v4; $0.address = ipv4(address.address); $0.mask = "\(address.prefixLength)" }
+                    .with {
+                        $0.family = .v4
+                        $0.address = ipv4(address.address)
+                        $0.mask = "\(address.prefixLength)"
+                    }
                 }
             }
         }
@@ -121,13 +130,17 @@ enum GuestNetwork {
 
     static func parseIPv4(_ text: String, field: String) throws -> [UInt8] {
         let parts = text.split(separator: ".", omittingEmptySubsequences: false).map { UInt8($0) }
-        guard parts.count == 4, parts.allSatisfy({ $0 != nil }) else { throw AgentError.invalidArgument("\(field) \"\(text)\" is not an IPv4 address") }
+        guard parts.count == 4, parts.allSatisfy({ $0 != nil }) else {
+            throw AgentError.invalidArgument("\(field) \"\(text)\" is not an IPv4 address")
+        }
         return parts.map { $0! }
     }
 
     static func parseMAC(_ text: String, field: String) throws -> [UInt8] {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false).map { UInt8($0, radix: 16) }
-        guard parts.count == 6, parts.allSatisfy({ $0 != nil }) else { throw AgentError.invalidArgument("\(field) \"\(text)\" is not a MAC address") }
+        guard parts.count == 6, parts.allSatisfy({ $0 != nil }) else {
+            throw AgentError.invalidArgument("\(field) \"\(text)\" is not a MAC address")
+        }
         return parts.map { $0! }
     }
 

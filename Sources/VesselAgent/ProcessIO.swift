@@ -2,8 +2,9 @@ import NIOCore
 import NIOPosix
 import Synchronization
 import VesselLinux
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Serves ReadStdout/ReadStderr from a pipe or pty master without a thread per stream: reads are
@@ -125,8 +126,10 @@ final class ProcessIO: Sendable {
         }
     }
 
-    private static func readerChannel(_ group: any EventLoopGroup,
-                                      _ open: (NIOPipeBootstrap) -> EventLoopFuture<any Channel>) async throws -> (StreamReader, any Channel) {
+    private static func readerChannel(
+        _ group: any EventLoopGroup,
+        _ open: (NIOPipeBootstrap) -> EventLoopFuture<any Channel>
+    ) async throws -> (StreamReader, any Channel) {
         let loop = group.next()
         let reader = StreamReader(eventLoop: loop)
         let bootstrap = NIOPipeBootstrap(group: loop)
@@ -137,8 +140,10 @@ final class ProcessIO: Sendable {
         return (reader, try await open(bootstrap).get())
     }
 
-    private init(stdin: (any Channel)?, stdout: (StreamReader, any Channel), stderr: (StreamReader, any Channel)?,
-                 terminal: Bool, masterFD: Int32) {
+    private init(
+        stdin: (any Channel)?, stdout: (StreamReader, any Channel), stderr: (StreamReader, any Channel)?,
+        terminal: Bool, masterFD: Int32
+    ) {
         self.stdinChannel = stdin
         self.stdoutReader = stdout.0
         self.stdoutChannel = stdout.1

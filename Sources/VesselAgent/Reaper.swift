@@ -1,7 +1,8 @@
-import VesselLinux
 import Synchronization
+import VesselLinux
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Reaps every child of the agent on one dedicated thread and hands exit statuses to whoever waits

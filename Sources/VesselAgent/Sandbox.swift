@@ -4,8 +4,9 @@ import NIOPosix
 import VesselLinux
 import VesselProtocol
 import VesselSpec
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A container in this sandbox. Lives inside the `Sandbox` actor only.
@@ -30,8 +31,10 @@ final class Container {
     /// The removal under way: a second RemoveContainer waits for it instead of releasing twice.
     var removal: Task<Void, any Error>?
 
-    init(id: String, spec: Grpc_Spec, initProcess: ContainerProcess, namespaceFDs: [(name: String, fd: Int32)], syncFD: Int32,
-         cgroup: Cgroup?) {
+    init(
+        id: String, spec: Grpc_Spec, initProcess: ContainerProcess, namespaceFDs: [(name: String, fd: Int32)], syncFD: Int32,
+        cgroup: Cgroup?
+    ) {
         self.id = id
         self.spec = spec
         self.initProcess = initProcess
@@ -159,8 +162,9 @@ public actor Sandbox {
             throw AgentError.alreadyExists("container \(id) already exists")
         }
         try Validation.storages(request.storages, base: storages.base)
-        let streams = try stdioStreams.claim(stdin: request.stdinPort, stdout: request.stdoutPort, stderr: request.stderrPort,
-                                             terminal: request.oci.process.terminal)
+        let streams = try stdioStreams.claim(
+            stdin: request.stdinPort, stdout: request.stdoutPort, stderr: request.stderrPort,
+            terminal: request.oci.process.terminal)
         creating.insert(id)
         defer { creating.remove(id) }
         do {
@@ -259,8 +263,9 @@ public actor Sandbox {
         try await launcher.start(syncFD: fd)
         // A failing poststart hook is logged and the container keeps running (OCI runtime spec).
         do {
-            try await Hooks.run(container.spec.hooks.poststart, kind: "poststart",
-                                state: Hooks.State(spec: container.spec, id: id, status: "running", pid: container.initProcess.pid))
+            try await Hooks.run(
+                container.spec.hooks.poststart, kind: "poststart",
+                state: Hooks.State(spec: container.spec, id: id, status: "running", pid: container.initProcess.pid))
         } catch {
             logger.warning("container \(id): \(error)")
         }
@@ -290,8 +295,14 @@ public actor Sandbox {
         let waitAll: @Sendable () async -> Void = { for process in processes { _ = await process.wait() } }
         if timeout > 0 {
             let finished = await withTaskGroup(of: Bool.self) { group in
-                group.addTask { await waitAll(); return true }
-                group.addTask { try? await Task.sleep(for: .seconds(Int(timeout))); return false }
+                group.addTask {
+                    await waitAll()
+                    return true
+                }
+                group.addTask {
+                    try? await Task.sleep(for: .seconds(Int(timeout)))
+                    return false
+                }
                 let first = await group.next()!
                 group.cancelAll()
                 return first
@@ -306,8 +317,9 @@ public actor Sandbox {
         storages.release(container.storages, log: logWarning)
         for process in processes { await process.io.close() }
         do {
-            try await Hooks.run(container.spec.hooks.poststop, kind: "poststop",
-                                state: Hooks.State(spec: container.spec, id: id, status: "stopped", pid: 0))
+            try await Hooks.run(
+                container.spec.hooks.poststop, kind: "poststop",
+                state: Hooks.State(spec: container.spec, id: id, status: "stopped", pid: 0))
         } catch {
             logger.warning("container \(id): \(error)")
         }
@@ -325,12 +337,14 @@ public actor Sandbox {
             throw AgentError.failedPrecondition("container \(container.id) is not running")
         }
         try Validation.process(request.process, field: "process")
-        let streams = try stdioStreams.claim(stdin: request.stdinPort, stdout: request.stdoutPort, stderr: request.stderrPort,
-                                             terminal: request.process.terminal)
+        let streams = try stdioStreams.claim(
+            stdin: request.stdinPort, stdout: request.stdoutPort, stderr: request.stderrPort,
+            terminal: request.process.terminal)
         let process: ContainerProcess
         do {
-            process = try await launcher.exec(execID: request.execID, process: request.process, containerSpec: container.spec,
-                                              namespaceFDs: container.namespaceFDs, cgroup: container.cgroup)
+            process = try await launcher.exec(
+                execID: request.execID, process: request.process, containerSpec: container.spec,
+                namespaceFDs: container.namespaceFDs, cgroup: container.cgroup)
         } catch {
             streams.close()
             throw error
@@ -422,7 +436,8 @@ public actor Sandbox {
     /// WaitProcess): its id can be used again, and no later call can reach a reused pid.
     private func forgetIfFinished(_ containerID: String, _ process: ContainerProcess) {
         guard !process.execID.isEmpty, process.finished, let container = containers[containerID],
-              container.execs[process.execID] === process else { return }
+            container.execs[process.execID] === process
+        else { return }
         container.execs.removeValue(forKey: process.execID)
         Reaper.shared.forget(process.pid)
     }

@@ -2,8 +2,9 @@ import NIOCore
 import NIOPosix
 import Synchronization
 import VesselLinux
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Stdio without an RPC per chunk: a stream per stdio fd (Kata's ReadStdout round trips moved

@@ -1,7 +1,8 @@
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Kata's `Storage`s: filesystems the host asks for before containers use them (the 9p share that
@@ -32,7 +33,8 @@ struct StorageTable {
                 let key = Self.normalized(storage.mountPoint)
                 if let entry = entries[key] {
                     guard Self.sameMount(entry.storage, storage) else {
-                        throw AgentError.invalidArgument("\(field).mount_point \(storage.mountPoint) is already mounted from another source")
+                        throw AgentError.invalidArgument(
+                            "\(field).mount_point \(storage.mountPoint) is already mounted from another source")
                     }
                     entries[key]!.users += 1
                 } else {
@@ -98,7 +100,9 @@ struct StorageTable {
         let path = procFDPath(target)
         // Errors name the request field and the mount point, not the /proc/self/fd path.
         func mount(_ source: String, _ type: String?, _ flags: MountFlags, _ data: String?, at path: String) throws {
-            try sys("mount", "\(field) \(type ?? "bind") on \(storage.mountPoint)") { Glibc.mount(source, path, type, flags.rawValue, data) }
+            try sys("mount", "\(field) \(type ?? "bind") on \(storage.mountPoint)") {
+                Glibc.mount(source, path, type, flags.rawValue, data)
+            }
         }
         switch storage.driver {
         case "local":

@@ -1,8 +1,9 @@
 import VesselLinux
 import VesselProtocol
 import VesselSpec
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Checks shared by the RPCs: each failure names the request field that is wrong. The spec's rules
@@ -30,7 +31,8 @@ enum Validation {
         for (index, storage) in storages.enumerated() {
             let field = "storages[\(index)]"
             guard StorageTable.drivers.contains(storage.driver) else {
-                throw AgentError.invalidArgument("\(field).driver \"\(storage.driver)\" is not supported (\(StorageTable.drivers.joined(separator: ", ")))")
+                throw AgentError.invalidArgument(
+                    "\(field).driver \"\(storage.driver)\" is not supported (\(StorageTable.drivers.joined(separator: ", ")))")
             }
             let mountPoint = storage.mountPoint
             guard mountPoint.hasPrefix("/") else {
@@ -54,7 +56,9 @@ enum Validation {
                 guard storage.source.hasPrefix("/"), !storage.source.split(separator: "/").contains("..") else {
                     throw AgentError.invalidArgument("\(field).source \"\(storage.source)\" must be an absolute path without '..'")
                 }
-                guard Linux.exists(storage.source) else { throw AgentError.notFound("\(field).source \(storage.source): no such file or directory") }
+                guard Linux.exists(storage.source) else {
+                    throw AgentError.notFound("\(field).source \(storage.source): no such file or directory")
+                }
             case "ephemeral":
                 guard storage.fstype.isEmpty || storage.fstype == "tmpfs" else {
                     throw AgentError.invalidArgument("\(field).fstype \"\(storage.fstype)\" does not match driver ephemeral (tmpfs)")

@@ -35,13 +35,15 @@ public final class AgentClient: Sendable {
     /// `stdio`: the ids of streams dialed to the agent's stdio port (Vessel's agent only); none
     /// leaves the process's stdio to ReadStdout/WriteStdin.
     public func createContainer(_ id: String, spec: Grpc_Spec, stdio: StdioPorts = StdioPorts()) async throws {
-        try await call(AgentAPI.createContainer, Grpc_CreateContainerRequest.with {
-            $0.containerID = id
-            $0.oci = spec
-            $0.stdinPort = stdio.stdin
-            $0.stdoutPort = stdio.stdout
-            $0.stderrPort = stdio.stderr
-        })
+        try await call(
+            AgentAPI.createContainer,
+            Grpc_CreateContainerRequest.with {
+                $0.containerID = id
+                $0.oci = spec
+                $0.stdinPort = stdio.stdin
+                $0.stdoutPort = stdio.stdout
+                $0.stderrPort = stdio.stderr
+            })
     }
 
     public func startContainer(_ id: String) async throws {
@@ -49,33 +51,56 @@ public final class AgentClient: Sendable {
     }
 
     public func removeContainer(_ id: String, timeout seconds: UInt32 = 0) async throws {
-        try await call(AgentAPI.removeContainer, Grpc_RemoveContainerRequest.with { $0.containerID = id; $0.timeout = seconds })
+        try await call(
+            AgentAPI.removeContainer,
+            Grpc_RemoveContainerRequest.with {
+                $0.containerID = id
+                $0.timeout = seconds
+            })
     }
 
     public func exec(_ id: String, _ execID: String, process: Grpc_Process, stdio: StdioPorts = StdioPorts()) async throws {
-        try await call(AgentAPI.execProcess, Grpc_ExecProcessRequest.with {
-            $0.containerID = id
-            $0.execID = execID
-            $0.process = process
-            $0.stdinPort = stdio.stdin
-            $0.stdoutPort = stdio.stdout
-            $0.stderrPort = stdio.stderr
-        })
+        try await call(
+            AgentAPI.execProcess,
+            Grpc_ExecProcessRequest.with {
+                $0.containerID = id
+                $0.execID = execID
+                $0.process = process
+                $0.stdinPort = stdio.stdin
+                $0.stdoutPort = stdio.stdout
+                $0.stderrPort = stdio.stderr
+            })
     }
 
     /// Exit code, or 128+signal.
     public func wait(_ id: String, _ execID: String = "") async throws -> Int32 {
-        try await call(AgentAPI.waitProcess, Grpc_WaitProcessRequest.with { $0.containerID = id; $0.execID = execID }).status
+        try await call(
+            AgentAPI.waitProcess,
+            Grpc_WaitProcessRequest.with {
+                $0.containerID = id
+                $0.execID = execID
+            }
+        ).status
     }
 
     /// An empty execID signals every process of the container.
     public func signal(_ id: String, _ execID: String = "", signal: Int32) async throws {
-        try await call(AgentAPI.signalProcess, Grpc_SignalProcessRequest.with { $0.containerID = id; $0.execID = execID; $0.signal = UInt32(signal) })
+        try await call(
+            AgentAPI.signalProcess,
+            Grpc_SignalProcessRequest.with {
+                $0.containerID = id
+                $0.execID = execID
+                $0.signal = UInt32(signal)
+            })
     }
 
     /// Up to `max` bytes; empty at EOF.
     public func read(_ id: String, _ execID: String = "", stderr: Bool = false, max: UInt32 = 32 << 10) async throws -> [UInt8] {
-        let request = Grpc_ReadStreamRequest.with { $0.containerID = id; $0.execID = execID; $0.len = max }
+        let request = Grpc_ReadStreamRequest.with {
+            $0.containerID = id
+            $0.execID = execID
+            $0.len = max
+        }
         return [UInt8](try await call(stderr ? AgentAPI.readStderr : AgentAPI.readStdout, request).data)
     }
 
@@ -90,16 +115,32 @@ public final class AgentClient: Sendable {
 
     @discardableResult
     public func writeStdin(_ id: String, _ execID: String = "", _ bytes: [UInt8]) async throws -> Int {
-        let request = Grpc_WriteStreamRequest.with { $0.containerID = id; $0.execID = execID; $0.data = Data(bytes) }
+        let request = Grpc_WriteStreamRequest.with {
+            $0.containerID = id
+            $0.execID = execID
+            $0.data = Data(bytes)
+        }
         return Int(try await call(AgentAPI.writeStdin, request).len)
     }
 
     public func closeStdin(_ id: String, _ execID: String = "") async throws {
-        try await call(AgentAPI.closeStdin, Grpc_CloseStdinRequest.with { $0.containerID = id; $0.execID = execID })
+        try await call(
+            AgentAPI.closeStdin,
+            Grpc_CloseStdinRequest.with {
+                $0.containerID = id
+                $0.execID = execID
+            })
     }
 
     public func resize(_ id: String, _ execID: String = "", rows: UInt32, columns: UInt32) async throws {
-        try await call(AgentAPI.ttyWinResize, Grpc_TtyWinResizeRequest.with { $0.containerID = id; $0.execID = execID; $0.row = rows; $0.column = columns })
+        try await call(
+            AgentAPI.ttyWinResize,
+            Grpc_TtyWinResizeRequest.with {
+                $0.containerID = id
+                $0.execID = execID
+                $0.row = rows
+                $0.column = columns
+            })
     }
 
     public func stats(_ id: String) async throws -> Grpc_StatsContainerResponse {

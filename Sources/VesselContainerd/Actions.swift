@@ -52,7 +52,7 @@ extension ContainerdShim {
         do { try Linux.mkdirAll("/run/containerd/s", mode: 0o711) } catch { throw RuntimeError(stage: "create /run/containerd/s", error) }
         do {
             return try Linux.listenUnix(path)
-        } catch where error.errno == EADDRINUSE {
+        } catch  where error.errno == EADDRINUSE {
             if let fd = try? Linux.connectUnix(path) {
                 Linux.close(fd)
                 return nil
@@ -102,8 +102,9 @@ extension ContainerdShim {
         }
         let log = RuntimeLog(path: flags.debug ? "/proc/self/fd/2" : nil, format: .text, debug: flags.debug)
         let ttrpcAddress = ProcessInfo.processInfo.environment["TTRPC_ADDRESS"] ?? flags.address + ".ttrpc"
-        let owner = try SandboxOwner(frontDoor: .containerd(namespace: flags.namespace, ttrpcAddress: ttrpcAddress),
-                                     config: try configuration(log: log), store: try store(flags.namespace), sandboxID: flags.id, log: log)
+        let owner = try SandboxOwner(
+            frontDoor: .containerd(namespace: flags.namespace, ttrpcAddress: ttrpcAddress),
+            config: try configuration(log: log), store: try store(flags.namespace), sandboxID: flags.id, log: log)
         let status = await OwnerMain.run(owner: owner, listener: .inherited(3), signals: signals, log: log) {}
         unlink(String((try? String(contentsOfFile: "address", encoding: .utf8))?.dropFirst("unix://".count) ?? ""))
         return status

@@ -192,8 +192,9 @@ public enum SharedMounts {
     public static func makeRoot(_ directory: String) throws(RuntimeError) {
         do {
             try Linux.mkdirAll(directory, mode: 0o700)
-            try Linux.mount("vessel-share", directory, "tmpfs", MountFlags([.noSUID, .noDev, .noExec]).rawValue,
-                            "mode=0700,size=1m,nr_inodes=16384")
+            try Linux.mount(
+                "vessel-share", directory, "tmpfs", MountFlags([.noSUID, .noDev, .noExec]).rawValue,
+                "mode=0700,size=1m,nr_inodes=16384")
         } catch {
             throw RuntimeError(stage: "mount the share directory \(directory)", error)
         }

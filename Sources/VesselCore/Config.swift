@@ -89,7 +89,9 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
     public static let environmentVariable = "VESSEL_CONFIG"
 
     /// `explicit` (--config) must exist; otherwise $VESSEL_CONFIG, then the default path, then defaults.
-    public static func load(explicit: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment) throws(RuntimeError) -> (RuntimeConfig, String?) {
+    public static func load(
+        explicit: String? = nil, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(RuntimeError) -> (RuntimeConfig, String?) {
         let path = explicit ?? environment[environmentVariable].flatMap { $0.isEmpty ? nil : $0 }
         if let path {
             return (try parse(file: path), path)
@@ -224,11 +226,17 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
         if VMConfig.Accelerator(rawValue: hypervisor.accelerator) == nil {
             throw RuntimeError("\(name): hypervisor.accelerator \"\(hypervisor.accelerator)\" is not auto, kvm or tcg")
         }
-        if hypervisor.sharedFS != "9p" { throw RuntimeError("\(name): hypervisor.shared_fs \"\(hypervisor.sharedFS)\" is not supported (9p)") }
+        if hypervisor.sharedFS != "9p" {
+            throw RuntimeError("\(name): hypervisor.shared_fs \"\(hypervisor.sharedFS)\" is not supported (9p)")
+        }
         if !(1...64).contains(hypervisor.vcpus) { throw RuntimeError("\(name): hypervisor.vcpus \(hypervisor.vcpus) is not in 1...64") }
         if hypervisor.memoryMiB < 64 { throw RuntimeError("\(name): hypervisor.memory_mib \(hypervisor.memoryMiB) is below 64") }
-        if !(0...2048).contains(hypervisor.tcgCacheMiB) { throw RuntimeError("\(name): hypervisor.tcg_cache_mib \(hypervisor.tcgCacheMiB) is not in 0...2048") }
-        if !(8192...(16 << 20)).contains(hypervisor.msize9p) { throw RuntimeError("\(name): hypervisor.msize_9p \(hypervisor.msize9p) is not in 8192...16777216") }
+        if !(0...2048).contains(hypervisor.tcgCacheMiB) {
+            throw RuntimeError("\(name): hypervisor.tcg_cache_mib \(hypervisor.tcgCacheMiB) is not in 0...2048")
+        }
+        if !(8192...(16 << 20)).contains(hypervisor.msize9p) {
+            throw RuntimeError("\(name): hypervisor.msize_9p \(hypervisor.msize9p) is not in 8192...16777216")
+        }
         if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(agent.logLevel) {
             throw RuntimeError("\(name): agent.log_level \"\(agent.logLevel)\" is not a log level")
         }
@@ -241,8 +249,10 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
         if !FileManager.default.fileExists(atPath: hypervisor.path) {
             throw RuntimeError("\(qemu) \(hypervisor.path) does not exist (apt-get install qemu-system-x86 provides it)")
         }
-        for (key, path, name, target) in [("hypervisor.kernel", hypervisor.kernel, "bzImage", "make kernel"),
-                                          ("hypervisor.initrd", hypervisor.initrd, "initrd.img", "make initrd")]
+        for (key, path, name, target) in [
+            ("hypervisor.kernel", hypervisor.kernel, "bzImage", "make kernel"),
+            ("hypervisor.initrd", hypervisor.initrd, "initrd.img", "make initrd"),
+        ]
         where !FileManager.default.fileExists(atPath: path) {
             if path == GuestFiles.find(name) {
                 let places = GuestFiles.directories().joined(separator: " or ")

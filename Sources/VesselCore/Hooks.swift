@@ -8,9 +8,11 @@ public enum OCIState {
 
     public static func object(_ record: ContainerRecord, status: Lifecycle.Status? = nil) -> [String: Any] {
         let status = status ?? record.status
-        var out: [String: Any] = ["ociVersion": version, "id": record.id, "pid": status == .stopped ? 0 : Int(record.pid),
-                                  "status": status.rawValue, "bundle": record.bundle, "rootfs": record.rootfs,
-                                  "created": record.created, "owner": ""]
+        var out: [String: Any] = [
+            "ociVersion": version, "id": record.id, "pid": status == .stopped ? 0 : Int(record.pid),
+            "status": status.rawValue, "bundle": record.bundle, "rootfs": record.rootfs,
+            "created": record.created, "owner": "",
+        ]
         if !record.annotations.isEmpty { out["annotations"] = record.annotations }
         if let failure = record.failure { out["failure"] = failure }
         return out
@@ -53,15 +55,18 @@ public enum HostHooks {
     }
 
     /// Returns the exit status (nil after a timeout, the hook then killed) and what it printed.
-    static func runHook(path: String, arguments: [String], environment: [String], input: [UInt8], timeout: Double) throws -> (Int32?, [UInt8]) {
+    static func runHook(
+        path: String, arguments: [String], environment: [String], input: [UInt8], timeout: Double
+    ) throws -> (Int32?, [UInt8]) {
         // Output goes to an unnamed file: a chatty hook must not block on a full pipe nobody reads yet.
         let output = try Linux.anonymousFile(in: "/tmp")
         defer { Linux.close(output) }
         let stdin = try Linux.pipe()
         let spawned: SpawnResult
         do {
-            spawned = try spawn(exeFD: -1, path: path, arguments: arguments, environment: environment,
-                                fds: [(stdin.read, 0), (output, 1), (output, 2)])
+            spawned = try spawn(
+                exeFD: -1, path: path, arguments: arguments, environment: environment,
+                fds: [(stdin.read, 0), (output, 1), (output, 2)])
         } catch {
             for fd in [stdin.read, stdin.write] { Linux.close(fd) }
             throw error

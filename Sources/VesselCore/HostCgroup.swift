@@ -12,7 +12,8 @@ public enum HostCgroup {
         return mounts.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ")
             guard fields.count >= 4, fields[2] == "cgroup" || fields[2] == "cgroup2",
-                  fields[3].split(separator: ",").contains("rw") else { return nil }
+                fields[3].split(separator: ",").contains("rw")
+            else { return nil }
             return String(fields[1])
         }
     }
@@ -65,7 +66,11 @@ public enum HostCgroup {
         for directory in directories {
             for write in writes where Linux.exists(directory + "/" + write.file) {
                 do {
-                    if write == ("devices.deny", "a") { try revokeAllDevices(directory) } else { try Linux.writeFile(directory + "/" + write.file, write.value) }
+                    if write == ("devices.deny", "a") {
+                        try revokeAllDevices(directory)
+                    } else {
+                        try Linux.writeFile(directory + "/" + write.file, write.value)
+                    }
                 } catch {
                     warn("host cgroup \(directory)/\(write.file)=\(write.value): \(error)")
                 }
@@ -87,9 +92,11 @@ public enum HostCgroup {
         if cpu.quota != nil || cpu.period != nil {
             let quota = cpu.quota ?? 0, period = cpu.period ?? 0
             // v1: the period first, or a quota below the old period may be refused.
-            writes += [("cpu.cfs_period_us", "\(period == 0 ? CgroupConversion.defaultPeriod : period)"),
-                       ("cpu.cfs_quota_us", quota > 0 ? "\(quota)" : "-1"),
-                       ("cpu.max", CgroupConversion.cpuMax(quota: quota, period: period))]
+            writes += [
+                ("cpu.cfs_period_us", "\(period == 0 ? CgroupConversion.defaultPeriod : period)"),
+                ("cpu.cfs_quota_us", quota > 0 ? "\(quota)" : "-1"),
+                ("cpu.max", CgroupConversion.cpuMax(quota: quota, period: period)),
+            ]
         }
         if let cpus = cpu.cpus, !cpus.isEmpty { writes.append(("cpuset.cpus", cpus)) }
         if let mems = cpu.mems, !mems.isEmpty { writes.append(("cpuset.mems", mems)) }
@@ -112,9 +119,11 @@ public enum HostCgroup {
     /// vhost-net and vhost-vsock. The sandbox's cgroup allows them after the spec's rules; QEMU's
     /// own child cgroup (`vmmDevices`) allows only them: a QEMU taken over by its guest cannot
     /// open the host's disks, even as root with CAP_DAC_OVERRIDE, whatever the spec allows.
-    static let sandboxDevices: [String] = ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
-                                           "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm", "c 10:232 rwm", "c 10:238 rwm",
-                                           "c 10:241 rwm"]
+    static let sandboxDevices: [String] = [
+        "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
+        "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm", "c 10:232 rwm", "c 10:238 rwm",
+        "c 10:241 rwm",
+    ]
 
     /// cgroup v1's devices files, in the spec's order (a later rule overrides an earlier one), after
     /// a deny-all (`revokeAllDevices`) so the sandbox never has more than the spec and `sandboxDevices`. A rule that
@@ -126,7 +135,10 @@ public enum HostCgroup {
         let spec = rules.filter { !($0.allow && wildcard($0)) }.map { rule -> (file: String, value: String) in
             let number = { (n: Int64?) in n.map { $0 < 0 ? "*" : "\($0)" } ?? "*" }
             let type = rule.type.flatMap { $0.isEmpty ? nil : $0 } ?? "a"
-            let entry = type == "a" ? "a" : "\(type) \(number(rule.major)):\(number(rule.minor)) \(rule.access.flatMap { $0.isEmpty ? nil : $0.lowercased() } ?? "rwm")"
+            let entry =
+                type == "a"
+                ? "a"
+                : "\(type) \(number(rule.major)):\(number(rule.minor)) \(rule.access.flatMap { $0.isEmpty ? nil : $0.lowercased() } ?? "rwm")"
             return (rule.allow ? "devices.allow" : "devices.deny", entry)
         }
         return [("devices.deny", "a")] + spec + sandboxDevices.map { ("devices.allow", $0) }
@@ -138,7 +150,7 @@ public enum HostCgroup {
     private static func revokeAllDevices(_ directory: String) throws(LinuxError) {
         do {
             try Linux.writeFile(directory + "/devices.deny", "a")
-        } catch where error.errno == EINVAL {
+        } catch  where error.errno == EINVAL {
             for rule in try Linux.readFile(directory + "/devices.list").split(separator: "\n") where !rule.isEmpty {
                 try Linux.writeFile(directory + "/devices.deny", String(rule))
             }

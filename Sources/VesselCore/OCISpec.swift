@@ -27,7 +27,10 @@ public struct OCISpec: Codable, Sendable {
         public var oomScoreAdj: Int64?
         public var selinuxLabel: String?
     }
-    public struct Box: Codable, Sendable { public var height: UInt32; public var width: UInt32 }
+    public struct Box: Codable, Sendable {
+        public var height: UInt32
+        public var width: UInt32
+    }
     public struct User: Codable, Sendable {
         public var uid: UInt32
         public var gid: UInt32
@@ -39,8 +42,15 @@ public struct OCISpec: Codable, Sendable {
         public var bounding, effective, inheritable, permitted, ambient: [String]?
         public init() {}
     }
-    public struct Rlimit: Codable, Sendable { public var type: String; public var hard: UInt64; public var soft: UInt64 }
-    public struct Root: Codable, Sendable { public var path: String; public var readonly: Bool? }
+    public struct Rlimit: Codable, Sendable {
+        public var type: String
+        public var hard: UInt64
+        public var soft: UInt64
+    }
+    public struct Root: Codable, Sendable {
+        public var path: String
+        public var readonly: Bool?
+    }
     public struct Mount: Codable, Sendable {
         public var destination: String
         public var source: String?
@@ -68,8 +78,15 @@ public struct OCISpec: Codable, Sendable {
         public var maskedPaths, readonlyPaths: [String]?
         public var mountLabel: String?
     }
-    public struct IDMapping: Codable, Sendable { public var containerID: UInt32; public var hostID: UInt32; public var size: UInt32 }
-    public struct Namespace: Codable, Sendable { public var type: String; public var path: String? }
+    public struct IDMapping: Codable, Sendable {
+        public var containerID: UInt32
+        public var hostID: UInt32
+        public var size: UInt32
+    }
+    public struct Namespace: Codable, Sendable {
+        public var type: String
+        public var path: String?
+    }
     public struct Device: Codable, Sendable {
         public var type: String
         public var path: String
@@ -109,7 +126,10 @@ public struct OCISpec: Codable, Sendable {
         public var limit: Int64
         public init(limit: Int64) { self.limit = limit }
     }
-    public struct Hugepage: Codable, Sendable { public var pageSize: String; public var limit: UInt64 }
+    public struct Hugepage: Codable, Sendable {
+        public var pageSize: String
+        public var limit: UInt64
+    }
     public struct Seccomp: Codable, Sendable {
         public var defaultAction: String
         public var defaultErrnoRet: UInt32?
@@ -178,10 +198,20 @@ extension OCISpec {
         var out = Grpc_Spec()
         out.version = ociVersion
         if let process { out.process = process.grpc() }
-        if let root { out.root = .with { $0.path = root.path; $0.readonly = root.readonly ?? false } }
+        if let root {
+            out.root = .with {
+                $0.path = root.path
+                $0.readonly = root.readonly ?? false
+            }
+        }
         out.hostname = hostname ?? ""
         out.mounts = (mounts ?? []).map { m in
-            .with { $0.destination = m.destination; $0.source = m.source ?? ""; $0.type = m.type ?? ""; $0.options = m.options ?? [] }
+            .with {
+                $0.destination = m.destination
+                $0.source = m.source ?? ""
+                $0.type = m.type ?? ""
+                $0.options = m.options ?? []
+            }
         }
         if let hooks { out.hooks = hooks.grpc() }
         out.annotations = annotations ?? [:]
@@ -194,7 +224,12 @@ extension OCISpec.Process {
     public func grpc() -> Grpc_Process {
         .with { p in
             p.terminal = terminal ?? false
-            if let consoleSize { p.consoleSize = .with { $0.height = consoleSize.height; $0.width = consoleSize.width } }
+            if let consoleSize {
+                p.consoleSize = .with {
+                    $0.height = consoleSize.height
+                    $0.width = consoleSize.width
+                }
+            }
             p.user = .with {
                 $0.uid = user.uid
                 $0.gid = user.gid
@@ -213,7 +248,13 @@ extension OCISpec.Process {
                     $0.ambient = capabilities.ambient ?? []
                 }
             }
-            p.rlimits = (rlimits ?? []).map { r in .with { $0.type = r.type; $0.hard = r.hard; $0.soft = r.soft } }
+            p.rlimits = (rlimits ?? []).map { r in
+                .with {
+                    $0.type = r.type
+                    $0.hard = r.hard
+                    $0.soft = r.soft
+                }
+            }
             p.noNewPrivileges = noNewPrivileges ?? false
             p.apparmorProfile = apparmorProfile ?? ""
             p.oomscoreAdj = oomScoreAdj ?? 0
@@ -225,7 +266,14 @@ extension OCISpec.Process {
 extension OCISpec.Hooks {
     func grpc() -> Grpc_Hooks {
         func convert(_ hooks: [OCISpec.Hook]?) -> [Grpc_Hook] {
-            (hooks ?? []).map { h in .with { $0.path = h.path; $0.args = h.args ?? []; $0.env = h.env ?? []; $0.timeout = h.timeout ?? 0 } }
+            (hooks ?? []).map { h in
+                .with {
+                    $0.path = h.path
+                    $0.args = h.args ?? []
+                    $0.env = h.env ?? []
+                    $0.timeout = h.timeout ?? 0
+                }
+            }
         }
         return .with {
             $0.prestart = convert(prestart)
@@ -241,16 +289,38 @@ extension OCISpec.Hooks {
 extension OCISpec.Linux {
     func grpc() -> Grpc_Linux {
         .with { l in
-            l.uidmappings = (uidMappings ?? []).map { m in .with { $0.containerID = m.containerID; $0.hostID = m.hostID; $0.size = m.size } }
-            l.gidmappings = (gidMappings ?? []).map { m in .with { $0.containerID = m.containerID; $0.hostID = m.hostID; $0.size = m.size } }
+            l.uidmappings = (uidMappings ?? []).map { m in
+                .with {
+                    $0.containerID = m.containerID
+                    $0.hostID = m.hostID
+                    $0.size = m.size
+                }
+            }
+            l.gidmappings = (gidMappings ?? []).map { m in
+                .with {
+                    $0.containerID = m.containerID
+                    $0.hostID = m.hostID
+                    $0.size = m.size
+                }
+            }
             l.sysctl = sysctl ?? [:]
             if let resources { l.resources = resources.grpc() }
             l.cgroupsPath = cgroupsPath ?? ""
-            l.namespaces = (namespaces ?? []).map { n in .with { $0.type = n.type; $0.path = n.path ?? "" } }
+            l.namespaces = (namespaces ?? []).map { n in
+                .with {
+                    $0.type = n.type
+                    $0.path = n.path ?? ""
+                }
+            }
             l.devices = (devices ?? []).map { d in
                 .with {
-                    $0.path = d.path; $0.type = d.type; $0.major = d.major ?? 0; $0.minor = d.minor ?? 0
-                    $0.fileMode = d.fileMode ?? 0o666; $0.uid = d.uid ?? 0; $0.gid = d.gid ?? 0
+                    $0.path = d.path
+                    $0.type = d.type
+                    $0.major = d.major ?? 0
+                    $0.minor = d.minor ?? 0
+                    $0.fileMode = d.fileMode ?? 0o666
+                    $0.uid = d.uid ?? 0
+                    $0.gid = d.gid ?? 0
                 }
             }
             if let seccomp { l.seccomp = seccomp.grpc() }
@@ -266,24 +336,43 @@ extension OCISpec.Resources {
     public func grpc() -> Grpc_LinuxResources {
         .with { r in
             r.devices = (devices ?? []).map { d in
-                .with { $0.allow = d.allow; $0.type = d.type ?? "a"; $0.major = d.major ?? -1; $0.minor = d.minor ?? -1; $0.access = d.access ?? "" }
+                .with {
+                    $0.allow = d.allow
+                    $0.type = d.type ?? "a"
+                    $0.major = d.major ?? -1
+                    $0.minor = d.minor ?? -1
+                    $0.access = d.access ?? ""
+                }
             }
             if let memory {
                 r.memory = .with {
-                    $0.limit = memory.limit ?? 0; $0.reservation = memory.reservation ?? 0; $0.swap = memory.swap ?? 0
-                    $0.kernel = memory.kernel ?? 0; $0.kernelTcp = memory.kernelTCP ?? 0; $0.swappiness = memory.swappiness ?? 0
+                    $0.limit = memory.limit ?? 0
+                    $0.reservation = memory.reservation ?? 0
+                    $0.swap = memory.swap ?? 0
+                    $0.kernel = memory.kernel ?? 0
+                    $0.kernelTcp = memory.kernelTCP ?? 0
+                    $0.swappiness = memory.swappiness ?? 0
                     $0.disableOomkiller = memory.disableOOMKiller ?? false
                 }
             }
             if let cpu {
                 r.cpu = .with {
-                    $0.shares = cpu.shares ?? 0; $0.quota = cpu.quota ?? 0; $0.period = cpu.period ?? 0
-                    $0.realtimeRuntime = cpu.realtimeRuntime ?? 0; $0.realtimePeriod = cpu.realtimePeriod ?? 0
-                    $0.cpus = cpu.cpus ?? ""; $0.mems = cpu.mems ?? ""
+                    $0.shares = cpu.shares ?? 0
+                    $0.quota = cpu.quota ?? 0
+                    $0.period = cpu.period ?? 0
+                    $0.realtimeRuntime = cpu.realtimeRuntime ?? 0
+                    $0.realtimePeriod = cpu.realtimePeriod ?? 0
+                    $0.cpus = cpu.cpus ?? ""
+                    $0.mems = cpu.mems ?? ""
                 }
             }
             if let pids { r.pids = .with { $0.limit = pids.limit } }
-            r.hugepageLimits = (hugepageLimits ?? []).map { h in .with { $0.pagesize = h.pageSize; $0.limit = h.limit } }
+            r.hugepageLimits = (hugepageLimits ?? []).map { h in
+                .with {
+                    $0.pagesize = h.pageSize
+                    $0.limit = h.limit
+                }
+            }
         }
     }
 }
@@ -299,7 +388,14 @@ extension OCISpec.Seccomp {
                     c.names = call.names
                     c.action = call.action
                     if let errno = call.errnoRet { c.errnoret = errno }
-                    c.args = (call.args ?? []).map { a in .with { $0.index = a.index; $0.value = a.value; $0.valueTwo = a.valueTwo ?? 0; $0.op = a.op } }
+                    c.args = (call.args ?? []).map { a in
+                        .with {
+                            $0.index = a.index
+                            $0.value = a.value
+                            $0.valueTwo = a.valueTwo ?? 0
+                            $0.op = a.op
+                        }
+                    }
                 }
             }
         }
@@ -310,8 +406,10 @@ extension OCISpec.Seccomp {
 /// that does not fit its field (a negative uid or rlimit); this finds the line or the field.
 enum JSONDiagnostics {
     /// Fields that are signed in the OCI spec; a negative number anywhere else is out of range.
-    static let signedFields: Set<String> = ["oomScoreAdj", "major", "minor", "limit", "reservation", "swap", "kernel", "kernelTCP",
-                                            "quota", "realtimeRuntime", "timeout"]
+    static let signedFields: Set<String> = [
+        "oomScoreAdj", "major", "minor", "limit", "reservation", "swap", "kernel", "kernelTCP",
+        "quota", "realtimeRuntime", "timeout",
+    ]
 
     static func explain(_ data: Data) -> String? {
         let object: Any
@@ -320,7 +418,8 @@ enum JSONDiagnostics {
         } catch {
             let message = ((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String) ?? "invalid JSON"
             guard let range = message.range(of: #"character \d+"#, options: .regularExpression),
-                  let offset = Int(message[range].dropFirst("character ".count)) else { return "invalid JSON: \(message)" }
+                let offset = Int(message[range].dropFirst("character ".count))
+            else { return "invalid JSON: \(message)" }
             let prefix = data.prefix(offset)
             let line = prefix.filter { $0 == UInt8(ascii: "\n") }.count + 1
             let column = offset - (prefix.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? 0) + 1

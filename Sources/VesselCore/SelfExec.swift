@@ -8,12 +8,15 @@ public enum SelfExec {
     public static let reportFD: Int32 = 3
 
     /// Starts `arguments` (argv[0] included) with `fds` mapped as given; returns its pid.
-    public static func spawn(_ arguments: [String], fds: [(src: Int32, dst: Int32)], newSession: Bool,
-                             namespaces: UInt64 = 0) throws(RuntimeError) -> Int32 {
+    public static func spawn(
+        _ arguments: [String], fds: [(src: Int32, dst: Int32)], newSession: Bool,
+        namespaces: UInt64 = 0
+    ) throws(RuntimeError) -> Int32 {
         let environment = ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" }
         do throws(LinuxError) {
-            let spawned = try VesselLinux.spawn(exeFD: -1, path: "/proc/self/exe", arguments: arguments, environment: environment,
-                                                fds: fds, namespaces: namespaces, newSession: newSession)
+            let spawned = try VesselLinux.spawn(
+                exeFD: -1, path: "/proc/self/exe", arguments: arguments, environment: environment,
+                fds: fds, namespaces: namespaces, newSession: newSession)
             if spawned.execErrno != 0 {
                 Linux.reap(spawned.pid)
                 throw LinuxError(stage: "execve", errno: spawned.execErrno, detail: "/proc/self/exe")
@@ -26,8 +29,10 @@ public enum SelfExec {
 
     /// Starts a helper with stdio as given and a report pipe on fd 3, and waits for its report.
     /// On "error: ..." (or none) the helper is reaped and the error thrown.
-    public static func start(_ arguments: [String], stdio: [Int32] = [0, 1, 2], extraFDs: [(src: Int32, dst: Int32)] = [],
-                             newSession: Bool, namespaces: UInt64 = 0) throws(RuntimeError) -> Int32 {
+    public static func start(
+        _ arguments: [String], stdio: [Int32] = [0, 1, 2], extraFDs: [(src: Int32, dst: Int32)] = [],
+        newSession: Bool, namespaces: UInt64 = 0
+    ) throws(RuntimeError) -> Int32 {
         let pipe: (read: Int32, write: Int32)
         do { pipe = try Linux.pipe() } catch { throw RuntimeError(stage: "create a report pipe", error) }
         defer { Linux.close(pipe.read) }
@@ -82,7 +87,8 @@ public enum SandboxCleanup {
         }
         guard !record.ownerAlive else { return }
         if record.qemuPid > 0, let cmdline = try? Linux.readFile("/proc/\(record.qemuPid)/cmdline"),
-           cmdline.contains(paths.vhostUserSocket) {
+            cmdline.contains(paths.vhostUserSocket)
+        {
             kill(record.qemuPid, SIGKILL)
             _ = Linux.waitGone(pid: record.qemuPid, timeout: 10)
         }

@@ -193,7 +193,8 @@ public enum ProcessIdentity {
     /// Field 22 of /proc/PID/stat (after the parenthesised command, which may contain spaces).
     public static func startTime(of pid: Int32) -> UInt64? {
         guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = stat.lastIndex(of: ")") else { return nil }
+            let close = stat.lastIndex(of: ")")
+        else { return nil }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         // fields[0] is the state (field 3), so field 22 is fields[19].
         guard fields.count > 19, fields[0] != "Z" else { return nil }

@@ -35,7 +35,8 @@ public final class LocalAgent: @unchecked Sendable {
         var connected: AgentClient?
         for _ in 0..<400 where process.isRunning {
             if FileManager.default.fileExists(atPath: socket),
-               let client = try? await AgentClient.connect(unixPath: socket, group: Self.group, timeout: .seconds(60)) {
+                let client = try? await AgentClient.connect(unixPath: socket, group: Self.group, timeout: .seconds(60))
+            {
                 connected = client
                 break
             }
@@ -127,9 +128,11 @@ public struct DevSupportError: Error, CustomStringConvertible {
 }
 
 public enum BusyboxRootfs {
-    public static let applets = ["sh", "echo", "cat", "true", "false", "sleep", "id", "hostname", "ls", "stty", "grep",
-                                 "mount", "wc", "head", "tail", "cut", "tr", "touch", "mkdir", "rm", "env", "pwd", "dd", "ps",
-                                 "httpd", "wget", "ip", "nc", "readlink", "stat", "ping", "kill", "seq", "mknod", "chmod"]
+    public static let applets = [
+        "sh", "echo", "cat", "true", "false", "sleep", "id", "hostname", "ls", "stty", "grep",
+        "mount", "wc", "head", "tail", "cut", "tr", "touch", "mkdir", "rm", "env", "pwd", "dd", "ps",
+        "httpd", "wget", "ip", "nc", "readlink", "stat", "ping", "kill", "seq", "mknod", "chmod",
+    ]
 
     /// A minimal rootfs: Debian's busybox-static and its applets as symlinks.
     public static func make(at path: String) throws {
@@ -182,8 +185,10 @@ public enum SpecTemplate {
 
 /// An OCI bundle (config.json + busybox rootfs) as docker or podman would hand it to a runtime.
 public enum OCIBundle {
-    public static func make(at path: String, args: [String], terminal: Bool = false, hostname: String = "vessel",
-                            extraMounts: [[String: Any]] = [], extra: [String: Any] = [:]) throws {
+    public static func make(
+        at path: String, args: [String], terminal: Bool = false, hostname: String = "vessel",
+        extraMounts: [[String: Any]] = [], extra: [String: Any] = [:]
+    ) throws {
         try BusyboxRootfs.make(at: path + "/rootfs")
         var config: [String: Any] = [
             "ociVersion": "1.1.0",
@@ -193,8 +198,10 @@ public enum OCIBundle {
                 "args": args,
                 "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
                 "cwd": "/",
-                "capabilities": ["bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"], "effective": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
-                                 "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE"]],
+                "capabilities": [
+                    "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE"], "effective": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                    "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+                ],
                 "rlimits": [["type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024]],
                 "noNewPrivileges": true,
             ] as [String: Any],

@@ -1,6 +1,7 @@
 import VesselLinux
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A blocking client end of one of the agent's stdio streams (`--stdio-addr`): connected, and
@@ -34,14 +35,14 @@ public struct StdioStreamClient: Sendable {
         let fd = fd
         return try await Linux.blocking {
             Result { () throws(LinuxError) -> Int in
-            var total = 0
-            var chunk = [UInt8](repeating: 0, count: 1 << 20)
-            while true {
-                let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                if n == 0 { return total }
-                if n < 0 { throw LinuxError(stage: "read") }
-                total += n
-            }
+                var total = 0
+                var chunk = [UInt8](repeating: 0, count: 1 << 20)
+                while true {
+                    let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    if n == 0 { return total }
+                    if n < 0 { throw LinuxError(stage: "read") }
+                    total += n
+                }
             }
         }.get()
     }

@@ -43,7 +43,9 @@ public struct CPIOWriter {
         return bytes
     }
 
-    private mutating func header(inode: UInt32, mode: UInt32, nlink: UInt32, size: UInt32, rdevMajor: UInt32, rdevMinor: UInt32, name: String) {
+    private mutating func header(
+        inode: UInt32, mode: UInt32, nlink: UInt32, size: UInt32, rdevMajor: UInt32, rdevMinor: UInt32, name: String
+    ) {
         let name = Array(name.utf8) + [0]
         // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
         let fields: [UInt32] = [inode, mode, 0, 0, nlink, mtime, size, 0, 0, rdevMajor, rdevMinor, UInt32(name.count), 0]

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A condition variable for threads outside Swift concurrency (the reaper, the log forwarder, the

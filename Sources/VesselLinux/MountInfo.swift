@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One line of /proc/PID/mountinfo: only the fields the agent decides on.
@@ -24,9 +24,11 @@ public struct MountInfo: Sendable, Equatable {
         text.split(separator: "\n").compactMap { line in
             let fields = line.split(separator: " ", omittingEmptySubsequences: false)
             guard fields.count >= 7, let id = Int(fields[0]), let parent = Int(fields[1]),
-                  let dash = fields.firstIndex(of: "-"), dash >= 6, dash + 2 < fields.count else { return nil }
-            return MountInfo(id: id, parentID: parent, mountPoint: unescape(fields[4]), fsType: unescape(fields[dash + 1]),
-                             source: unescape(fields[dash + 2]))
+                let dash = fields.firstIndex(of: "-"), dash >= 6, dash + 2 < fields.count
+            else { return nil }
+            return MountInfo(
+                id: id, parentID: parent, mountPoint: unescape(fields[4]), fsType: unescape(fields[dash + 1]),
+                source: unescape(fields[dash + 2]))
         }
     }
 

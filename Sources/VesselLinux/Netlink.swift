@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A netlink attribute (rtattr): a type and its payload, or nested attributes.
@@ -76,9 +76,11 @@ public struct NetlinkMessage: Sendable {
         while offset + 16 <= buffer.endIndex {
             let length = Int(NetlinkBytes.readU32(buffer, offset))
             guard length >= 16, offset + length <= buffer.endIndex else { break }
-            out.append(NetlinkMessage(type: NetlinkBytes.readU16(buffer, offset + 4), flags: NetlinkBytes.readU16(buffer, offset + 6),
-                                      sequence: NetlinkBytes.readU32(buffer, offset + 8),
-                                      body: Array(buffer[(offset + 16)..<(offset + length)])))
+            out.append(
+                NetlinkMessage(
+                    type: NetlinkBytes.readU16(buffer, offset + 4), flags: NetlinkBytes.readU16(buffer, offset + 6),
+                    sequence: NetlinkBytes.readU32(buffer, offset + 8),
+                    body: Array(buffer[(offset + 16)..<(offset + length)])))
             offset += length + NetlinkBytes.padding(length)
         }
         return out

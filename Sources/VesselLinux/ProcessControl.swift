@@ -1,6 +1,7 @@
 import CVessel
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The calls a container's helper makes on itself (namespaces, capabilities, credentials, its
@@ -111,13 +112,16 @@ extension Linux {
         var log = [CChar](repeating: 0, count: 1 << 16)
         _ = log.withUnsafeMutableBufferPointer { load(log: $0) }
         let lines = log.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }.split(separator: "\n")
-        throw LinuxError(stage: "bpf(BPF_PROG_LOAD) device filter", errno: -fd,
-                         detail: lines.first { !$0.hasPrefix("processed") }.map(String.init) ?? "")
+        throw LinuxError(
+            stage: "bpf(BPF_PROG_LOAD) device filter", errno: -fd,
+            detail: lines.first { !$0.hasPrefix("processed") }.map(String.init) ?? "")
     }
 
     /// Attaches or detaches a device program on a cgroup v2 directory fd.
     public static func setDeviceProgram(_ programFD: Int32, cgroup directoryFD: Int32, attached: Bool, detail: String) throws(LinuxError) {
         let rc = vessel_bpf_device_attach(directoryFD, programFD, attached ? 1 : 0)
-        if rc < 0 { throw LinuxError(stage: attached ? "bpf(BPF_PROG_ATTACH) device filter" : "bpf(BPF_PROG_DETACH)", errno: -rc, detail: detail) }
+        if rc < 0 {
+            throw LinuxError(stage: attached ? "bpf(BPF_PROG_ATTACH) device filter" : "bpf(BPF_PROG_DETACH)", errno: -rc, detail: detail)
+        }
     }
 }

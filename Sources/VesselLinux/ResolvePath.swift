@@ -1,6 +1,7 @@
 import CVessel
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Path resolution that cannot leave a root directory: openat2(RESOLVE_IN_ROOT) interprets every

@@ -1,6 +1,7 @@
 import CVessel
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A network interface as rtnetlink describes it.
@@ -96,20 +97,25 @@ public final class RouteNetlink: @unchecked Sendable {
     /// Sends one request and collects the answers up to DONE (dumps) or the ACK; a kernel error
     /// is thrown with its errno and `what`.
     @discardableResult
-    func request(_ type: UInt16, flags: UInt16, header: [UInt8], attributes: [NetlinkAttribute] = [], what: String) throws(LinuxError)
+    func request(
+        _ type: UInt16, flags: UInt16, header: [UInt8], attributes: [NetlinkAttribute] = [], what: String
+    ) throws(LinuxError)
         -> [NetlinkMessage]
     {
         sequence &+= 1
         let payload = header + NetlinkAttribute.encode(attributes)
-        let message = NetlinkBytes.u32(UInt32(16 + payload.count)) + NetlinkBytes.u16(type) + NetlinkBytes.u16(flags | Flags.request | Flags.ack)
+        let message =
+            NetlinkBytes.u32(UInt32(16 + payload.count)) + NetlinkBytes.u16(type) + NetlinkBytes.u16(flags | Flags.request | Flags.ack)
             + NetlinkBytes.u32(sequence) + NetlinkBytes.u32(0) + payload
         _ = try sys("sendto(netlink)", what) { message.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) } }
         var answers: [NetlinkMessage] = []
         var buffer = [UInt8](repeating: 0, count: 1 << 16)
         while true {
             let n = try sys("recv(netlink)", what) { buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
-            if try Self.collect(buffer[0..<n], sequence: sequence, dump: flags & Flags.dump == Flags.dump, what: what,
-                                into: &answers) {
+            if try Self.collect(
+                buffer[0..<n], sequence: sequence, dump: flags & Flags.dump == Flags.dump, what: what,
+                into: &answers)
+            {
                 return answers
             }
         }
@@ -117,14 +123,17 @@ public final class RouteNetlink: @unchecked Sendable {
 
     /// Adds the answers to request `sequence` in one received datagram to `answers`; true once the
     /// request is answered (DONE for a dump, else the ACK). Apart from the socket so it can be fuzzed.
-    static func collect(_ datagram: ArraySlice<UInt8>, sequence: UInt32, dump: Bool, what: String,
-                        into answers: inout [NetlinkMessage]) throws(LinuxError) -> Bool {
+    static func collect(
+        _ datagram: ArraySlice<UInt8>, sequence: UInt32, dump: Bool, what: String,
+        into answers: inout [NetlinkMessage]
+    ) throws(LinuxError) -> Bool {
         for answer in NetlinkMessage.split(datagram) where answer.sequence == sequence {
             switch answer.type {
             case Message.done:
                 return true
             case Message.error:
-                let code = answer.body.count >= 4
+                let code =
+                    answer.body.count >= 4
                     ? Int32(bitPattern: NetlinkBytes.readU32(answer.body[...], 0)) : -EPROTO
                 // The kernel sends a negative errno; anything else (Int32.min would trap on negation)
                 // is no errno at all.
@@ -157,11 +166,12 @@ public final class RouteNetlink: @unchecked Sendable {
         guard message.type == Message.newLink, message.body.count >= 16 else { return nil }
         let attributes = message.attributes(after: 16)
         let kind = attributes.first { $0.type == 18 }?.nested.first { $0.type == 1 }?.string ?? ""
-        return NetworkLink(index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
-                           name: attributes.first { $0.type == 3 }?.string ?? "",
-                           mac: attributes.first { $0.type == 1 }?.data ?? [],
-                           mtu: attributes.first { $0.type == 4 }?.u32 ?? 0,
-                           flags: NetlinkBytes.readU32(message.body[...], 8), kind: kind)
+        return NetworkLink(
+            index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
+            name: attributes.first { $0.type == 3 }?.string ?? "",
+            mac: attributes.first { $0.type == 1 }?.data ?? [],
+            mtu: attributes.first { $0.type == 4 }?.u32 ?? 0,
+            flags: NetlinkBytes.readU32(message.body[...], 8), kind: kind)
     }
 
     public func addresses() throws(LinuxError) -> [NetworkAddress] {
@@ -176,8 +186,9 @@ public final class RouteNetlink: @unchecked Sendable {
         // IFA_LOCAL is the interface's own address on point-to-point links, IFA_ADDRESS elsewhere.
         let local = attributes.first { $0.type == 2 } ?? attributes.first { $0.type == 1 }
         guard let address = local?.data else { return nil }
-        return NetworkAddress(index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
-                              family: message.body[0], address: address, prefixLength: message.body[1])
+        return NetworkAddress(
+            index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
+            family: message.body[0], address: address, prefixLength: message.body[1])
     }
 
     static let routeHeaderSize = 12
@@ -217,17 +228,20 @@ public final class RouteNetlink: @unchecked Sendable {
         guard message.type == Message.newNeighbour, message.body.count >= 12 else { return nil }
         let attributes = message.attributes(after: 12)
         guard let address = attributes.first(where: { $0.type == 1 })?.data else { return nil }
-        return NetworkNeighbour(index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
-                                family: message.body[0], address: address,
-                                mac: attributes.first { $0.type == 2 }?.data ?? [],
-                                state: NetlinkBytes.readU16(message.body[...], 8))
+        return NetworkNeighbour(
+            index: Int32(bitPattern: NetlinkBytes.readU32(message.body[...], 4)),
+            family: message.body[0], address: address,
+            mac: attributes.first { $0.type == 2 }?.data ?? [],
+            state: NetlinkBytes.readU16(message.body[...], 8))
     }
 
     // MARK: changing
 
     /// Up or down, MTU, MAC, name, or a move into another network namespace (an nsfs fd).
-    public func setLink(_ index: Int32, up: Bool? = nil, mtu: UInt32? = nil, mac: [UInt8]? = nil, name: String? = nil,
-                        namespace: Int32? = nil) throws(LinuxError) {
+    public func setLink(
+        _ index: Int32, up: Bool? = nil, mtu: UInt32? = nil, mac: [UInt8]? = nil, name: String? = nil,
+        namespace: Int32? = nil
+    ) throws(LinuxError) {
         var attributes: [NetlinkAttribute] = []
         if let mtu { attributes.append(NetlinkAttribute(4, u32: mtu)) }
         if let mac { attributes.append(NetlinkAttribute(1, mac)) }
@@ -240,12 +254,14 @@ public final class RouteNetlink: @unchecked Sendable {
     public func addAddress(_ address: NetworkAddress) throws(LinuxError) {
         let header = [address.family, address.prefixLength, 0, 0] + NetlinkBytes.i32(address.index)
         let attributes = [NetlinkAttribute(2, address.address), NetlinkAttribute(1, address.address)]
-        try request(Message.newAddress, flags: Flags.create | Flags.replace, header: header, attributes: attributes,
-                    what: "add address to link \(address.index)")
+        try request(
+            Message.newAddress, flags: Flags.create | Flags.replace, header: header, attributes: attributes,
+            what: "add address to link \(address.index)")
     }
 
     public func addRoute(_ route: NetworkRoute) throws(LinuxError) {
-        let header = [route.family, route.destinationLength, 0, 0, route.table, route.protocolID, route.scope, route.type] + NetlinkBytes.u32(0)
+        let header =
+            [route.family, route.destinationLength, 0, 0, route.table, route.protocolID, route.scope, route.type] + NetlinkBytes.u32(0)
         var attributes: [NetlinkAttribute] = []
         if !route.destination.isEmpty { attributes.append(NetlinkAttribute(1, route.destination)) }
         if route.outputIndex != 0 { attributes.append(NetlinkAttribute(4, u32: UInt32(bitPattern: route.outputIndex))) }
@@ -255,9 +271,11 @@ public final class RouteNetlink: @unchecked Sendable {
     }
 
     public func addNeighbour(_ neighbour: NetworkNeighbour) throws(LinuxError) {
-        let header = [neighbour.family, 0] + NetlinkBytes.u16(0) + NetlinkBytes.i32(neighbour.index) + NetlinkBytes.u16(neighbour.state) + [0, 0]
-        try request(Message.newNeighbour, flags: Flags.create | Flags.replace, header: header,
-                    attributes: [NetlinkAttribute(1, neighbour.address), NetlinkAttribute(2, neighbour.mac)], what: "add neighbour")
+        let header =
+            [neighbour.family, 0] + NetlinkBytes.u16(0) + NetlinkBytes.i32(neighbour.index) + NetlinkBytes.u16(neighbour.state) + [0, 0]
+        try request(
+            Message.newNeighbour, flags: Flags.create | Flags.replace, header: header,
+            attributes: [NetlinkAttribute(1, neighbour.address), NetlinkAttribute(2, neighbour.mac)], what: "add neighbour")
     }
 
     // MARK: tc: everything that enters `from` leaves through `to`
@@ -271,34 +289,47 @@ public final class RouteNetlink: @unchecked Sendable {
     }
 
     public func addIngressQdisc(_ index: Int32) throws(LinuxError) {
-        try request(Message.newQdisc, flags: Flags.create | Flags.exclusive,
-                    header: Self.tcHeader(index: index, handle: Self.ingressHandle, parent: Self.ingressParent, info: 0),
-                    attributes: [NetlinkAttribute(1, string: "ingress")], what: "add an ingress qdisc to link \(index)")
+        try request(
+            Message.newQdisc, flags: Flags.create | Flags.exclusive,
+            header: Self.tcHeader(index: index, handle: Self.ingressHandle, parent: Self.ingressParent, info: 0),
+            attributes: [NetlinkAttribute(1, string: "ingress")], what: "add an ingress qdisc to link \(index)")
     }
 
     /// Its filters go with it.
     public func deleteIngressQdisc(_ index: Int32) throws(LinuxError) {
-        try request(Message.deleteQdisc, flags: 0,
-                    header: Self.tcHeader(index: index, handle: Self.ingressHandle, parent: Self.ingressParent, info: 0),
-                    what: "delete the ingress qdisc of link \(index)")
+        try request(
+            Message.deleteQdisc, flags: 0,
+            header: Self.tcHeader(index: index, handle: Self.ingressHandle, parent: Self.ingressParent, info: 0),
+            what: "delete the ingress qdisc of link \(index)")
     }
 
     /// A u32 filter matching every packet (one key: mask 0 at offset 0) whose action is a mirred
     /// egress redirect to `to`, on `from`'s ingress qdisc: Kata's "tcfilter" network model.
     public func redirectIngress(from: Int32, to: Int32) throws(LinuxError) {
         let ethAll: UInt32 = 0x0300  // htons(ETH_P_ALL) in the low half of tcm_info
-        let selector: [UInt8] = [1, 0, 1, 0] + NetlinkBytes.u16(0) + NetlinkBytes.u16(0) + NetlinkBytes.u16(0) + NetlinkBytes.u16(0)
+        let selector: [UInt8] =
+            [1, 0, 1, 0] + NetlinkBytes.u16(0) + NetlinkBytes.u16(0) + NetlinkBytes.u16(0) + NetlinkBytes.u16(0)
             + NetlinkBytes.u32(0) + [UInt8](repeating: 0, count: 16)
         // tc_mirred: index, capab, action (TC_ACT_STOLEN), refcnt, bindcnt, eaction (TCA_EGRESS_REDIR), ifindex.
-        let mirred = NetlinkBytes.u32(0) + NetlinkBytes.u32(0) + NetlinkBytes.i32(4) + NetlinkBytes.i32(0) + NetlinkBytes.i32(0)
+        let mirred =
+            NetlinkBytes.u32(0) + NetlinkBytes.u32(0) + NetlinkBytes.i32(4) + NetlinkBytes.i32(0) + NetlinkBytes.i32(0)
             + NetlinkBytes.i32(1) + NetlinkBytes.u32(UInt32(bitPattern: to))
-        let action = NetlinkAttribute(1, nested: [NetlinkAttribute(1, string: "mirred"),
-                                                  NetlinkAttribute(2, nested: [NetlinkAttribute(2, mirred)])])
-        let options = NetlinkAttribute(2, nested: [NetlinkAttribute(1, u32: 0x0001_0001), NetlinkAttribute(5, selector),
-                                                   NetlinkAttribute(7, nested: [action])])
-        try request(Message.newFilter, flags: Flags.create | Flags.exclusive,
-                    header: Self.tcHeader(index: from, handle: 0, parent: Self.ingressHandle, info: 1 << 16 | ethAll),
-                    attributes: [NetlinkAttribute(1, string: "u32"), options], what: "redirect link \(from) to link \(to)")
+        let action = NetlinkAttribute(
+            1,
+            nested: [
+                NetlinkAttribute(1, string: "mirred"),
+                NetlinkAttribute(2, nested: [NetlinkAttribute(2, mirred)]),
+            ])
+        let options = NetlinkAttribute(
+            2,
+            nested: [
+                NetlinkAttribute(1, u32: 0x0001_0001), NetlinkAttribute(5, selector),
+                NetlinkAttribute(7, nested: [action]),
+            ])
+        try request(
+            Message.newFilter, flags: Flags.create | Flags.exclusive,
+            header: Self.tcHeader(index: from, handle: 0, parent: Self.ingressHandle, info: 1 << 16 | ethAll),
+            attributes: [NetlinkAttribute(1, string: "u32"), options], what: "redirect link \(from) to link \(to)")
     }
 }
 
@@ -306,8 +337,10 @@ extension Linux {
     /// Runs `body` on a thread of its own that first joins the network namespace `namespace` (an
     /// nsfs fd): sockets and taps made there belong to it. The thread ends with `body`, so no
     /// other work ever runs in that namespace by accident.
-    public static func inNetworkNamespace<T: Sendable>(_ namespace: Int32,
-                                                       _ body: @escaping @Sendable () throws(LinuxError) -> T) throws(LinuxError) -> T {
+    public static func inNetworkNamespace<T: Sendable>(
+        _ namespace: Int32,
+        _ body: @escaping @Sendable () throws(LinuxError) -> T
+    ) throws(LinuxError) -> T {
         let job = NamespaceJob(namespace, body)
         let rc = runOnNewThread { job.run() }
         guard rc == 0 else { throw LinuxError(stage: "pthread_create", errno: rc) }
@@ -316,13 +349,18 @@ extension Linux {
 
     /// Runs `body` on a new thread and waits for it to end; pthread_create's error, else 0.
     public static func runOnNewThread(_ body: @escaping @Sendable () -> Void) -> Int32 {
-        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+        final class Box {
+            let body: @Sendable () -> Void
+            init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        }
         var thread = pthread_t()
         let box = Unmanaged.passRetained(Box(body))
-        let rc = pthread_create(&thread, nil, { arg in
-            Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue().body()
-            return nil
-        }, box.toOpaque())
+        let rc = pthread_create(
+            &thread, nil,
+            { arg in
+                Unmanaged<Box>.fromOpaque(arg!).takeUnretainedValue().body()
+                return nil
+            }, box.toOpaque())
         if rc == 0 { pthread_join(thread, nil) }
         box.release()
         return rc

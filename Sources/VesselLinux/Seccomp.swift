@@ -1,6 +1,7 @@
 import CSeccomp
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A seccomp filter in OCI's terms (action and operator names as the spec spells them), built

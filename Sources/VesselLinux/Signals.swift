@@ -1,7 +1,8 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 extension Linux {
     /// Signals taken synchronously: blocked in the calling thread (call it before any other thread

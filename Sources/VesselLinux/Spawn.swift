@@ -1,6 +1,7 @@
 import CVessel
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Namespace flags shared by clone, unshare and setns.
@@ -73,10 +74,12 @@ public struct SpawnResult: Sendable {
 /// `cgroup`, an fd of a cgroup v2 directory, is where the child starts (CLONE_INTO_CGROUP).
 /// `keepCapabilities` (bit n = capability n) bounds what a root child keeps, with no_new_privs.
 /// `cgroupProcs`, an open cgroup.procs file (any hierarchy, v1 too), is joined before exec.
-public func spawn(exeFD: Int32, path: String = "", arguments: [String], environment: [String],
-                  fds: [(src: Int32, dst: Int32)], namespaces: UInt64 = 0,
-                  parentDeathSignal: Int32 = 0, newSession: Bool = false, cgroup: Int32 = -1,
-                  keepCapabilities: UInt64? = nil, cgroupProcs: Int32 = -1) throws(LinuxError) -> SpawnResult {
+public func spawn(
+    exeFD: Int32, path: String = "", arguments: [String], environment: [String],
+    fds: [(src: Int32, dst: Int32)], namespaces: UInt64 = 0,
+    parentDeathSignal: Int32 = 0, newSession: Bool = false, cgroup: Int32 = -1,
+    keepCapabilities: UInt64? = nil, cgroupProcs: Int32 = -1
+) throws(LinuxError) -> SpawnResult {
     let argv = CStringArray(arguments)
     let envp = CStringArray(environment)
     let map = fds.map { vessel_fd_map(src: $0.src, dst: $0.dst) }
@@ -85,8 +88,9 @@ public func spawn(exeFD: Int32, path: String = "", arguments: [String], environm
         let pid = argv.withPointer { a in
             envp.withPointer { e in
                 map.withUnsafeBufferPointer { m in
-                    vessel_spawn(exeFD, path, a, e, m.baseAddress, Int32(m.count), namespaces, &execErrno,
-                                 parentDeathSignal, newSession ? 1 : 0, cgroup, keepCapabilities ?? ~0, cgroupProcs)
+                    vessel_spawn(
+                        exeFD, path, a, e, m.baseAddress, Int32(m.count), namespaces, &execErrno,
+                        parentDeathSignal, newSession ? 1 : 0, cgroup, keepCapabilities ?? ~0, cgroupProcs)
                 }
             }
         }

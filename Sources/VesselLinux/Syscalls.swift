@@ -1,6 +1,7 @@
 import CVessel
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 public enum Linux {
@@ -35,12 +36,17 @@ public enum Linux {
     /// Runs `body` on a new detached POSIX thread (not a Foundation or cooperative-pool thread:
     /// these loops block in syscalls for the life of the process).
     public static func startThread(_ body: @escaping @Sendable () -> Void) {
-        final class Box { let body: @Sendable () -> Void; init(_ body: @escaping @Sendable () -> Void) { self.body = body } }
+        final class Box {
+            let body: @Sendable () -> Void
+            init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        }
         var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-            return nil
-        }, Unmanaged.passRetained(Box(body)).toOpaque())
+        let rc = pthread_create(
+            &thread, nil,
+            { arg in
+                Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
+                return nil
+            }, Unmanaged.passRetained(Box(body)).toOpaque())
         precondition(rc == 0, "pthread_create failed: \(rc)")
         pthread_detach(thread)
     }

@@ -1,6 +1,7 @@
 import CVessel
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension Linux {

@@ -17,8 +17,14 @@ struct Arguments {
         while index < tokens.count {
             let token = tokens[index]
             index += 1
-            if token == "--" { positionals += tokens[index...]; break }
-            guard token.hasPrefix("-"), token.count > 1 else { positionals += tokens[(index - 1)...]; break }
+            if token == "--" {
+                positionals += tokens[index...]
+                break
+            }
+            guard token.hasPrefix("-"), token.count > 1 else {
+                positionals += tokens[(index - 1)...]
+                break
+            }
             var name = String(token.drop(while: { $0 == "-" }))
             var inline: String?
             if let eq = name.firstIndex(of: "=") {

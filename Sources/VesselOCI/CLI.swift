@@ -12,21 +12,21 @@ public struct CLI {
     let log: RuntimeLog
 
     public static let usage = """
-    vessel: run OCI containers, each pod in its own lightweight VM (runc-compatible)
+        vessel: run OCI containers, each pod in its own lightweight VM (runc-compatible)
 
-    usage: vessel [--root DIR] [--log FILE] [--log-format text|json] [--debug] [--config FILE] COMMAND [ARGS]
+        usage: vessel [--root DIR] [--log FILE] [--log-format text|json] [--debug] [--config FILE] COMMAND [ARGS]
 
-    commands:
-      create [--bundle DIR] [--console-socket SOCK] [--pid-file FILE] ID
-      start ID | state ID | pause ID | resume ID | ps [--format json] ID
-      run [--bundle DIR] [--detach] [--console-socket SOCK] [--pid-file FILE] ID
-      exec [--tty] [--detach] [--process FILE] [--env K=V] [--cwd DIR] [--user UID[:GID]] ID [COMMAND...]
-      kill [--all] ID [SIGNAL]     delete [--force] ID     list [--format json] [--quiet]
-      events [--stats] [--interval 5s] ID     update [--resources FILE] [--memory N] [--pids-limit N] ... ID
-      features | spec [--bundle DIR] | version
-      check                        whether this host can run Vessel, with a remedy per failing line
-      env [--json]                 the effective configuration
-    """
+        commands:
+          create [--bundle DIR] [--console-socket SOCK] [--pid-file FILE] ID
+          start ID | state ID | pause ID | resume ID | ps [--format json] ID
+          run [--bundle DIR] [--detach] [--console-socket SOCK] [--pid-file FILE] ID
+          exec [--tty] [--detach] [--process FILE] [--env K=V] [--cwd DIR] [--user UID[:GID]] ID [COMMAND...]
+          kill [--all] ID [SIGNAL]     delete [--force] ID     list [--format json] [--quiet]
+          events [--stats] [--interval 5s] ID     update [--resources FILE] [--memory N] [--pids-limit N] ... ID
+          features | spec [--bundle DIR] | version
+          check                        whether this host can run Vessel, with a remedy per failing line
+          env [--json]                 the effective configuration
+        """
 
     /// Global flags come before the command, as with runc.
     static let globalFlags = ["debug", "systemd-cgroup"]
@@ -62,8 +62,10 @@ public struct CLI {
 
     /// Whether `exec`'s flags (those before the container id) ask for --detach.
     static func detaches(_ tokens: [String]) -> Bool {
-        let valued = Set(["console-socket", "cwd", "e", "env", "u", "user", "p", "process", "pid-file", "process-label", "apparmor",
-                          "c", "cap", "preserve-fds", "cgroup"])
+        let valued = Set([
+            "console-socket", "cwd", "e", "env", "u", "user", "p", "process", "pid-file", "process-label", "apparmor",
+            "c", "cap", "preserve-fds", "cgroup",
+        ])
         var index = 0
         while index < tokens.count, tokens[index].hasPrefix("-") {
             let name = String(tokens[index].drop(while: { $0 == "-" }))
@@ -96,16 +98,19 @@ public struct CLI {
 
     func context() throws(RuntimeError) -> Context {
         let (config, path) = try RuntimeConfig.load(explicit: global.option("config"))
-        return Context(store: StateStore(root: global.option("root") ?? "/run/vessel"), config: config, configPath: path, log: log,
-                       globalTokens: globalTokens)
+        return Context(
+            store: StateStore(root: global.option("root") ?? "/run/vessel"), config: config, configPath: path, log: log,
+            globalTokens: globalTokens)
     }
 
     func run(_ command: String, _ tokens: [String], signals: AsyncStream<Int32>?) async throws(RuntimeError) -> Int32 {
         switch command {
         case "create":
-            let a = try Arguments(tokens, flags: ["no-pivot", "no-new-keyring"], options: ["b|bundle", "console-socket", "pid-file", "preserve-fds"])
+            let a = try Arguments(
+                tokens, flags: ["no-pivot", "no-new-keyring"], options: ["b|bundle", "console-socket", "pid-file", "preserve-fds"])
             try warnPreservedFDs(a)
-            let pid = try context().create(id: try a.id(command), bundle: a.option("bundle") ?? ".", consoleSocket: a.option("console-socket"))
+            let pid = try context().create(
+                id: try a.id(command), bundle: a.option("bundle") ?? ".", consoleSocket: a.option("console-socket"))
             try writePIDFile(a.option("pid-file"), pid)
         case "start":
             try await context().start(id: try Arguments(tokens).id(command))
@@ -150,9 +155,10 @@ public struct CLI {
             return try await context().ownerMain(sandbox: try Arguments(tokens).id(command), signals: signals)
         case "__shim":
             let a = try Arguments(tokens, options: ["console-socket", "bundle", "sandbox", "exec"])
-            return try await context().monitorMain(id: try a.id(command), sandbox: a.option("sandbox"), bundle: a.option("bundle"),
-                                                   execID: a.option("exec"),
-                                               consoleSocket: a.option("console-socket"), signals: signals)
+            return try await context().monitorMain(
+                id: try a.id(command), sandbox: a.option("sandbox"), bundle: a.option("bundle"),
+                execID: a.option("exec"),
+                consoleSocket: a.option("console-socket"), signals: signals)
         case "__nettest":
             return Check.networkTest()
         case "__hold":
@@ -168,16 +174,18 @@ public struct CLI {
 
     /// `run` = create + start; in the foreground the monitor is our child and its exit status is ours.
     func runContainer(_ tokens: [String], signals: AsyncStream<Int32>?) async throws(RuntimeError) -> Int32 {
-        let a = try Arguments(tokens, flags: ["d|detach", "no-pivot", "no-new-keyring", "keep"],
-                              options: ["b|bundle", "console-socket", "pid-file", "preserve-fds"])
+        let a = try Arguments(
+            tokens, flags: ["d|detach", "no-pivot", "no-new-keyring", "keep"],
+            options: ["b|bundle", "console-socket", "pid-file", "preserve-fds"])
         let context = try context()
         let id = try a.id("run")
         try warnPreservedFDs(a)
         let detach = a.flag("detach")
         // The foreground monitor stays in our process group: terminal signals reach it directly.
         for sig in [SIGINT, SIGQUIT, SIGTSTP] where !detach { signal(sig, SIG_IGN) }
-        let monitor = try context.create(id: id, bundle: a.option("bundle") ?? ".", consoleSocket: a.option("console-socket"),
-                                         detach: detach)
+        let monitor = try context.create(
+            id: id, bundle: a.option("bundle") ?? ".", consoleSocket: a.option("console-socket"),
+            detach: detach)
         do throws(RuntimeError) {
             try writePIDFile(a.option("pid-file"), monitor)
             try await context.start(id: id)
@@ -196,9 +204,12 @@ public struct CLI {
     }
 
     func exec(_ tokens: [String], signals: AsyncStream<Int32>?) async throws(RuntimeError) -> Int32 {
-        let a = try Arguments(tokens, flags: ["t|tty", "d|detach", "no-new-privs", "ignore-paused"],
-                              options: ["console-socket", "cwd", "e|env", "u|user", "p|process", "pid-file", "process-label",
-                                        "apparmor", "c|cap", "preserve-fds", "cgroup"])
+        let a = try Arguments(
+            tokens, flags: ["t|tty", "d|detach", "no-new-privs", "ignore-paused"],
+            options: [
+                "console-socket", "cwd", "e|env", "u|user", "p|process", "pid-file", "process-label",
+                "apparmor", "c|cap", "preserve-fds", "cgroup",
+            ])
         let context = try context()
         let id = try a.id("exec")
         if a.option("cgroup") != nil {
@@ -207,9 +218,10 @@ public struct CLI {
         if let count = a.option("preserve-fds"), count != "0" {
             throw RuntimeError("exec --preserve-fds \(count): file descriptors cannot be passed into the VM")
         }
-        let overrides = ExecOverrides(args: Array(a.positionals.dropFirst()), tty: a.flag("tty"), cwd: a.option("cwd"),
-                                      env: a.all("env"), user: try Self.user(a.option("user")),
-                                      noNewPrivileges: a.flag("no-new-privs"), capabilities: a.all("cap"))
+        let overrides = ExecOverrides(
+            args: Array(a.positionals.dropFirst()), tty: a.flag("tty"), cwd: a.option("cwd"),
+            env: a.all("env"), user: try Self.user(a.option("user")),
+            noNewPrivileges: a.flag("no-new-privs"), capabilities: a.all("cap"))
         let process = try context.execProcess(id: id, processFile: a.option("process"), overrides)
         let execID = "exec-" + String(UInt64.random(in: 0...UInt64.max), radix: 16)
         if a.flag("detach") {
@@ -236,8 +248,14 @@ public struct CLI {
 
     func list(_ a: Arguments) throws(RuntimeError) {
         let records = try context().store.list()
-        if a.flag("quiet") { records.forEach { print($0.id) }; return }
-        if a.option("format") == "json" { try printJSON(records.map { OCIState.object($0) }); return }
+        if a.flag("quiet") {
+            records.forEach { print($0.id) }
+            return
+        }
+        if a.option("format") == "json" {
+            try printJSON(records.map { OCIState.object($0) })
+            return
+        }
         print("ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER")
         for r in records {
             print("\(r.id)\t\(r.status == .stopped ? 0 : r.pid)\t\(r.status.rawValue)\t\(r.bundle)\t\(r.created)\troot")
@@ -256,8 +274,10 @@ public struct CLI {
         }
     }
 
-    static let updateFlags = ["memory", "memory-swap", "memory-reservation", "cpu-quota", "cpu-period", "cpu-shares", "cpuset-cpus",
-                              "cpuset-mems", "pids-limit"]
+    static let updateFlags = [
+        "memory", "memory-swap", "memory-reservation", "cpu-quota", "cpu-period", "cpu-shares", "cpuset-cpus",
+        "cpuset-mems", "pids-limit",
+    ]
 
     func update(_ a: Arguments) async throws(RuntimeError) {
         let flags = Dictionary(uniqueKeysWithValues: Self.updateFlags.compactMap { name in a.option(name).map { (name, $0) } })

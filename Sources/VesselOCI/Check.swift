@@ -20,8 +20,9 @@ enum Check {
         line(devices.contains("virtio-9p-pci"), "QEMU has virtio-9p-pci (rootfs sharing)", "a QEMU built with virtfs support is needed")
         if qemu {
             let failure = sandboxProbe(h.path)
-            line(failure == nil, "QEMU runs under its seccomp sandbox (-sandbox)",
-                 "\(failure ?? ""): a QEMU built with libseccomp is needed")
+            line(
+                failure == nil, "QEMU runs under its seccomp sandbox (-sandbox)",
+                "\(failure ?? ""): a QEMU built with libseccomp is needed")
         }
         print("ok   configuration: \(runtime.configPath ?? "built-in defaults (no \(RuntimeConfig.defaultPath))")")
         func guestFile(_ path: String, _ name: String, _ what: String, _ target: String) -> Bool {
@@ -34,22 +35,31 @@ enum Check {
         _ = guestFile(h.initrd, "initrd.img", "initrd", "make initrd")
         if let wanted = VMConfig.Accelerator(rawValue: h.accelerator), kernel, qemu {
             let resolved = AcceleratorProbe.resolve(wanted, kernel: h.kernel, qemu: h.path)
-            print(resolved == .kvm ? "ok   KVM works: guests run with hardware virtualization"
-                                   : "ok   KVM unusable here: guests run under TCG emulation (works, much slower; enable nested virtualization for KVM)")
+            print(
+                resolved == .kvm
+                    ? "ok   KVM works: guests run with hardware virtualization"
+                    : "ok   KVM unusable here: guests run under TCG emulation (works, much slower; enable nested virtualization for KVM)")
         }
         let vhostVsock = FileManager.default.fileExists(atPath: "/dev/vhost-vsock")
-        print("ok   vsock: " + (vhostVsock ? "/dev/vhost-vsock present; Vessel uses its own hybrid vsock backend anyway"
-                                           : "no /dev/vhost-vsock; Vessel's userspace hybrid vsock backend is used"))
+        print(
+            "ok   vsock: "
+                + (vhostVsock
+                    ? "/dev/vhost-vsock present; Vessel uses its own hybrid vsock backend anyway"
+                    : "no /dev/vhost-vsock; Vessel's userspace hybrid vsock backend is used"))
         let network = networkProbe()
-        line(network == nil, "tap devices and tc ingress redirects (a pod's network reaches its VM through them)",
-             network.map { "\($0): a kernel with tun, sch_ingress, cls_u32 and act_mirred is needed" } ?? "")
-        let cgroup2 = FileManager.default.fileExists(atPath: "/sys/fs/cgroup/cgroup.controllers")
+        line(
+            network == nil, "tap devices and tc ingress redirects (a pod's network reaches its VM through them)",
+            network.map { "\($0): a kernel with tun, sch_ingress, cls_u32 and act_mirred is needed" } ?? "")
+        let cgroup2 =
+            FileManager.default.fileExists(atPath: "/sys/fs/cgroup/cgroup.controllers")
             || FileManager.default.fileExists(atPath: "/sys/fs/cgroup/unified/cgroup.controllers")
         let cgroup1 = FileManager.default.fileExists(atPath: "/sys/fs/cgroup/pids")
-        line(cgroup1 || cgroup2, "host cgroups (" + (cgroup2 ? "v2" : "") + (cgroup1 ? (cgroup2 ? "+v1" : "v1") : "") + ")",
-             "mount cgroup2 on /sys/fs/cgroup")
-        line(FileManager.default.isWritableFile(atPath: "/dev/shm") || FileManager.default.fileExists(atPath: "/proc/self/fd"),
-             "memfd shared guest memory", "a kernel with memfd_create is needed")
+        line(
+            cgroup1 || cgroup2, "host cgroups (" + (cgroup2 ? "v2" : "") + (cgroup1 ? (cgroup2 ? "+v1" : "v1") : "") + ")",
+            "mount cgroup2 on /sys/fs/cgroup")
+        line(
+            FileManager.default.isWritableFile(atPath: "/dev/shm") || FileManager.default.fileExists(atPath: "/proc/self/fd"),
+            "memfd shared guest memory", "a kernel with memfd_create is needed")
         return failed ? 1 : 0
     }
 
@@ -57,8 +67,9 @@ enum Check {
     /// nil when it could join two taps the way a pod's interface is joined to QEMU's tap.
     static func networkProbe() -> String? {
         do {
-            let spawned = try spawn(exeFD: -1, path: "/proc/self/exe", arguments: ["vessel", "__nettest"], environment: [],
-                                    fds: [(2, 2)], namespaces: Namespace.network.cloneFlag)
+            let spawned = try spawn(
+                exeFD: -1, path: "/proc/self/exe", arguments: ["vessel", "__nettest"], environment: [],
+                fds: [(2, 2)], namespaces: Namespace.network.cloneFlag)
             let status = Linux.reap(spawned.pid)
             return status == 0 ? nil : "the probe failed (status \(status))"
         } catch {
@@ -70,10 +81,15 @@ enum Check {
     static func networkTest() -> Int32 {
         do {
             let first = try Linux.openTap("vcheck0"), second = try Linux.openTap("vcheck1")
-            defer { Linux.close(first); Linux.close(second) }
+            defer {
+                Linux.close(first)
+                Linux.close(second)
+            }
             let netlink = try RouteNetlink()
             let links = try netlink.links()
-            guard let a = links.first(where: { $0.name == "vcheck0" }), let b = links.first(where: { $0.name == "vcheck1" }) else { return 1 }
+            guard let a = links.first(where: { $0.name == "vcheck0" }), let b = links.first(where: { $0.name == "vcheck1" }) else {
+                return 1
+            }
             try netlink.setLink(a.index, up: true)
             try netlink.addIngressQdisc(a.index)
             try netlink.redirectIngress(from: a.index, to: b.index)
@@ -90,8 +106,10 @@ enum Check {
         let process = Process()
         let (input, errors) = (Pipe(), Pipe())
         process.executableURL = URL(fileURLWithPath: qemu)
-        process.arguments = ["-sandbox", VMConfig.sandboxOptions, "-machine", "none", "-nodefaults", "-display", "none",
-                             "-monitor", "stdio"]
+        process.arguments = [
+            "-sandbox", VMConfig.sandboxOptions, "-machine", "none", "-nodefaults", "-display", "none",
+            "-monitor", "stdio",
+        ]
         process.standardInput = input
         process.standardOutput = FileHandle.nullDevice
         process.standardError = errors

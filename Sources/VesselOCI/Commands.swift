@@ -39,7 +39,8 @@ struct Context: Sendable {
                 throw .precondition("sandbox \(sandbox) of container \(id) is not running")
             }
             // Flags before the id: our parser stops at the first positional argument.
-            let arguments = ["__shim", "--bundle", bundle.bundle, "--sandbox", sandbox] + (consoleSocket.map { ["--console-socket", $0] } ?? [])
+            let arguments =
+                ["__shim", "--bundle", bundle.bundle, "--sandbox", sandbox] + (consoleSocket.map { ["--console-socket", $0] } ?? [])
                 + [id]
             // The container's host network namespace is the monitor's own (what `state.pid` and the
             // hooks' pid show, and where docker's prestart hook moves the interfaces); QEMU's taps
@@ -79,7 +80,10 @@ struct Context: Sendable {
         } catch {
             throw RuntimeError(stage: "open the owner's stdio", error)
         }
-        defer { Linux.close(devNull); Linux.close(logFD) }
+        defer {
+            Linux.close(devNull)
+            Linux.close(logFD)
+        }
         return try SelfExec.start(selfCommand(["__owner", sandbox]), stdio: [devNull, devNull, logFD], newSession: true)
     }
 
@@ -91,14 +95,18 @@ struct Context: Sendable {
             SelfExec.report(.failure(error))
             return 1
         }
-        return await OwnerMain.run(owner: owner, listener: .path(store.sandboxPaths(sandbox).ownerSocket),
-                                   signals: signals ?? AsyncStream { $0.finish() }, log: log) { SelfExec.report(.success(())) }
+        return await OwnerMain.run(
+            owner: owner, listener: .path(store.sandboxPaths(sandbox).ownerSocket),
+            signals: signals ?? AsyncStream { $0.finish() }, log: log
+        ) { SelfExec.report(.success(())) }
     }
 
     /// `vessel __shim`: the monitor of a container's init (`--bundle`) or of a detached exec
     /// (`--exec ID`, the process as JSON on fd 4).
-    func monitorMain(id: String, sandbox: String?, bundle: String?, execID: String?, consoleSocket: String?,
-                     signals: AsyncStream<Int32>?) async -> Int32 {
+    func monitorMain(
+        id: String, sandbox: String?, bundle: String?, execID: String?, consoleSocket: String?,
+        signals: AsyncStream<Int32>?
+    ) async -> Int32 {
         do throws(RuntimeError) {
             let role: ProcessMonitor.Role
             let terminal: Bool
@@ -115,22 +123,27 @@ struct Context: Sendable {
                 role = .initProcess(bundle: bundle)
                 sandboxID = sandbox
             }
-            return try await monitor(id, sandbox: sandboxID, role: role, terminal: terminal, consoleSocket: consoleSocket,
-                                     signals: signals) { SelfExec.report(.success(())) }
+            return try await monitor(
+                id, sandbox: sandboxID, role: role, terminal: terminal, consoleSocket: consoleSocket,
+                signals: signals
+            ) { SelfExec.report(.success(())) }
         } catch {
             SelfExec.report(.failure(error))
             return 1
         }
     }
 
-    func monitor(_ id: String, sandbox: String, role: ProcessMonitor.Role, terminal: Bool, consoleSocket: String?,
-                 signals: AsyncStream<Int32>?, ready: @Sendable () -> Void) async throws(RuntimeError) -> Int32 {
+    func monitor(
+        _ id: String, sandbox: String, role: ProcessMonitor.Role, terminal: Bool, consoleSocket: String?,
+        signals: AsyncStream<Int32>?, ready: @Sendable () -> Void
+    ) async throws(RuntimeError) -> Int32 {
         let owner = try await OwnerClient.connect(store.sandboxPaths(sandbox))
         defer { Task { await owner.close() } }
         let name: String
         if case .exec(let execID, _) = role { name = "io-" + execID } else { name = "io" }
-        let monitor = ProcessMonitor(owner: owner, containerID: id, role: role, terminal: terminal, consoleSocket: consoleSocket,
-                                     directory: store.directory(id) + "/" + name)
+        let monitor = ProcessMonitor(
+            owner: owner, containerID: id, role: role, terminal: terminal, consoleSocket: consoleSocket,
+            directory: store.directory(id) + "/" + name)
         return try await monitor.run(signals: signals, ready: ready)
     }
 
@@ -148,7 +161,13 @@ struct Context: Sendable {
         let record = try store.load(id)
         guard [.created, .running, .paused].contains(record.status) else { throw .precondition("container not running") }
         try await OwnerClient.with(store, record) { owner throws(RuntimeError) in
-            _ = try await owner.call(TaskAPI.kill, .with { $0.id = id; $0.signal = UInt32(signal); $0.all = all })
+            _ = try await owner.call(
+                TaskAPI.kill,
+                .with {
+                    $0.id = id
+                    $0.signal = UInt32(signal)
+                    $0.all = all
+                })
         }
     }
 
@@ -189,12 +208,18 @@ struct Context: Sendable {
             do {
                 try await OwnerClient.with(store, record) { owner throws(RuntimeError) in
                     if status == .running || status == .paused {
-                        _ = try await owner.call(TaskAPI.kill, .with { $0.id = id; $0.signal = UInt32(SIGKILL); $0.all = true })
+                        _ = try await owner.call(
+                            TaskAPI.kill,
+                            .with {
+                                $0.id = id
+                                $0.signal = UInt32(SIGKILL)
+                                $0.all = true
+                            })
                         _ = try await owner.call(TaskAPI.wait, .with { $0.id = id }, timeout: .seconds(30))
                     }
                     _ = try await owner.call(TaskAPI.delete, .with { $0.id = id })
                 }
-            } catch where force {
+            } catch  where force {
                 // An owner that does not answer goes, with its sandbox.
                 log.warning("delete \(id): \(error); killing sandbox \(record.sandbox)")
                 if let sandbox = store.loadSandbox(record.sandbox), sandbox.ownerAlive { Foundation.kill(sandbox.ownerPid, SIGKILL) }
@@ -241,10 +266,15 @@ struct Context: Sendable {
         let record = try store.load(id)
         let json = try during("encode the resources") { try JSONEncoder().encode(resources) }
         try await OwnerClient.with(store, record) { owner throws(RuntimeError) in
-            _ = try await owner.call(TaskAPI.update, .with {
-                $0.id = id
-                $0.resources = .with { $0.typeURL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"; $0.value = json }
-            })
+            _ = try await owner.call(
+                TaskAPI.update,
+                .with {
+                    $0.id = id
+                    $0.resources = .with {
+                        $0.typeURL = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+                        $0.value = json
+                    }
+                })
         }
     }
 }

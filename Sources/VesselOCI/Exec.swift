@@ -21,7 +21,9 @@ extension Context {
     /// process with the overrides applied.
     func execProcess(id: String, processFile: String?, _ overrides: ExecOverrides) throws(RuntimeError) -> OCISpec.Process {
         if let processFile {
-            guard let data = FileManager.default.contents(atPath: processFile) else { throw RuntimeError("--process \(processFile): cannot read file") }
+            guard let data = FileManager.default.contents(atPath: processFile) else {
+                throw RuntimeError("--process \(processFile): cannot read file")
+            }
             return try OCISpec.decode(OCISpec.Process.self, data, name: "--process \(processFile)")
         }
         if overrides.args.isEmpty { throw RuntimeError("exec: no command given (args or --process)") }
@@ -33,7 +35,10 @@ extension Context {
         process.terminal = overrides.tty
         if let cwd = overrides.cwd { process.cwd = cwd }
         process.env = (process.env ?? []) + overrides.env
-        if let user = overrides.user { process.user.uid = user.uid; process.user.gid = user.gid }
+        if let user = overrides.user {
+            process.user.uid = user.uid
+            process.user.gid = user.gid
+        }
         if overrides.noNewPrivileges { process.noNewPrivileges = true }
         if !overrides.capabilities.isEmpty {
             var caps = process.capabilities ?? OCISpec.Capabilities()
@@ -55,13 +60,17 @@ extension Context {
     }
 
     /// Runs `process` in the container with this process as its monitor; returns its exit status.
-    func exec(id: String, execID: String, process: OCISpec.Process, consoleSocket: String?, signals: AsyncStream<Int32>?) async throws(RuntimeError)
+    func exec(
+        id: String, execID: String, process: OCISpec.Process, consoleSocket: String?, signals: AsyncStream<Int32>?
+    ) async throws(RuntimeError)
         -> Int32
     {
         let record = try execRecord(id)
         let json = try during("encode the process") { try JSONEncoder().encode(process) }
-        return try await monitor(id, sandbox: record.sandbox, role: .exec(execID: execID, processJSON: json), terminal: process.terminal ?? false,
-                                 consoleSocket: consoleSocket, signals: signals) {}
+        return try await monitor(
+            id, sandbox: record.sandbox, role: .exec(execID: execID, processJSON: json), terminal: process.terminal ?? false,
+            consoleSocket: consoleSocket, signals: signals
+        ) {}
     }
 
     /// `exec --detach`: a monitor process of its own runs it (the process on its fd 4); returns its

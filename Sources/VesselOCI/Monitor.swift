@@ -51,7 +51,12 @@ final class ProcessMonitor: Sendable {
         }
         let relays = Relays.start(host: host, fifos: fifos)
         if case .exec = role {
-            _ = try await owner.call(TaskAPI.start, .with { $0.id = containerID; $0.execID = execID })
+            _ = try await owner.call(
+                TaskAPI.start,
+                .with {
+                    $0.id = containerID
+                    $0.execID = execID
+                })
         }
         ready()
         let forwarding = Task { [self] in await forward(signals, host: host) }
@@ -60,7 +65,14 @@ final class ProcessMonitor: Sendable {
         await relays.finish(timeout: .seconds(5))
         forwarding.cancel()
         host.restore()
-        if case .exec = role { _ = try? await owner.call(TaskAPI.delete, .with { $0.id = containerID; $0.execID = execID }) }
+        if case .exec = role {
+            _ = try? await owner.call(
+                TaskAPI.delete,
+                .with {
+                    $0.id = containerID
+                    $0.execID = execID
+                })
+        }
         fifos.remove()
         return status
     }
@@ -86,7 +98,10 @@ final class ProcessMonitor: Sendable {
                 $0.execID = execID
                 $0.terminal = terminal
                 ($0.stdin, $0.stdout, $0.stderr) = (fifos.stdin, fifos.stdout, fifos.stderr)
-                $0.spec = .with { $0.typeURL = "types.containerd.io/opencontainers/runtime-spec/1/Process"; $0.value = json }
+                $0.spec = .with {
+                    $0.typeURL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
+                    $0.value = json
+                }
             }
             _ = try await owner.call(TaskAPI.exec, request)
         }
@@ -95,7 +110,10 @@ final class ProcessMonitor: Sendable {
     /// The owner answers once the process exited and its output reached the fifos; a lost owner
     /// means a dead sandbox, status 255.
     private func waitForExit() async -> Int32 {
-        let request = Containerd_Task_V2_WaitRequest.with { $0.id = containerID; $0.execID = execID }
+        let request = Containerd_Task_V2_WaitRequest.with {
+            $0.id = containerID
+            $0.execID = execID
+        }
         guard let response = try? await owner.call(TaskAPI.wait, request, timeout: nil) else { return 255 }
         return Int32(bitPattern: response.exitStatus)
     }
@@ -106,16 +124,27 @@ final class ProcessMonitor: Sendable {
             if signal == SIGWINCH {
                 await resize(host)
             } else {
-                _ = try? await owner.call(TaskAPI.kill, .with { $0.id = containerID; $0.execID = execID; $0.signal = UInt32(signal) })
+                _ = try? await owner.call(
+                    TaskAPI.kill,
+                    .with {
+                        $0.id = containerID
+                        $0.execID = execID
+                        $0.signal = UInt32(signal)
+                    })
             }
         }
     }
 
     private func resize(_ host: HostStdio) async {
         guard let (rows, columns) = host.windowSize() else { return }
-        _ = try? await owner.call(TaskAPI.resizePty, .with {
-            $0.id = containerID; $0.execID = execID; $0.width = UInt32(columns); $0.height = UInt32(rows)
-        })
+        _ = try? await owner.call(
+            TaskAPI.resizePty,
+            .with {
+                $0.id = containerID
+                $0.execID = execID
+                $0.width = UInt32(columns)
+                $0.height = UInt32(rows)
+            })
     }
 
     /// What a monitor takes synchronously: the signals it forwards, and SIGWINCH for terminals.

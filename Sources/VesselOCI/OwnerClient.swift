@@ -19,20 +19,23 @@ struct OwnerClient: Sendable {
     }
 
     /// `timeout` nil: as long as it takes (Wait, Create while a guest boots).
-    func call<Req, Resp>(_ method: TTRPCMethod<Req, Resp>, _ request: Req, timeout: Duration? = .seconds(120)) async throws(RuntimeError)
+    func call<Req, Resp>(
+        _ method: TTRPCMethod<Req, Resp>, _ request: Req, timeout: Duration? = .seconds(120)
+    ) async throws(RuntimeError)
         -> Resp
     {
         do {
             return try await ttrpc.call(method, request, timeout: timeout)
         } catch let error as TTRPCError {
-            let kind: RuntimeError.Kind = switch error.code {
-            case .notFound: .notFound
-            case .alreadyExists: .alreadyExists
-            case .failedPrecondition: .failedPrecondition
-            case .invalidArgument: .invalidArgument
-            case .unavailable: .unavailable
-            default: .failed
-            }
+            let kind: RuntimeError.Kind =
+                switch error.code {
+                case .notFound: .notFound
+                case .alreadyExists: .alreadyExists
+                case .failedPrecondition: .failedPrecondition
+                case .invalidArgument: .invalidArgument
+                case .unavailable: .unavailable
+                default: .failed
+                }
             // The connection itself broke: the owner died mid-call.
             if error.code == .unavailable && !ttrpc.isActive {
                 throw RuntimeError("the owner of sandbox \(paths.id) exited during \(method.name)", kind: .unavailable)
@@ -46,8 +49,10 @@ struct OwnerClient: Sendable {
     func close() async { await ttrpc.close() }
 
     /// Runs `body` with a connection to the owner of `record`'s sandbox.
-    static func with<T: Sendable>(_ store: StateStore, _ record: ContainerRecord,
-                                  _ body: (OwnerClient) async throws(RuntimeError) -> T) async throws(RuntimeError) -> T {
+    static func with<T: Sendable>(
+        _ store: StateStore, _ record: ContainerRecord,
+        _ body: (OwnerClient) async throws(RuntimeError) -> T
+    ) async throws(RuntimeError) -> T {
         let client = try await connect(store.sandboxPaths(record.sandbox))
         do {
             let result = try await body(client)

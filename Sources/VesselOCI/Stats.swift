@@ -8,19 +8,30 @@ enum Stats {
     /// containerd's cgroup v2 metrics (what the owner's Stats returns) in runc's events shape.
     static func event(id: String, _ any: Google_Protobuf_Any) throws(RuntimeError) -> [String: Any] {
         guard any.typeURL == Io_Containerd_Cgroups_V2_Metrics.protoMessageName,
-              let metrics = try? Io_Containerd_Cgroups_V2_Metrics(serializedBytes: any.value) else {
+            let metrics = try? Io_Containerd_Cgroups_V2_Metrics(serializedBytes: any.value)
+        else {
             throw RuntimeError("stats of \(id): unexpected metrics type \(any.typeURL)")
         }
         let data: [String: Any] = [
-            "cpu": ["usage": ["total": metrics.cpu.usageUsec * 1000, "kernel": metrics.cpu.systemUsec * 1000,
-                              "user": metrics.cpu.userUsec * 1000],
-                    "throttling": ["periods": metrics.cpu.nrPeriods, "throttledPeriods": metrics.cpu.nrThrottled,
-                                   "throttledTime": metrics.cpu.throttledUsec * 1000]],
-            "memory": ["cache": metrics.memory.file,
-                       "usage": ["usage": metrics.memory.usage, "limit": metrics.memory.usageLimit],
-                       "raw": ["anon": metrics.memory.anon, "file": metrics.memory.file, "inactive_file": metrics.memory.inactiveFile,
-                               "active_file": metrics.memory.activeFile, "pgfault": metrics.memory.pgfault,
-                               "pgmajfault": metrics.memory.pgmajfault]],
+            "cpu": [
+                "usage": [
+                    "total": metrics.cpu.usageUsec * 1000, "kernel": metrics.cpu.systemUsec * 1000,
+                    "user": metrics.cpu.userUsec * 1000,
+                ],
+                "throttling": [
+                    "periods": metrics.cpu.nrPeriods, "throttledPeriods": metrics.cpu.nrThrottled,
+                    "throttledTime": metrics.cpu.throttledUsec * 1000,
+                ],
+            ],
+            "memory": [
+                "cache": metrics.memory.file,
+                "usage": ["usage": metrics.memory.usage, "limit": metrics.memory.usageLimit],
+                "raw": [
+                    "anon": metrics.memory.anon, "file": metrics.memory.file, "inactive_file": metrics.memory.inactiveFile,
+                    "active_file": metrics.memory.activeFile, "pgfault": metrics.memory.pgfault,
+                    "pgmajfault": metrics.memory.pgmajfault,
+                ],
+            ],
             "pids": ["current": metrics.pids.current, "limit": metrics.pids.limit],
         ]
         return ["type": "stats", "id": id, "data": data]
@@ -32,7 +43,10 @@ enum Stats {
         var digits = text.lowercased()
         if digits.hasSuffix("b") { digits.removeLast() }
         var multiplier: Int64 = 1
-        if let last = digits.last, let unit = units[last] { multiplier = unit; digits.removeLast() }
+        if let last = digits.last, let unit = units[last] {
+            multiplier = unit
+            digits.removeLast()
+        }
         if text == "-1" { return -1 }
         guard let value = Int64(digits), value >= 0 else { throw RuntimeError("--\(flag) \"\(text)\": expected a size like 512m") }
         return value * multiplier

@@ -115,14 +115,20 @@ extension SandboxOwner {
         try transition(container, initProcess, .created)
         watchExit(container, initProcess)
         if request.monitorPid > 0 { watchMonitor(request.monitorPid, of: container) }
-        events.publish(.create, Containerd_Events_TaskCreate.with {
-            $0.containerID = id
-            $0.bundle = bundle.bundle
-            $0.rootfs = request.rootfs
-            $0.io = .with { $0.stdin = request.stdio.stdin; $0.stdout = request.stdio.stdout; $0.stderr = request.stdio.stderr
-                $0.terminal = request.stdio.terminal }
-            $0.pid = UInt32(bitPattern: initProcess.hostPid)
-        })
+        events.publish(
+            .create,
+            Containerd_Events_TaskCreate.with {
+                $0.containerID = id
+                $0.bundle = bundle.bundle
+                $0.rootfs = request.rootfs
+                $0.io = .with {
+                    $0.stdin = request.stdio.stdin
+                    $0.stdout = request.stdio.stdout
+                    $0.stderr = request.stdio.stderr
+                    $0.terminal = request.stdio.terminal
+                }
+                $0.pid = UInt32(bitPattern: initProcess.hostPid)
+            })
         log.info("container \(id) created in sandbox \(sandboxRecord.id) (QEMU pid \(vm.qemuPid))")
         return initProcess.hostPid
     }
@@ -155,7 +161,8 @@ extension SandboxOwner {
         switch (bundle.networkNamespace, namespace) {
         case (_, let fd?): network = try PodNetwork(namespace: fd)
         case (.path(let path), nil): network = try PodNetwork(namespace: try PodNetwork.open(path: path))
-        case (.host, nil): log.info("sandbox \(sandboxRecord.id): the spec has no network namespace; a VM cannot share the host's: no network")
+        case (.host, nil):
+            log.info("sandbox \(sandboxRecord.id): the spec has no network namespace; a VM cannot share the host's: no network")
         case (.new, nil): break
         }
         let vm: SandboxVM
@@ -182,11 +189,13 @@ extension SandboxOwner {
         streams = AgentClient(ttrpc, timeout: nil)
         let storages = [GuestBundle.storage(msize: config.hypervisor.msize9p), GuestBundle.shmStorage]
         try await during("create the sandbox") {
-            try await agent.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with {
-                $0.hostname = bundle.guestSpec.hostname
-                $0.storages = storages
-                $0.sandboxID = sandboxRecord.id
-            })
+            try await agent.call(
+                AgentAPI.createSandbox,
+                Grpc_CreateSandboxRequest.with {
+                    $0.hostname = bundle.guestSpec.hostname
+                    $0.storages = storages
+                    $0.sandboxID = sandboxRecord.id
+                })
         }
         if let network { try await configureGuest(network, agent: agent) }
         watchOOM()
@@ -299,9 +308,10 @@ struct NamespaceHolder {
             defer { Linux.close(pipe.read) }
             let null = try Linux.open("/dev/null", O_RDWR)
             defer { Linux.close(null) }
-            let spawned = try spawn(exeFD: -1, path: "/proc/self/exe", arguments: ["vessel", "__hold"], environment: [],
-                                    fds: [(pipe.read, 0), (null, 1), (null, 2)], namespaces: Namespace.network.cloneFlag,
-                                    parentDeathSignal: SIGKILL)
+            let spawned = try spawn(
+                exeFD: -1, path: "/proc/self/exe", arguments: ["vessel", "__hold"], environment: [],
+                fds: [(pipe.read, 0), (null, 1), (null, 2)], namespaces: Namespace.network.cloneFlag,
+                parentDeathSignal: SIGKILL)
             let namespace = try Linux.open("/proc/\(spawned.pid)/ns/net", O_RDONLY)
             return NamespaceHolder(pid: spawned.pid, namespace: namespace, release: pipe.write)
         } catch {

@@ -48,10 +48,12 @@ final class EventSink: Sendable {
                 for attempt in 1...5 {
                     do {
                         if client == nil {
-                            client = try await TTRPCClient.connect(unixPath: Self.path(ttrpcAddress), group: MultiThreadedEventLoopGroup.singleton)
+                            client = try await TTRPCClient.connect(
+                                unixPath: Self.path(ttrpcAddress), group: MultiThreadedEventLoopGroup.singleton)
                         }
-                        _ = try await client!.call(EventsAPI.forward, request, timeout: .seconds(5),
-                                                   metadata: [EventsAPI.namespaceKey: namespace])
+                        _ = try await client!.call(
+                            EventsAPI.forward, request, timeout: .seconds(5),
+                            metadata: [EventsAPI.namespaceKey: namespace])
                         break
                     } catch {
                         if let failed = client { await failed.close() }

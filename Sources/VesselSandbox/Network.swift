@@ -46,29 +46,36 @@ final class PodNetwork: @unchecked Sendable {
         let links: [NetworkLink], addresses: [NetworkAddress]
         do {
             let netlink = try RouteNetlink(namespace: namespace)
-            (links, addresses, routes, neighbours) = (try netlink.links(), try netlink.addresses(), try netlink.routes(), try netlink.neighbours())
+            (links, addresses, routes, neighbours) = (
+                try netlink.links(), try netlink.addresses(), try netlink.routes(), try netlink.neighbours()
+            )
         } catch {
             throw RuntimeError(stage: "read the pod's network namespace", error)
         }
         for link in links where !link.isLoopback {
             guard Self.connectable.contains(link.kind), link.mac.count == 6 else {
-                throw .invalid("interface \(link.name) (\(link.kind.isEmpty ? "no MAC" : link.kind)) cannot be connected to the sandbox: "
-                    + "only veth, macvlan, ipvlan and physical ethernet devices can")
+                throw .invalid(
+                    "interface \(link.name) (\(link.kind.isEmpty ? "no MAC" : link.kind)) cannot be connected to the sandbox: "
+                        + "only veth, macvlan, ipvlan and physical ethernet devices can")
             }
             let tapName = "vtap\(endpoints.count)"
             let tapFD: Int32
             do {
-                tapFD = try Linux.inNetworkNamespace(namespace) { () throws(LinuxError) -> Int32 in try Self.attach(link, tapName: tapName) }
+                tapFD = try Linux.inNetworkNamespace(namespace) { () throws(LinuxError) -> Int32 in try Self.attach(link, tapName: tapName)
+                }
             } catch {
                 throw RuntimeError(stage: "connect interface \(link.name) to the sandbox", error)
             }
-            endpoints.append(Endpoint(link: link, tapName: tapName, tapFD: tapFD,
-                                      addresses: addresses.filter { $0.index == link.index && $0.family == UInt8(AF_INET) }))
+            endpoints.append(
+                Endpoint(
+                    link: link, tapName: tapName, tapFD: tapFD,
+                    addresses: addresses.filter { $0.index == link.index && $0.family == UInt8(AF_INET) }))
         }
         routes = routes.filter { route in
             route.family == UInt8(AF_INET) && route.table == 254 && endpoints.contains { $0.link.index == route.outputIndex }
         }
-        neighbours = neighbours.filter { neighbour in neighbour.state & 0x80 != 0 && endpoints.contains { $0.link.index == neighbour.index } }
+        neighbours = neighbours.filter { neighbour in neighbour.state & 0x80 != 0 && endpoints.contains { $0.link.index == neighbour.index }
+        }
     }
 
     /// In the pod's namespace: a tap like the interface (MTU), then everything arriving on either
@@ -123,7 +130,11 @@ final class PodNetwork: @unchecked Sendable {
                 $0.hwAddr = Self.mac(endpoint.link.mac)
                 $0.mtu = UInt64(endpoint.link.mtu)
                 $0.ipaddresses = endpoint.addresses.map { address in
-                    .with { $0.family = .v4; $0.address = Self.ip(address.address); $0.mask = "\(address.prefixLength)" }
+                    .with {
+                        $0.family = .v4
+                        $0.address = Self.ip(address.address)
+                        $0.mask = "\(address.prefixLength)"
+                    }
                 }
             }
         }
@@ -147,7 +158,10 @@ final class PodNetwork: @unchecked Sendable {
         neighbours.compactMap { neighbour in
             guard let device = endpoints.first(where: { $0.link.index == neighbour.index })?.link.name else { return nil }
             return .with {
-                $0.toIpaddress = .with { $0.family = .v4; $0.address = Self.ip(neighbour.address) }
+                $0.toIpaddress = .with {
+                    $0.family = .v4
+                    $0.address = Self.ip(neighbour.address)
+                }
                 $0.device = device
                 $0.lladdr = Self.mac(neighbour.mac)
                 $0.state = Int32(neighbour.state)

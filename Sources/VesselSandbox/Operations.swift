@@ -23,16 +23,25 @@ extension SandboxOwner {
             try next.apply(.started)
             try await during("start container \(id)") { try await agent.startContainer(id) }
             try transition(container, process, .started)
-            events.publish(.start, Containerd_Events_TaskStart.with { $0.containerID = id; $0.pid = UInt32(bitPattern: process.hostPid) })
+            events.publish(
+                .start,
+                Containerd_Events_TaskStart.with {
+                    $0.containerID = id
+                    $0.pid = UInt32(bitPattern: process.hostPid)
+                })
             let state = OCIState.object(container.record)
             HostHooks.runAll(container.bundle.oci.hooks?.poststart, state: state, name: "poststart") { log.warning("\($0)") }
         } else {
             guard process.lifecycle.status == .created, let spec = process.spec else {
                 throw .precondition("exec \(execID) in container \(id) was already started")
             }
-            guard container.initProcess.lifecycle.status == .running else { throw .precondition("cannot exec in a \(container.record.status.rawValue) container") }
+            guard container.initProcess.lifecycle.status == .running else {
+                throw .precondition("cannot exec in a \(container.record.status.rawValue) container")
+            }
             do {
-                try await during("exec in container \(id)") { try await agent.exec(id, execID, process: spec, stdio: process.session?.ports ?? StdioPorts()) }
+                try await during("exec in container \(id)") {
+                    try await agent.exec(id, execID, process: spec, stdio: process.session?.ports ?? StdioPorts())
+                }
             } catch {
                 // It never ran: its waiters (ctr waits before it starts) hear of it as an exit.
                 await process.session?.close()
@@ -43,9 +52,13 @@ extension SandboxOwner {
             try transition(container, process, .started)
             process.session?.start()
             watchExit(container, process)
-            events.publish(.execStarted, Containerd_Events_TaskExecStarted.with {
-                $0.containerID = id; $0.execID = execID; $0.pid = UInt32(bitPattern: process.hostPid)
-            })
+            events.publish(
+                .execStarted,
+                Containerd_Events_TaskExecStarted.with {
+                    $0.containerID = id
+                    $0.execID = execID
+                    $0.pid = UInt32(bitPattern: process.hostPid)
+                })
         }
         return process.hostPid
     }
@@ -75,7 +88,12 @@ extension SandboxOwner {
             throw error
         }
         try transition(container, process, .created)
-        events.publish(.execAdded, Containerd_Events_TaskExecAdded.with { $0.containerID = container.id; $0.execID = execID })
+        events.publish(
+            .execAdded,
+            Containerd_Events_TaskExecAdded.with {
+                $0.containerID = container.id
+                $0.execID = execID
+            })
     }
 
     static func validate(execID: String) throws(RuntimeError) {
@@ -127,10 +145,14 @@ extension SandboxOwner {
         containers.removeValue(forKey: id)
         await release(container)
         store.remove(id)
-        events.publish(.delete, Containerd_Events_TaskDelete.with {
-            $0.containerID = id; $0.pid = UInt32(bitPattern: process.hostPid); $0.exitStatus = process.exitStatus
-            if let time = process.exitedAt { $0.exitedAt = time }
-        })
+        events.publish(
+            .delete,
+            Containerd_Events_TaskDelete.with {
+                $0.containerID = id
+                $0.pid = UInt32(bitPattern: process.hostPid)
+                $0.exitStatus = process.exitStatus
+                if let time = process.exitedAt { $0.exitedAt = time }
+            })
         let state = OCIState.object(container.record, status: .stopped)
         HostHooks.runAll(container.bundle.oci.hooks?.poststop, state: state, name: "poststop") { log.warning("\($0)") }
         // The OCI CLI has nobody to send Shutdown: its last delete ends the sandbox, once this
@@ -176,7 +198,12 @@ extension SandboxOwner {
         if id == sandboxRecord.id { HostCgroup.limit(decoded, in: sandboxRecord.hostCgroups) { log.warning("\($0)") } }
         let (agent, _) = try liveAgent()
         try await during("update container \(id)") {
-            try await agent.call(AgentAPI.updateContainer, Grpc_UpdateContainerRequest.with { $0.containerID = id; $0.resources = resources })
+            try await agent.call(
+                AgentAPI.updateContainer,
+                Grpc_UpdateContainerRequest.with {
+                    $0.containerID = id
+                    $0.resources = resources
+                })
         }
     }
 

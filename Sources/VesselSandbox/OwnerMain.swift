@@ -16,8 +16,10 @@ public enum OwnerMain {
 
     /// `signals` must come from `Linux.signals([SIGTERM, SIGINT])` taken first thing in main;
     /// `ready` runs once the socket accepts connections.
-    public static func run(owner: SandboxOwner, listener: Listener, signals: AsyncStream<Int32>, log: RuntimeLog,
-                           ready: @Sendable () -> Void) async -> Int32 {
+    public static func run(
+        owner: SandboxOwner, listener: Listener, signals: AsyncStream<Int32>, log: RuntimeLog,
+        ready: @Sendable () -> Void
+    ) async -> Int32 {
         // A fifo whose reader went away must be an EPIPE, not the end of the owner.
         signal(SIGPIPE, SIG_IGN)
         let server = TTRPCServer(services: [TaskService.make(owner)], group: MultiThreadedEventLoopGroup.singleton)

@@ -1,6 +1,6 @@
 import NIOCore
-import Synchronization
 import NIOPosix
+import Synchronization
 import VesselAgentClient
 import VesselCore
 import VesselLinux
@@ -47,8 +47,10 @@ final class ProcessSession: Sendable {
 
     /// Opens the fifos (never blocking: the caller has its ends open, or will) and dials a
     /// stream per fd: stdout always, stderr unless a terminal merges it, stdin when there is one.
-    static func open(_ paths: StdioPaths, agent: AgentClient, containerID: String, execID: String,
-                     dial: @escaping @Sendable () async throws(RuntimeError) -> StdioStream) async throws(RuntimeError)
+    static func open(
+        _ paths: StdioPaths, agent: AgentClient, containerID: String, execID: String,
+        dial: @escaping @Sendable () async throws(RuntimeError) -> StdioStream
+    ) async throws(RuntimeError)
         -> ProcessSession
     {
         let group = MultiThreadedEventLoopGroup.singleton
@@ -71,8 +73,10 @@ final class ProcessSession: Sendable {
                 opened.append(channel)
                 return channel
             }
-            func stream<Output: Sendable>(_ initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Output>,
-                                          channel: (Output) -> any Channel) async throws -> (Output, UInt32) {
+            func stream<Output: Sendable>(
+                _ initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Output>,
+                channel: (Output) -> any Channel
+            ) async throws -> (Output, UInt32) {
                 let dialed = try await dial()
                 let output = try await ClientBootstrap(group: group).withConnectedSocket(dialed.fd, channelInitializer: initializer)
                 opened.append(channel(output))
@@ -93,8 +97,9 @@ final class ProcessSession: Sendable {
                 outputs.append((channel, fifo))
                 if stderr { ports.stderr = id } else { ports.stdout = id }
             }
-            return ProcessSession(agent: agent, containerID: containerID, execID: execID, paths: paths, ports: ports,
-                                  input: input, outputs: outputs)
+            return ProcessSession(
+                agent: agent, containerID: containerID, execID: execID, paths: paths, ports: ports,
+                input: input, outputs: outputs)
         } catch {
             for channel in opened { try? await channel.close() }
             if let error = error as? RuntimeError { throw error }
@@ -102,9 +107,11 @@ final class ProcessSession: Sendable {
         }
     }
 
-    private init(agent: AgentClient, containerID: String, execID: String, paths: StdioPaths, ports: StdioPorts,
-                 input: (fifo: NIOAsyncChannel<ByteBuffer, ByteBuffer>, stream: any Channel)?,
-                 outputs: [(stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, fifo: (any Channel)?)]) {
+    private init(
+        agent: AgentClient, containerID: String, execID: String, paths: StdioPaths, ports: StdioPorts,
+        input: (fifo: NIOAsyncChannel<ByteBuffer, ByteBuffer>, stream: any Channel)?,
+        outputs: [(stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, fifo: (any Channel)?)]
+    ) {
         self.agent = agent
         self.containerID = containerID
         self.execID = execID
@@ -239,7 +246,7 @@ enum Fifo {
         if forReading { return try Linux.open(path, O_RDONLY | O_NONBLOCK) }
         do {
             return try Linux.open(path, O_WRONLY | O_NONBLOCK)
-        } catch where error.errno == ENXIO {
+        } catch  where error.errno == ENXIO {
             return try Linux.open(path, O_RDWR | O_NONBLOCK)
         }
     }

@@ -96,13 +96,15 @@ public actor SandboxOwner {
         let time = Date()
         try? transition(container, process, .exited(status: status, at: time))
         process.exit.fire(ExitSignal.Exit(status: status, time: time))
-        events.publish(.exit, Containerd_Events_TaskExit.with {
-            $0.containerID = container.id
-            $0.id = process.execID.isEmpty ? container.id : process.execID
-            $0.pid = UInt32(bitPattern: process.hostPid)
-            $0.exitStatus = UInt32(bitPattern: status)
-            $0.exitedAt = Google_Protobuf_Timestamp(date: time)
-        })
+        events.publish(
+            .exit,
+            Containerd_Events_TaskExit.with {
+                $0.containerID = container.id
+                $0.id = process.execID.isEmpty ? container.id : process.execID
+                $0.pid = UInt32(bitPattern: process.hostPid)
+                $0.exitStatus = UInt32(bitPattern: status)
+                $0.exitedAt = Google_Protobuf_Timestamp(date: time)
+            })
     }
 
     /// Waits for the process in the guest, then for its output; then it has exited.

@@ -21,8 +21,10 @@ final class SandboxVM: Sendable {
     private let backendThread: BackendThread
 
     /// Starts the backend and QEMU; the guest then boots on its own (`waitReady`).
-    init(config: RuntimeConfig, paths: SandboxPaths, log: RuntimeLog, networks: [NetworkDevice] = [],
-         cgroup: String? = nil) throws(RuntimeError) {
+    init(
+        config: RuntimeConfig, paths: SandboxPaths, log: RuntimeLog, networks: [NetworkDevice] = [],
+        cgroup: String? = nil
+    ) throws(RuntimeError) {
         self.paths = paths
         self.config = config
         try config.checkGuestFiles()
@@ -30,8 +32,9 @@ final class SandboxVM: Sendable {
         backend = try during("start the vsock backend") {
             var options = VsockBackend.Options()
             options.logger.logLevel = log.debugEnabled ? .debug : .error
-            return try VsockBackend(vhostUserSocketPath: paths.vhostUserSocket, hybridSocketPath: paths.hybridSocket, guestCID: 3,
-                                    options: options)
+            return try VsockBackend(
+                vhostUserSocketPath: paths.vhostUserSocket, hybridSocketPath: paths.hybridSocket, guestCID: 3,
+                options: options)
         }
         backendThread = backend.start()
         var vmConfig = Self.vmConfig(config, paths: paths)
@@ -64,7 +67,8 @@ public enum SandboxVMConfig {
         vmConfig.translationCacheMiB = h.tcgCacheMiB > 0 ? h.tcgCacheMiB : nil
         vmConfig.freePageReporting = h.freePageReporting
         vmConfig.accelerator = VMConfig.Accelerator(rawValue: h.accelerator) ?? .auto
-        vmConfig.kernelParameters = ["agent.log=\(config.agent.logLevel)"] + (config.agent.debugConsole ? ["agent.debug_console"] : [])
+        vmConfig.kernelParameters =
+            ["agent.log=\(config.agent.logLevel)"] + (config.agent.debugConsole ? ["agent.debug_console"] : [])
             + h.kernelParams
         vmConfig.vsockSocket = paths.vhostUserSocket
         vmConfig.shares = [SharedDirectory(tag: GuestBundle.shareTag, path: paths.shared)]
@@ -88,8 +92,10 @@ extension SandboxVM {
     func connectAgent() async throws(RuntimeError) -> TTRPCClient {
         let socket = paths.hybridSocket
         return try await during("reach the agent") {
-            let fd = try await Linux.blocking { Result { try HybridDialer.connect(socketPath: socket, port: Self.agentPort, timeoutMilliseconds: 10_000) } }
-                .get()
+            let fd = try await Linux.blocking {
+                Result { try HybridDialer.connect(socketPath: socket, port: Self.agentPort, timeoutMilliseconds: 10_000) }
+            }
+            .get()
             return try await TTRPCClient.connect(connectedSocket: fd, group: MultiThreadedEventLoopGroup.singleton)
         }
     }

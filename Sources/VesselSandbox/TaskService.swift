@@ -20,25 +20,49 @@ enum TaskService {
                 return .with { $0.pid = UInt32(bitPattern: pid) }
             }
         }
-        service.register(TaskAPI.exec) { request in try await mapped { try await owner.exec(request); return .init() } }
+        service.register(TaskAPI.exec) { request in
+            try await mapped {
+                try await owner.exec(request)
+                return .init()
+            }
+        }
         service.register(TaskAPI.state) { request in try await mapped { try await owner.state(request.id, request.execID) } }
         service.register(TaskAPI.wait) { request in
             try await mapped {
                 let exit = try await owner.wait(request.id, request.execID)
-                return .with { $0.exitStatus = UInt32(bitPattern: exit.status); $0.exitedAt = Google_Protobuf_Timestamp(date: exit.time) }
+                return .with {
+                    $0.exitStatus = UInt32(bitPattern: exit.status)
+                    $0.exitedAt = Google_Protobuf_Timestamp(date: exit.time)
+                }
             }
         }
         service.register(TaskAPI.kill) { request in
-            try await mapped { try await owner.kill(request.id, request.execID, signal: request.signal, all: request.all); return .init() }
+            try await mapped {
+                try await owner.kill(request.id, request.execID, signal: request.signal, all: request.all)
+                return .init()
+            }
         }
         service.register(TaskAPI.delete) { request in
             try await mapped { try await owner.delete(request.id, request.execID) }
         }
         service.register(TaskAPI.pids) { request in try await mapped { try await owner.pids(request.id) } }
-        service.register(TaskAPI.pause) { request in try await mapped { try await owner.setPaused(request.id, true); return .init() } }
-        service.register(TaskAPI.resume) { request in try await mapped { try await owner.setPaused(request.id, false); return .init() } }
+        service.register(TaskAPI.pause) { request in
+            try await mapped {
+                try await owner.setPaused(request.id, true)
+                return .init()
+            }
+        }
+        service.register(TaskAPI.resume) { request in
+            try await mapped {
+                try await owner.setPaused(request.id, false)
+                return .init()
+            }
+        }
         service.register(TaskAPI.resizePty) { request in
-            try await mapped { try await owner.resize(request.id, request.execID, width: request.width, height: request.height); return .init() }
+            try await mapped {
+                try await owner.resize(request.id, request.execID, width: request.width, height: request.height)
+                return .init()
+            }
         }
         service.register(TaskAPI.closeIO) { request in
             try await mapped {
@@ -47,7 +71,10 @@ enum TaskService {
             }
         }
         service.register(TaskAPI.update) { request in
-            try await mapped { try await owner.update(request.id, resources: request.resources.value); return .init() }
+            try await mapped {
+                try await owner.update(request.id, resources: request.resources.value)
+                return .init()
+            }
         }
         service.register(TaskAPI.stats) { request in
             try await mapped {
@@ -84,15 +111,16 @@ enum TaskService {
         do {
             return try await body()
         } catch let error as RuntimeError {
-            let code: TTRPCCode = switch error.kind {
-            case .failed: .unknown
-            case .notFound: .notFound
-            case .alreadyExists: .alreadyExists
-            case .failedPrecondition: .failedPrecondition
-            case .invalidArgument: .invalidArgument
-            case .unavailable: .unavailable
-            case .unimplemented: .unimplemented
-            }
+            let code: TTRPCCode =
+                switch error.kind {
+                case .failed: .unknown
+                case .notFound: .notFound
+                case .alreadyExists: .alreadyExists
+                case .failedPrecondition: .failedPrecondition
+                case .invalidArgument: .invalidArgument
+                case .unavailable: .unavailable
+                case .unimplemented: .unimplemented
+                }
             throw TTRPCError(code, error.message)
         }
     }
@@ -107,13 +135,14 @@ extension SandboxOwner {
             $0.execID = process.execID
             $0.bundle = container.record.bundle
             $0.pid = UInt32(bitPattern: process.hostPid)
-            $0.status = switch process.lifecycle.status {
-            case .creating: .unknown
-            case .created: .created
-            case .running: .running
-            case .paused: .paused
-            case .stopped: .stopped
-            }
+            $0.status =
+                switch process.lifecycle.status {
+                case .creating: .unknown
+                case .created: .created
+                case .running: .running
+                case .paused: .paused
+                case .stopped: .stopped
+                }
             $0.stdin = process.stdio.stdin
             $0.stdout = process.stdio.stdout
             $0.stderr = process.stdio.stderr
@@ -145,7 +174,10 @@ enum Metrics {
         let cgroup = response.cgroupStats
         let raw = cgroup.memoryStats.stats
         let metrics = Io_Containerd_Cgroups_V2_Metrics.with {
-            $0.pids = .with { $0.current = cgroup.pidsStats.current; $0.limit = cgroup.pidsStats.limit }
+            $0.pids = .with {
+                $0.current = cgroup.pidsStats.current
+                $0.limit = cgroup.pidsStats.limit
+            }
             $0.cpu = .with {
                 $0.usageUsec = cgroup.cpuStats.cpuUsage.totalUsage / 1000
                 $0.userUsec = cgroup.cpuStats.cpuUsage.usageInUsermode / 1000

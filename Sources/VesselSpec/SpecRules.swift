@@ -68,7 +68,9 @@ public enum SpecRules {
         for (index, path) in (spec.linux.maskedPaths + spec.linux.readonlyPaths).enumerated() where !path.hasPrefix("/") {
             throw SpecError("OCI.linux masked/readonly path #\(index) \"\(path)\" must be absolute")
         }
-        if !["", "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"].contains(spec.linux.rootfsPropagation) {
+        if !["", "private", "rprivate", "slave", "rslave", "shared", "rshared", "unbindable", "runbindable"].contains(
+            spec.linux.rootfsPropagation)
+        {
             throw SpecError("OCI.linux.rootfsPropagation \"\(spec.linux.rootfsPropagation)\" is not a propagation type")
         }
         return namespaces
@@ -94,10 +96,13 @@ public enum SpecRules {
             for (index, range) in map.enumerated() {
                 let end = UInt64(range.containerID) + UInt64(range.size), hostEnd = UInt64(range.hostID) + UInt64(range.size)
                 guard range.size > 0, end <= UInt64(UInt32.max), hostEnd <= UInt64(UInt32.max) else {
-                    throw SpecError("\(field)[\(index)]: size \(range.size) from \(range.containerID)/\(range.hostID) is empty or past 2^32-1")
+                    throw SpecError(
+                        "\(field)[\(index)]: size \(range.size) from \(range.containerID)/\(range.hostID) is empty or past 2^32-1")
                 }
                 for (other, earlier) in map.prefix(index).enumerated() {
-                    let overlaps = { (a: UInt32, b: UInt32) in UInt64(a) < UInt64(b) + UInt64(earlier.size) && UInt64(b) < UInt64(a) + UInt64(range.size) }
+                    let overlaps = { (a: UInt32, b: UInt32) in
+                        UInt64(a) < UInt64(b) + UInt64(earlier.size) && UInt64(b) < UInt64(a) + UInt64(range.size)
+                    }
                     if overlaps(range.containerID, earlier.containerID) || overlaps(range.hostID, earlier.hostID) {
                         throw SpecError("\(field)[\(index)] overlaps \(field)[\(other)]")
                     }
@@ -116,7 +121,9 @@ public enum SpecRules {
         let mapped = { (id: UInt32, map: [Grpc_LinuxIDMapping]) in
             map.contains { UInt64(id) >= UInt64($0.containerID) && UInt64(id) < UInt64($0.containerID) + UInt64($0.size) }
         }
-        guard mapped(user.uid, linux.uidmappings) else { throw SpecError("OCI.process.user.uid \(user.uid) is not in OCI.linux.uidMappings") }
+        guard mapped(user.uid, linux.uidmappings) else {
+            throw SpecError("OCI.process.user.uid \(user.uid) is not in OCI.linux.uidMappings")
+        }
         for gid in [user.gid] + user.additionalGids where !mapped(gid, linux.gidmappings) {
             throw SpecError("OCI.process.user gid \(gid) is not in OCI.linux.gidMappings")
         }

@@ -35,11 +35,12 @@ public enum Capabilities {
     /// set would make every such container root with every capability).
     public static func sets(_ process: Grpc_Process, field: String) throws(SpecError) -> Sets {
         let c = process.capabilities
-        return Sets(bounding: try mask(c.bounding, field: "\(field).capabilities.bounding"),
-                    effective: try mask(c.effective, field: "\(field).capabilities.effective"),
-                    permitted: try mask(c.permitted, field: "\(field).capabilities.permitted"),
-                    inheritable: try mask(c.inheritable, field: "\(field).capabilities.inheritable"),
-                    ambient: try mask(c.ambient, field: "\(field).capabilities.ambient"))
+        return Sets(
+            bounding: try mask(c.bounding, field: "\(field).capabilities.bounding"),
+            effective: try mask(c.effective, field: "\(field).capabilities.effective"),
+            permitted: try mask(c.permitted, field: "\(field).capabilities.permitted"),
+            inheritable: try mask(c.inheritable, field: "\(field).capabilities.inheritable"),
+            ambient: try mask(c.ambient, field: "\(field).capabilities.ambient"))
     }
 }
 

@@ -27,22 +27,27 @@ public final class GuestVM: @unchecked Sendable {
         let log = try consoleLog.map { try ConsoleLog(path: $0, limit: consoleLogLimit) }
         let devNull = open("/dev/null", O_RDONLY | O_CLOEXEC)
         guard devNull >= 0, let pipe = try? Linux.pipe() else { throw VMError("cannot create the console pipe") }
-        defer { close(devNull); close(pipe.write) }
+        defer {
+            close(devNull)
+            close(pipe.write)
+        }
         startedAt = Date()
-        let cgroupProcs: Int32 = try config.cgroup.map { directory -> Int32 in
-            let fd = open(directory + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw VMError("cannot open \(directory)/cgroup.procs: \(String(cString: strerror(errno)))") }
-            return fd
-        } ?? -1
+        let cgroupProcs: Int32 =
+            try config.cgroup.map { directory -> Int32 in
+                let fd = open(directory + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
+                guard fd >= 0 else { throw VMError("cannot open \(directory)/cgroup.procs: \(String(cString: strerror(errno)))") }
+                return fd
+            } ?? -1
         defer { if cgroupProcs >= 0 { close(cgroupProcs) } }
         do {
-            let spawned = try spawn(exeFD: -1, path: config.qemu, arguments: [config.qemu] + config.arguments(accelerator: accelerator),
-                                    environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" },
-                                    fds: [(devNull, 0), (pipe.write, 1), (pipe.write, 2)]
-                                        + config.networks.enumerated().map { ($0.element.tapFD, NetworkDevice.firstFD + Int32($0.offset)) },
-                                    parentDeathSignal: dieWithParent ? SIGKILL : 0,
-                                    keepCapabilities: config.sandboxed && geteuid() == 0 ? VMConfig.keptCapabilities : nil,
-                                    cgroupProcs: cgroupProcs)
+            let spawned = try spawn(
+                exeFD: -1, path: config.qemu, arguments: [config.qemu] + config.arguments(accelerator: accelerator),
+                environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" },
+                fds: [(devNull, 0), (pipe.write, 1), (pipe.write, 2)]
+                    + config.networks.enumerated().map { ($0.element.tapFD, NetworkDevice.firstFD + Int32($0.offset)) },
+                parentDeathSignal: dieWithParent ? SIGKILL : 0,
+                keepCapabilities: config.sandboxed && geteuid() == 0 ? VMConfig.keptCapabilities : nil,
+                cgroupProcs: cgroupProcs)
             if spawned.execErrno != 0 {
                 var ignored: Int32 = 0
                 waitpid(spawned.pid, &ignored, 0)
@@ -66,7 +71,10 @@ public final class GuestVM: @unchecked Sendable {
     }
 
     private func readConsole(_ fd: Int32, log: ConsoleLog?) {
-        defer { close(fd); log?.close() }
+        defer {
+            close(fd)
+            log?.close()
+        }
         var buffer = [UInt8](repeating: 0, count: 16 << 10)
         while true {
             let n = read(fd, &buffer, buffer.count)

@@ -86,14 +86,18 @@ public struct VMConfig: Sendable {
         }
         let ninePDevice = machine == .microvm ? "virtio-9p-device" : "virtio-9p-pci"
         for (index, share) in shares.enumerated() {
-            args += ["-fsdev", "local,id=fs\(index),path=\(share.path),security_model=none\(share.readOnly ? ",readonly=on" : "")",
-                     "-device", "\(ninePDevice),fsdev=fs\(index),mount_tag=\(share.tag)"]
+            args += [
+                "-fsdev", "local,id=fs\(index),path=\(share.path),security_model=none\(share.readOnly ? ",readonly=on" : "")",
+                "-device", "\(ninePDevice),fsdev=fs\(index),mount_tag=\(share.tag)",
+            ]
         }
         if let qmpSocket { args += ["-qmp", "unix:\(qmpSocket),server=on,wait=off"] }
         // The guest's entropy: without it the agent's first getrandom() waits seconds for the crng.
         if entropy {
-            args += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
-                     "-device", "\(machine == .microvm ? "virtio-rng-device" : "virtio-rng-pci"),rng=rng0"]
+            args += [
+                "-object", "rng-random,id=rng0,filename=/dev/urandom",
+                "-device", "\(machine == .microvm ? "virtio-rng-device" : "virtio-rng-pci"),rng=rng0",
+            ]
         }
         if freePageReporting {
             args += ["-device", "\(machine == .microvm ? "virtio-balloon-device" : "virtio-balloon-pci"),free-page-reporting=on"]
@@ -101,8 +105,10 @@ public struct VMConfig: Sendable {
         if sandboxed { args += ["-sandbox", Self.sandboxOptions] }
         let netDevice = machine == .microvm ? "virtio-net-device" : "virtio-net-pci"
         for (index, network) in networks.enumerated() {
-            args += ["-netdev", "tap,id=net\(index),fd=\(NetworkDevice.firstFD + Int32(index)),vhost=off",
-                     "-device", "\(netDevice),netdev=net\(index),mac=\(network.mac),host_mtu=\(network.mtu)"]
+            args += [
+                "-netdev", "tap,id=net\(index),fd=\(NetworkDevice.firstFD + Int32(index)),vhost=off",
+                "-device", "\(netDevice),netdev=net\(index),mac=\(network.mac),host_mtu=\(network.mtu)",
+            ]
         }
         return args + extraArguments
     }
@@ -143,8 +149,10 @@ public struct VMError: Error, CustomStringConvertible {
 /// opens and QEMU starts, yet the guest never prints a line. The probe boots `kernel` without an
 /// initrd (it panics at once) and looks for its first message; the answer is cached per kernel.
 public enum AcceleratorProbe {
-    public static func resolve(_ wanted: VMConfig.Accelerator, kernel: String, qemu: String = "/usr/bin/qemu-system-x86_64",
-                               cacheDirectory: String = "/run/vessel") -> VMConfig.Accelerator {
+    public static func resolve(
+        _ wanted: VMConfig.Accelerator, kernel: String, qemu: String = "/usr/bin/qemu-system-x86_64",
+        cacheDirectory: String = "/run/vessel"
+    ) -> VMConfig.Accelerator {
         if wanted != .auto { return wanted }
         guard FileManager.default.isReadableFile(atPath: "/dev/kvm"), FileManager.default.isWritableFile(atPath: "/dev/kvm") else {
             return .tcg
@@ -170,11 +178,14 @@ public enum AcceleratorProbe {
         defer { close(devNull) }
         guard let pipe = try? Linux.pipe() else { return false }
         defer { close(pipe.read) }
-        let arguments = [qemu, "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "128M", "-nographic", "-nodefaults",
-                         "-no-reboot", "-serial", "stdio", "-kernel", kernel, "-append", "console=ttyS0 panic=-1"]
-        let spawned = try? spawn(exeFD: -1, path: qemu, arguments: arguments,
-                                 environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" },
-                                 fds: [(devNull, 0), (pipe.write, 1), (devNull, 2)])
+        let arguments = [
+            qemu, "-accel", "kvm", "-cpu", "host", "-machine", "q35", "-m", "128M", "-nographic", "-nodefaults",
+            "-no-reboot", "-serial", "stdio", "-kernel", kernel, "-append", "console=ttyS0 panic=-1",
+        ]
+        let spawned = try? spawn(
+            exeFD: -1, path: qemu, arguments: arguments,
+            environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" },
+            fds: [(devNull, 0), (pipe.write, 1), (devNull, 2)])
         close(pipe.write)
         guard let spawned else { return false }
         defer {

@@ -1,7 +1,7 @@
 import CVesselVsock
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One memory region as described by VHOST_USER_SET_MEM_TABLE.

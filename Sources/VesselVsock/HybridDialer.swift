@@ -1,6 +1,7 @@
 import CVesselVsock
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The host side of hybrid vsock: connect to the backend's Unix socket, ask for a guest port,
@@ -17,12 +18,14 @@ public enum HybridDialer {
         let request = Array("CONNECT \(port)\n".utf8)
         var line: [UInt8] = []
         // MSG_NOSIGNAL: a backend that closes at once (its connection cap) must not SIGPIPE the caller.
-        let ok = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == request.count
+        let ok =
+            request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == request.count
             && readLine(fd, into: &line, timeoutMilliseconds: timeoutMilliseconds)
         let answer = String(decoding: line, as: UTF8.self)
         guard ok, answer.hasPrefix("OK ") else {
             close(fd)
-            throw Failure(description: "hybrid vsock \(socketPath): guest port \(port) refused or unreachable\(answer.isEmpty ? "" : " (\(answer))")")
+            throw Failure(
+                description: "hybrid vsock \(socketPath): guest port \(port) refused or unreachable\(answer.isEmpty ? "" : " (\(answer))")")
         }
         return fd
     }

@@ -2,7 +2,7 @@ import CVesselVsock
 import VesselLinux
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @inline(__always) func nowNs() -> UInt64 { cvv_monotonic_ns() }

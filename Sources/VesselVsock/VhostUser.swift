@@ -171,8 +171,10 @@ enum VhostUserMessage: Equatable {
             var regions: [MemoryRegionInfo] = []
             for i in 0..<n {
                 let o = 8 + 32 * i
-                regions.append(MemoryRegionInfo(guestPhysAddr: u64(o), size: u64(o + 8), userAddr: u64(o + 16),
-                                                mmapOffset: u64(o + 24)))
+                regions.append(
+                    MemoryRegionInfo(
+                        guestPhysAddr: u64(o), size: u64(o + 8), userAddr: u64(o + 16),
+                        mmapOffset: u64(o + 24)))
             }
             return .setMemTable(regions, fds: fds)
         case .setVringNum, .setVringBase, .getVringBase, .setVringEnable:

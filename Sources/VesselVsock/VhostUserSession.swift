@@ -2,7 +2,7 @@ import CVesselVsock
 import Logging
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The back-end state of one vhost-user front-end connection: features, memory table, vring configuration,
@@ -77,9 +77,11 @@ final class VhostUserSession {
 
     /// Starts the device when both rings are fully configured and enabled, stops it otherwise.
     private func updateActivation() throws(VhostUserError) {
-        let ready = memory != nil && vrings.allSatisfy {
-            $0.addr != nil && $0.kickFd >= 0 && $0.num > 0 && ($0.enabled || !protocolFeaturesNegotiated)
-        }
+        let ready =
+            memory != nil
+            && vrings.allSatisfy {
+                $0.addr != nil && $0.kickFd >= 0 && $0.num > 0 && ($0.enabled || !protocolFeaturesNegotiated)
+            }
         if !ready {
             stopDevice()
             return
@@ -88,8 +90,9 @@ final class VhostUserSession {
         var queues: [SplitVirtqueue] = []
         for v in vrings {
             do {
-                let q = try SplitVirtqueue(memory: memory, size: v.num, descAddr: v.addr!.desc, availAddr: v.addr!.avail,
-                                           usedAddr: v.addr!.used, base: v.base)
+                let q = try SplitVirtqueue(
+                    memory: memory, size: v.num, descAddr: v.addr!.desc, availAddr: v.addr!.avail,
+                    usedAddr: v.addr!.used, base: v.base)
                 q.callFd = v.callFd
                 queues.append(q)
             } catch {
@@ -221,16 +224,18 @@ final class VhostUserChannel {
             if headHave < VhostUserHeader.size {
                 n = head.withUnsafeMutableBytes { b in
                     got.withUnsafeMutableBufferPointer {
-                        cvv_recv_with_fds(fd, b.baseAddress! + headHave, VhostUserHeader.size - headHave, $0.baseAddress,
-                                          Int32(VhostUserHeader.maxFds), &nfds, &ctrunc)
+                        cvv_recv_with_fds(
+                            fd, b.baseAddress! + headHave, VhostUserHeader.size - headHave, $0.baseAddress,
+                            Int32(VhostUserHeader.maxFds), &nfds, &ctrunc)
                     }
                 }
             } else {
                 let want = payload.count - payloadHave
                 n = payload.withUnsafeMutableBytes { b in
                     got.withUnsafeMutableBufferPointer {
-                        cvv_recv_with_fds(fd, b.baseAddress! + payloadHave, want, $0.baseAddress,
-                                          Int32(VhostUserHeader.maxFds), &nfds, &ctrunc)
+                        cvv_recv_with_fds(
+                            fd, b.baseAddress! + payloadHave, want, $0.baseAddress,
+                            Int32(VhostUserHeader.maxFds), &nfds, &ctrunc)
                     }
                 }
             }

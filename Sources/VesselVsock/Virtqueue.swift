@@ -1,7 +1,7 @@
 import CVesselVsock
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A contiguous piece of a descriptor chain, already translated to local memory.
@@ -59,8 +59,10 @@ struct DescriptorChain {
 
     /// Walks `[offset, offset+count)` across the segments, handing each contiguous piece (its start,
     /// how many bytes came before it, its length) to `body`; returns the bytes covered.
-    private static func forEachSpan(_ segs: [Segment], offset: Int, count: Int,
-                                    _ body: (UnsafeMutableRawPointer, _ done: Int, _ n: Int) -> Void) -> Int {
+    private static func forEachSpan(
+        _ segs: [Segment], offset: Int, count: Int,
+        _ body: (UnsafeMutableRawPointer, _ done: Int, _ n: Int) -> Void
+    ) -> Int {
         var skip = offset
         var done = 0
         for s in segs where done < count {
@@ -106,8 +108,10 @@ final class SplitVirtqueue {
     private(set) var broken = false
 
     /// `translate` maps ring addresses (QEMU-virtual for vhost-user, guest-physical in tests).
-    init(memory: GuestMemory, size: UInt32, descAddr: UInt64, availAddr: UInt64, usedAddr: UInt64,
-         base: UInt16, ringAddressesAreGuestPhysical: Bool = false) throws(VirtqueueError) {
+    init(
+        memory: GuestMemory, size: UInt32, descAddr: UInt64, availAddr: UInt64, usedAddr: UInt64,
+        base: UInt16, ringAddressesAreGuestPhysical: Bool = false
+    ) throws(VirtqueueError) {
         guard size > 0, size <= 32768, size & (size - 1) == 0 else { throw .badSize(size) }
         let n = UInt64(size)
         func tr(_ a: UInt64, _ len: UInt64) -> UnsafeMutableRawPointer? {

@@ -28,7 +28,7 @@ import Logging
 import VesselLinux
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A vhost-user-vsock device back-end ("hybrid vsock"): QEMU connects to `vhostUserSocketPath`
@@ -56,7 +56,9 @@ public final class VsockBackend: Sendable {
     private let hybridListener: Int32
     private let stopFd: Int32
 
-    public init(vhostUserSocketPath: String, hybridSocketPath: String, guestCID: UInt64, options: Options = Options())
+    public init(
+        vhostUserSocketPath: String, hybridSocketPath: String, guestCID: UInt64, options: Options = Options()
+    )
         throws
     {
         guard guestCID > 2, guestCID < 0xffff_ffff else { throw LinuxError(stage: "guest CID \(guestCID)", errno: EINVAL) }
@@ -106,15 +108,18 @@ public final class VsockBackend: Sendable {
         var logger = options.logger
         logger[metadataKey: "cid"] = "\(guestCID)"
         let loop = try EventLoop()
-        let device = VsockDevice(guestCID: guestCID, hybridPath: hybridSocketPath, options: options.device, loop: loop,
-                                 logger: logger)
+        let device = VsockDevice(
+            guestCID: guestCID, hybridPath: hybridSocketPath, options: options.device, loop: loop,
+            logger: logger)
         var exit: Exit?
         var channel: VhostUserChannel?
         var channelToken: UInt64 = 0
 
         func closeChannel(error: String?) {
             guard let ch = channel else { return }
-            if let error { logger.error("vhost-user connection closed: \(error)") } else {
+            if let error {
+                logger.error("vhost-user connection closed: \(error)")
+            } else {
                 logger.info("vhost-user front-end disconnected")
             }
             loop.unregister(fd: ch.fd, token: channelToken)

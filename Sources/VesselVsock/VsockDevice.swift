@@ -3,7 +3,7 @@ import Logging
 import NIOCore
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Tunables of the vsock device.
@@ -222,8 +222,9 @@ final class VsockDevice {
         broken = true
         txPending = false
         rxPending = false
-        logger.error("guest published an avail index more than a ring ahead: vsock device stopped until it resets it",
-                     metadata: ["queue": "\(name)"])
+        logger.error(
+            "guest published an avail index more than a ring ahead: vsock device stopped until it resets it",
+            metadata: ["queue": "\(name)"])
         for c in Array(conns.values) where !(c.hostInitiated && c.state == .connecting) {
             kill(c, rst: false)
         }
@@ -327,8 +328,9 @@ final class VsockDevice {
             closeFd(fd)
             return
         }
-        let c = Connection(key: ConnKey(local: local, peer: port), fd: fd, hostInitiated: true, state: .connecting,
-                           bufferSize: Int(options.bufferSize))
+        let c = Connection(
+            key: ConnKey(local: local, peer: port), fd: fd, hostInitiated: true, state: .connecting,
+            bufferSize: Int(options.bufferSize))
         c.pendingRequest = true
         c.deadline = nowMs() + timeoutMs
         guard register(c) else { return }
@@ -436,8 +438,9 @@ final class VsockDevice {
     }
 
     private func header(for c: Connection, op: VsockHeader.Op) -> VsockHeader {
-        VsockHeader(srcCID: VsockHeader.hostCID, dstCID: guestCID, srcPort: c.key.local, dstPort: c.key.peer,
-                    op: op, bufAlloc: options.bufferSize, fwdCnt: c.fwdCnt)
+        VsockHeader(
+            srcCID: VsockHeader.hostCID, dstCID: guestCID, srcPort: c.key.local, dstPort: c.key.peer,
+            op: op, bufAlloc: options.bufferSize, fwdCnt: c.fwdCnt)
     }
 
     private func schedule(_ c: Connection) {
@@ -489,8 +492,10 @@ final class VsockDevice {
     }
 
     private func rstReply(_ h: VsockHeader) {
-        enqueueControl(VsockHeader(srcCID: VsockHeader.hostCID, dstCID: guestCID, srcPort: h.dstPort,
-                                   dstPort: h.srcPort, type: h.type, op: .rst, bufAlloc: options.bufferSize))
+        enqueueControl(
+            VsockHeader(
+                srcCID: VsockHeader.hostCID, dstCID: guestCID, srcPort: h.dstPort,
+                dstPort: h.srcPort, type: h.type, op: .rst, bufAlloc: options.bufferSize))
     }
 
     /// Handles one packet from the guest; its payload is `chain`'s readable bytes after the header.
@@ -573,8 +578,9 @@ final class VsockDevice {
             rstReply(h)
             return
         }
-        let c = Connection(key: ConnKey(local: h.dstPort, peer: h.srcPort), fd: fd, hostInitiated: false,
-                           state: .established, bufferSize: Int(options.bufferSize))
+        let c = Connection(
+            key: ConnKey(local: h.dstPort, peer: h.srcPort), fd: fd, hostInitiated: false,
+            state: .established, bufferSize: Int(options.bufferSize))
         c.peerBufAlloc = h.bufAlloc
         c.peerFwdCnt = h.fwdCnt
         c.pendingResponse = true
@@ -612,8 +618,9 @@ final class VsockDevice {
                     // A guest can cause one per connection: the log grows with the logarithm of that.
                     bufferResets += 1
                     if bufferResets & (bufferResets - 1) == 0 {
-                        logger.warning("vsock receive buffers exhausted: connection reset",
-                                       metadata: ["local": "\(c.key.local)", "resets": "\(bufferResets)"])
+                        logger.warning(
+                            "vsock receive buffers exhausted: connection reset",
+                            metadata: ["local": "\(c.key.local)", "resets": "\(bufferResets)"])
                     }
                     kill(c, rst: true)
                     return

@@ -1,8 +1,8 @@
 import Foundation
 import VesselAgentClient
+import VesselCore
 import VesselDevSupport
 import VesselProtocol
-import VesselCore
 import VesselSandbox
 import VesselVM
 import VesselVsock
@@ -112,7 +112,8 @@ func runOCIBench(_ runtime: String, bundle: String, count: Int) throws -> Double
     try p.run()
     let out = pipe.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
-    guard p.terminationStatus == 0, let value = Double(String(decoding: out, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+    guard p.terminationStatus == 0, let value = Double(String(decoding: out, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    else {
         throw DevSupportError("\(runtime) benchmark failed (exit \(p.terminationStatus))")
     }
     return value
@@ -128,21 +129,23 @@ func measureAgent(_ agent: LocalAgent, count: Int) async throws -> AgentNumbers 
     var numbers = AgentNumbers()
     numbers.idleRSS = agent.residentKiB
     for i in 0..<count {
-        numbers.spawn.append(try await milliseconds {
-            let id = "bench-\(i)"
-            try await agent.client.createContainer(id, spec: agent.spec(["/bin/true"]))
-            try await agent.client.startContainer(id)
-            _ = try await agent.client.wait(id)
-            try await agent.client.removeContainer(id)
-        })
+        numbers.spawn.append(
+            try await milliseconds {
+                let id = "bench-\(i)"
+                try await agent.client.createContainer(id, spec: agent.spec(["/bin/true"]))
+                try await agent.client.startContainer(id)
+                _ = try await agent.client.wait(id)
+                try await agent.client.removeContainer(id)
+            })
     }
     try await agent.client.createContainer("exec", spec: agent.spec(["sleep", "1000"]))
     try await agent.client.startContainer("exec")
     for i in 0..<count {
-        numbers.exec.append(try await milliseconds {
-            try await agent.client.exec("exec", "e\(i)", process: LocalAgent.process(["/bin/true"]))
-            _ = try await agent.client.wait("exec", "e\(i)")
-        })
+        numbers.exec.append(
+            try await milliseconds {
+                try await agent.client.exec("exec", "e\(i)", process: LocalAgent.process(["/bin/true"]))
+                _ = try await agent.client.wait("exec", "e\(i)")
+            })
         numbers.check.append(try await milliseconds { _ = try await agent.client.check() })
     }
     try await agent.client.removeContainer("exec")
@@ -168,14 +171,19 @@ func bench() async throws {
         }
     }
     let execMedian = median(numbers.exec), checkMedian = median(numbers.check)
-    print("exec /bin/true + wait: \(format(execMedian)); Health.Check round trip: \(format(checkMedian)); ratio \(String(format: "%.1f", execMedian / checkMedian))x")
+    print(
+        "exec /bin/true + wait: \(format(execMedian)); Health.Check round trip: \(format(checkMedian)); ratio \(String(format: "%.1f", execMedian / checkMedian))x"
+    )
     print("agent RSS: idle \(numbers.idleRSS) KiB, after the benchmark \(numbers.busyRSS) KiB")
     let socket = "/tmp/vessel-bench-stdio-\(getpid()).sock"
     defer { unlink(socket) }
-    let (rpc, stream) = try await LocalAgent.with(binary: option("--agent", default: defaultAgent),
-                                                  arguments: ["--stdio-addr", "unix://\(socket)"]) { try await measureStdio($0, socket: socket) }
-    print("stdout of a container, 256 MiB: ReadStdout round trips \(String(format: "%.0f", rpc)) MiB/s; its stdio stream "
-        + "\(String(format: "%.0f", stream)) MiB/s; ratio \(String(format: "%.1f", stream / rpc))x")
+    let (rpc, stream) = try await LocalAgent.with(
+        binary: option("--agent", default: defaultAgent),
+        arguments: ["--stdio-addr", "unix://\(socket)"]
+    ) { try await measureStdio($0, socket: socket) }
+    print(
+        "stdout of a container, 256 MiB: ReadStdout round trips \(String(format: "%.0f", rpc)) MiB/s; its stdio stream "
+            + "\(String(format: "%.0f", stream)) MiB/s; ratio \(String(format: "%.1f", stream / rpc))x")
 }
 
 /// MiB/s of a container's stdout read by ReadStdout (Kata's way) and through a stdio stream.
@@ -216,7 +224,8 @@ func bootBench() throws {
         ready.append(try vm.waitFor("vessel-agent ready in", timeout: 120) * 1000)
         _ = try vm.waitForExit(timeout: 60)
         if let line = vm.output.split(separator: "\n").first(where: { $0.contains("vessel-agent ready in") }),
-           let kib = line.split(separator: "(rss ").last?.split(separator: " ").first.flatMap({ Int($0) }) {
+            let kib = line.split(separator: "(rss ").last?.split(separator: " ").first.flatMap({ Int($0) })
+        {
             rss.append(kib)
         }
         let base = try GuestVM(VMConfig(kernel: kernel, initrd: baseline))
@@ -224,8 +233,9 @@ func bootBench() throws {
         lowerBound.append(Date().timeIntervalSince(base.startedAt) * 1000)
     }
     let r = median(ready), b = median(lowerBound)
-    print("boot (\(accelerator.rawValue), q35, 1 vCPU, 256 MiB): QEMU start -> agent ready \(format(r)); "
-        + "QEMU start -> exit with a power-off init \(format(b)); ratio \(String(format: "%.2f", r / b))x (medians of \(count))")
+    print(
+        "boot (\(accelerator.rawValue), q35, 1 vCPU, 256 MiB): QEMU start -> agent ready \(format(r)); "
+            + "QEMU start -> exit with a power-off init \(format(b)); ratio \(String(format: "%.2f", r / b))x (medians of \(count))")
     print("agent RSS at ready (PID 1): \(rss.sorted()[rss.count / 2]) KiB")
     for (name, path) in [("initrd", initrd), ("kernel", kernel)] {
         let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
@@ -240,7 +250,9 @@ func timed(_ arguments: [String], stdin: String = "/dev/null") throws -> (Int32,
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
-    for fd in [0, 1, 2] as [Int32] { posix_spawn_file_actions_addopen(&actions, fd, fd == 0 ? stdin : "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0) }
+    for fd in [0, 1, 2] as [Int32] {
+        posix_spawn_file_actions_addopen(&actions, fd, fd == 0 ? stdin : "/dev/null", fd == 0 ? O_RDONLY : O_WRONLY, 0)
+    }
     let argv = arguments.map { strdup($0) } + [nil]
     defer { argv.forEach { free($0) } }
     let start = ContinuousClock.now
@@ -283,8 +295,9 @@ func runBench() throws {
         try FileManager.default.createDirectory(atPath: paths.shared, withIntermediateDirectories: true)
         var options = VsockBackend.Options()
         options.logger.logLevel = .warning
-        let backend = try VsockBackend(vhostUserSocketPath: paths.vhostUserSocket, hybridSocketPath: paths.hybridSocket, guestCID: 3,
-                                       options: options)
+        let backend = try VsockBackend(
+            vhostUserSocketPath: paths.vhostUserSocket, hybridSocketPath: paths.hybridSocket, guestCID: 3,
+            options: options)
         let thread = backend.start()
         var vmConfig = SandboxVMConfig.make(config, paths: paths)
         vmConfig.initrd = option("--baseline-initrd", default: "out/poweroff-initrd.img")
@@ -296,10 +309,13 @@ func runBench() throws {
         try? FileManager.default.removeItem(atPath: paths.directory)
     }
     let r = median(runs), b = median(lower)
-    print("cold `vessel run` of /bin/true: \(format(r)); same QEMU command with a power-off init: \(format(b)); "
-        + "ratio \(String(format: "%.2f", r / b))x (medians of \(count))")
+    print(
+        "cold `vessel run` of /bin/true: \(format(r)); same QEMU command with a power-off init: \(format(b)); "
+            + "ratio \(String(format: "%.2f", r / b))x (medians of \(count))")
 
-    guard try timed(cli + ["run", "--detach", "--bundle", dir + "/sleep", "idle"]).0 == 0 else { throw DevSupportError("vessel run --detach failed") }
+    guard try timed(cli + ["run", "--detach", "--bundle", dir + "/sleep", "idle"]).0 == 0 else {
+        throw DevSupportError("vessel run --detach failed")
+    }
     defer { _ = try? timed(cli + ["delete", "--force", "idle"]) }
     var execs: [Double] = []
     for _ in 0..<count {
@@ -310,8 +326,10 @@ func runBench() throws {
     // stdio: 100 MiB each way through `vessel exec`, less the latency of an exec of true.
     let mib = 100, input = dir + "/input"
     try Data(count: mib << 20).write(to: URL(fileURLWithPath: input))
-    for (what, arguments, stdin) in [("stdout", ["head", "-c", "\(mib << 20)", "/dev/zero"], "/dev/null"),
-                                     ("stdin", ["sh", "-c", "cat > /dev/null"], input)] {
+    for (what, arguments, stdin) in [
+        ("stdout", ["head", "-c", "\(mib << 20)", "/dev/zero"], "/dev/null"),
+        ("stdin", ["sh", "-c", "cat > /dev/null"], input),
+    ] {
         let (status, ms) = try timed(cli + ["exec", "idle"] + arguments, stdin: stdin)
         guard status == 0 else { throw DevSupportError("vessel exec (\(what)) failed with status \(status)") }
         let rate = Double(mib) / ((ms - median(execs)) / 1000)
@@ -323,8 +341,9 @@ func runBench() throws {
     sleep(2)
     let monitor = pssKiB(record.pid), owner = pssKiB(sandbox.ownerPid), qemu = pssKiB(sandbox.qemuPid)
     print("`vessel exec idle true`: \(format(median(execs))) (median of \(count))")
-    print("host PSS of one idle sandbox: \(monitor + owner + qemu) KiB (owner with the vsock backend \(owner) KiB, QEMU \(qemu) KiB, "
-        + "process monitor \(monitor) KiB)")
+    print(
+        "host PSS of one idle sandbox: \(monitor + owner + qemu) KiB (owner with the vsock backend \(owner) KiB, QEMU \(qemu) KiB, "
+            + "process monitor \(monitor) KiB)")
 }
 
 let command = CommandLine.arguments.dropFirst().first ?? ""
@@ -333,7 +352,10 @@ do {
     case "demo": try await demo()
     case "bundle":
         let args = Array(CommandLine.arguments.dropFirst(2))
-        guard let dir = args.first, let dash = args.firstIndex(of: "--"), dash + 1 < args.count else { print(usage); exit(2) }
+        guard let dir = args.first, let dash = args.firstIndex(of: "--"), dash + 1 < args.count else {
+            print(usage)
+            exit(2)
+        }
         try? FileManager.default.removeItem(atPath: dir)
         try OCIBundle.make(at: dir, args: Array(args[(dash + 1)...]), terminal: args.contains("--tty"))
     case "bench": try await bench()

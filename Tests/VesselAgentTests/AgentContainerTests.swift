@@ -167,7 +167,12 @@ struct AgentContainerTests {
             }
             await expectError(.invalidArgument, containing: "destination") {
                 var spec = agent.spec(["true"])
-                spec.mounts.append(.with { $0.destination = "/../../escape"; $0.type = "tmpfs"; $0.source = "tmpfs" })
+                spec.mounts.append(
+                    .with {
+                        $0.destination = "/../../escape"
+                        $0.type = "tmpfs"
+                        $0.source = "tmpfs"
+                    })
                 try await agent.client.createContainer("escape", spec: spec)
             }
             try await agent.create("badexec", ["/no/such/binary"])

@@ -9,7 +9,11 @@ struct ContainerSpecTests {
     @Test func userCwdEnvAndGroups() async throws {
         try await withAgent { agent in
             var spec = agent.spec(["sh", "-c", "id -u; id -g; id -G; pwd; echo $GREETING"])
-            spec.process.user = .with { $0.uid = 65534; $0.gid = 65534; $0.additionalGids = [10, 20] }
+            spec.process.user = .with {
+                $0.uid = 65534
+                $0.gid = 65534
+                $0.additionalGids = [10, 20]
+            }
             spec.process.cwd = "/tmp"
             spec.process.env.append("GREETING=hello there")
             try await agent.client.createContainer("user", spec: spec)
@@ -44,13 +48,26 @@ struct ContainerSpecTests {
     /// spec's capabilities, and an exec enters the same namespace.
     @Test func aUserNamespaceMapsTheContainersRoot() async throws {
         try await withAgent { agent in
-            let script = "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; cat /etc/hostname >/dev/null && echo reads; "
+            let script =
+                "cat /proc/self/uid_map /proc/self/gid_map; id -u; id -g; cat /etc/hostname >/dev/null && echo reads; "
                 + "touch /etc/new 2>/dev/null || echo denied; mkdir -p /tmp/own && echo tmpfs; cat /proc/sys/net/ipv4/ip_unprivileged_port_start; "
                 + "exec sleep 100"
             var spec = agent.spec(["sh", "-c", script])
             spec.linux.namespaces.append(.with { $0.type = "user" })
-            spec.linux.uidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 65536 }]
-            spec.linux.gidmappings = [.with { $0.containerID = 0; $0.hostID = 200_000; $0.size = 65536 }]
+            spec.linux.uidmappings = [
+                .with {
+                    $0.containerID = 0
+                    $0.hostID = 100_000
+                    $0.size = 65536
+                }
+            ]
+            spec.linux.gidmappings = [
+                .with {
+                    $0.containerID = 0
+                    $0.hostID = 200_000
+                    $0.size = 65536
+                }
+            ]
             try "vessel\n".write(toFile: agent.rootfs + "/etc/hostname", atomically: true, encoding: .utf8)
             try await agent.client.createContainer("userns", spec: spec)
             try await agent.client.startContainer("userns")
@@ -61,7 +78,8 @@ struct ContainerSpecTests {
             #expect(!FileManager.default.fileExists(atPath: agent.rootfs + "/etc/new"))
             try await agent.exec("userns", "e1", ["sh", "-c", "cat /proc/self/uid_map; id -u"])
             let exec = try await agent.output("userns", "e1")
-            #expect(exec.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") } == ["0 100000 65536", "0"], "\(exec)")
+            #expect(
+                exec.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") } == ["0 100000 65536", "0"], "\(exec)")
             #expect(try await agent.client.wait("userns", "e1") == 0)
             try await agent.client.signal("userns", "", signal: SIGKILL)
             _ = try await agent.client.wait("userns")
@@ -73,13 +91,32 @@ struct ContainerSpecTests {
     /// guest's root), and an exec with the same process settings.
     @Test func aUserNamespaceKeepsTerminalOOMScoreAndRlimits() async throws {
         try await withAgent { agent in
-            var spec = agent.spec(["sh", "-c", "echo tty=$(tty) oom=$(cat /proc/self/oom_score_adj) nofile=$(ulimit -Hn); exec sleep 100"],
-                                  terminal: true)
+            var spec = agent.spec(
+                ["sh", "-c", "echo tty=$(tty) oom=$(cat /proc/self/oom_score_adj) nofile=$(ulimit -Hn); exec sleep 100"],
+                terminal: true)
             spec.linux.namespaces.append(.with { $0.type = "user" })
-            spec.linux.uidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 65536 }]
-            spec.linux.gidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 65536 }]
+            spec.linux.uidmappings = [
+                .with {
+                    $0.containerID = 0
+                    $0.hostID = 100_000
+                    $0.size = 65536
+                }
+            ]
+            spec.linux.gidmappings = [
+                .with {
+                    $0.containerID = 0
+                    $0.hostID = 100_000
+                    $0.size = 65536
+                }
+            ]
             spec.process.oomscoreAdj = 500  // raising needs no CAP_SYS_RESOURCE, which host-mode tests may lack
-            spec.process.rlimits = [.with { $0.type = "RLIMIT_NOFILE"; $0.hard = 8192; $0.soft = 4096 }]
+            spec.process.rlimits = [
+                .with {
+                    $0.type = "RLIMIT_NOFILE"
+                    $0.hard = 8192
+                    $0.soft = 4096
+                }
+            ]
             try await agent.client.createContainer("usertty", spec: spec)
             try await agent.client.startContainer("usertty")
             let out = try await agent.read("usertty", until: "nofile=")
@@ -99,7 +136,13 @@ struct ContainerSpecTests {
     @Test func userNamespacesNeedBothMaps() async throws {
         try await withAgent { agent in
             var spec = agent.spec(["true"])
-            spec.linux.uidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 1 }]
+            spec.linux.uidmappings = [
+                .with {
+                    $0.containerID = 0
+                    $0.hostID = 100_000
+                    $0.size = 1
+                }
+            ]
             await expectError(.invalidArgument, containing: "uidMappings need a user namespace") {
                 try await agent.client.createContainer("maps", spec: spec)
             }
@@ -107,8 +150,18 @@ struct ContainerSpecTests {
             await expectError(.invalidArgument, containing: "gidMappings: a user namespace needs them") {
                 try await agent.client.createContainer("maps", spec: spec)
             }
-            spec.linux.gidmappings = [.with { $0.containerID = 0; $0.hostID = 100_000; $0.size = 10 },
-                                      .with { $0.containerID = 5; $0.hostID = 300_000; $0.size = 10 }]
+            spec.linux.gidmappings = [
+                .with {
+                    $0.containerID = 0
+                    $0.hostID = 100_000
+                    $0.size = 10
+                },
+                .with {
+                    $0.containerID = 5
+                    $0.hostID = 300_000
+                    $0.size = 10
+                },
+            ]
             await expectError(.invalidArgument, containing: "gidMappings[1] overlaps OCI.linux.gidMappings[0]") {
                 try await agent.client.createContainer("maps", spec: spec)
             }
@@ -125,7 +178,10 @@ struct ContainerSpecTests {
             let data = agent.directory.appendingPathComponent("data").path
             try FileManager.default.createDirectory(atPath: data, withIntermediateDirectories: true)
             try "from the host\n".write(toFile: data + "/file", atomically: true, encoding: .utf8)
-            var spec = agent.spec(["sh", "-c", "cat /data/file; touch /rootfile 2>/dev/null || echo root ro; touch /data/new 2>/dev/null || echo data ro; touch /tmp/ok && echo tmp rw"])
+            var spec = agent.spec([
+                "sh", "-c",
+                "cat /data/file; touch /rootfile 2>/dev/null || echo root ro; touch /data/new 2>/dev/null || echo data ro; touch /tmp/ok && echo tmp rw",
+            ])
             spec.root.readonly = true
             spec.mounts.append(SpecTemplate.mount("/data", "bind", data, ["rbind", "ro"]))
             try await agent.client.createContainer("ro", spec: spec)

@@ -7,7 +7,11 @@ import VesselProtocol
 @Suite(.timeLimit(.minutes(3)), .serialized)
 struct HookTests {
     static func hook(_ script: String, timeout: Int64 = 0) -> Grpc_Hook {
-        .with { $0.path = "/bin/sh"; $0.args = ["sh", "-c", script]; $0.timeout = timeout }
+        .with {
+            $0.path = "/bin/sh"
+            $0.args = ["sh", "-c", script]
+            $0.timeout = timeout
+        }
     }
 
     static func json(_ path: String) throws -> [String: Any] {
@@ -39,8 +43,10 @@ struct HookTests {
             #expect(try await agent.client.wait("hooked") == 0)
             try await agent.client.removeContainer("hooked")
 
-            for (name, status) in [("createRuntime", "creating"), ("createContainer", "creating"), ("startContainer", "created"),
-                                   ("poststart", "running"), ("poststop", "stopped")] {
+            for (name, status) in [
+                ("createRuntime", "creating"), ("createContainer", "creating"), ("startContainer", "created"),
+                ("poststart", "running"), ("poststop", "stopped"),
+            ] {
                 let state = try Self.json("\(dir)/\(name).json")
                 #expect(state["id"] as? String == "hooked", "\(name): \(state)")
                 #expect(state["status"] as? String == status, "\(name): \(state)")

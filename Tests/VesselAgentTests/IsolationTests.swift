@@ -7,9 +7,11 @@ import VesselProtocol
 /// and read-only paths, rlimits, sysctls, oom score, devices.
 @Suite(.timeLimit(.minutes(3)), .serialized)
 struct IsolationTests {
-    static let dockerCapabilities = ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-                                     "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-                                     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"]
+    static let dockerCapabilities = [
+        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+        "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    ]
 
     static func hardened(_ agent: LocalAgent, _ script: String) -> Grpc_Spec {
         var spec = agent.spec(["sh", "-c", script])
@@ -20,21 +22,50 @@ struct IsolationTests {
         }
         spec.process.noNewPrivileges = true
         spec.process.oomscoreAdj = 500
-        spec.process.rlimits = [.with { $0.type = "RLIMIT_NOFILE"; $0.soft = 1024; $0.hard = 2048 }]
+        spec.process.rlimits = [
+            .with {
+                $0.type = "RLIMIT_NOFILE"
+                $0.soft = 1024
+                $0.hard = 2048
+            }
+        ]
         spec.linux.maskedPaths = ["/proc/kcore", "/proc/timer_list", "/sys/firmware", "/proc/does-not-exist"]
         spec.linux.readonlyPaths = ["/proc/sys", "/proc/sysrq-trigger"]
         spec.linux.sysctl = ["kernel.shmmni": "1234"]
-        spec.linux.devices = [.with { $0.path = "/dev/mynull"; $0.type = "c"; $0.major = 1; $0.minor = 3; $0.fileMode = 0o600 }]
+        spec.linux.devices = [
+            .with {
+                $0.path = "/dev/mynull"
+                $0.type = "c"
+                $0.major = 1
+                $0.minor = 3
+                $0.fileMode = 0o600
+            }
+        ]
         spec.linux.seccomp = .with {
             $0.defaultAction = "SCMP_ACT_ALLOW"
             $0.architectures = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
             $0.syscalls = [
-                .with { $0.names = ["mkdir", "mkdirat"]; $0.action = "SCMP_ACT_ERRNO"; $0.errnoRet = .errnoret(122) },
-                .with { $0.names = ["no_such_syscall_vessel"]; $0.action = "SCMP_ACT_ERRNO" },
+                .with {
+                    $0.names = ["mkdir", "mkdirat"]
+                    $0.action = "SCMP_ACT_ERRNO"
+                    $0.errnoRet = .errnoret(122)
+                },
+                .with {
+                    $0.names = ["no_such_syscall_vessel"]
+                    $0.action = "SCMP_ACT_ERRNO"
+                },
                 // Only personality(0xffffffff) (a query) is refused: an argument comparison.
                 .with {
-                    $0.names = ["personality"]; $0.action = "SCMP_ACT_ERRNO"; $0.errnoRet = .errnoret(13)
-                    $0.args = [.with { $0.index = 0; $0.value = 0x1234; $0.op = "SCMP_CMP_EQ" }]
+                    $0.names = ["personality"]
+                    $0.action = "SCMP_ACT_ERRNO"
+                    $0.errnoRet = .errnoret(13)
+                    $0.args = [
+                        .with {
+                            $0.index = 0
+                            $0.value = 0x1234
+                            $0.op = "SCMP_CMP_EQ"
+                        }
+                    ]
                 },
             ]
         }
@@ -42,7 +73,8 @@ struct IsolationTests {
     }
 
     static func statusField(_ output: String, _ name: String) -> String {
-        output.split(separator: "\n").first { $0.hasPrefix(name + ":") }.map { $0.split(separator: "\t").last.map(String.init) ?? "" } ?? "missing"
+        output.split(separator: "\n").first { $0.hasPrefix(name + ":") }.map { $0.split(separator: "\t").last.map(String.init) ?? "" }
+            ?? "missing"
     }
 
     @Test func hardenedContainerFromTheInside() async throws {
@@ -79,11 +111,17 @@ struct IsolationTests {
 
             // exec'd processes get the container's seccomp profile and their own capabilities.
             var process = LocalAgent.process(["sh", "-c", "grep -E 'CapEff|Seccomp:' /proc/self/status; mkdir /tmp/x 2>&1; id -u"])
-            process.user = .with { $0.uid = 1000; $0.gid = 1000 }
+            process.user = .with {
+                $0.uid = 1000
+                $0.gid = 1000
+            }
             // A non-root process keeps capabilities across execve only through the ambient set.
             process.capabilities = .with {
-                $0.bounding = ["CAP_NET_BIND_SERVICE"]; $0.effective = ["CAP_NET_BIND_SERVICE"]; $0.permitted = ["CAP_NET_BIND_SERVICE"]
-                $0.inheritable = ["CAP_NET_BIND_SERVICE"]; $0.ambient = ["CAP_NET_BIND_SERVICE"]
+                $0.bounding = ["CAP_NET_BIND_SERVICE"]
+                $0.effective = ["CAP_NET_BIND_SERVICE"]
+                $0.permitted = ["CAP_NET_BIND_SERVICE"]
+                $0.inheritable = ["CAP_NET_BIND_SERVICE"]
+                $0.ambient = ["CAP_NET_BIND_SERVICE"]
             }
             try await agent.client.createContainer("long", spec: Self.hardened(agent, "sleep 1000"))
             try await agent.client.startContainer("long")
@@ -155,14 +193,38 @@ struct IsolationTests {
             }
             await expectError(.invalidArgument, containing: "seccomp.syscalls[0].action") {
                 try await create("sec2") {
-                    $0.linux.seccomp = .with { $0.defaultAction = "SCMP_ACT_ALLOW"; $0.syscalls = [.with { $0.names = ["read"]; $0.action = "bogus" }] }
+                    $0.linux.seccomp = .with {
+                        $0.defaultAction = "SCMP_ACT_ALLOW"
+                        $0.syscalls = [
+                            .with {
+                                $0.names = ["read"]
+                                $0.action = "bogus"
+                            }
+                        ]
+                    }
                 }
             }
             await expectError(.invalidArgument, containing: "rlimits[0]: soft limit 10 exceeds hard limit 5") {
-                try await create("rl") { $0.process.rlimits = [.with { $0.type = "RLIMIT_NOFILE"; $0.soft = 10; $0.hard = 5 }] }
+                try await create("rl") {
+                    $0.process.rlimits = [
+                        .with {
+                            $0.type = "RLIMIT_NOFILE"
+                            $0.soft = 10
+                            $0.hard = 5
+                        }
+                    ]
+                }
             }
             await expectError(.invalidArgument, containing: "rlimits[0].type \"RLIMIT_WISHES\"") {
-                try await create("rl2") { $0.process.rlimits = [.with { $0.type = "RLIMIT_WISHES"; $0.soft = 1; $0.hard = 1 }] }
+                try await create("rl2") {
+                    $0.process.rlimits = [
+                        .with {
+                            $0.type = "RLIMIT_WISHES"
+                            $0.soft = 1
+                            $0.hard = 1
+                        }
+                    ]
+                }
             }
             await expectError(.invalidArgument, containing: "sysctl[kernel.panic]: not a namespaced sysctl") {
                 try await create("sys") { $0.linux.sysctl = ["kernel.panic": "1"] }
@@ -171,7 +233,14 @@ struct IsolationTests {
                 try await create("sys2") { $0.linux.sysctl = ["net.ipv4.ip_forward": "1"] }
             }
             await expectError(.invalidArgument, containing: "devices[0].type") {
-                try await create("dev") { $0.linux.devices = [.with { $0.path = "/dev/x"; $0.type = "z" }] }
+                try await create("dev") {
+                    $0.linux.devices = [
+                        .with {
+                            $0.path = "/dev/x"
+                            $0.type = "z"
+                        }
+                    ]
+                }
             }
             #expect(pids(withArgument: "31337").isEmpty)
             #expect(agent.leftoverMounts().isEmpty)

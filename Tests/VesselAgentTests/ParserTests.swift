@@ -1,8 +1,9 @@
 import Testing
-@testable import VesselAgent
 import VesselLinux
 import VesselProtocol
 import VesselSpec
+
+@testable import VesselAgent
 
 /// Pure conversions: mount options, cgroup values, capability and sysctl rules.
 @Suite(.timeLimit(.minutes(3)))
@@ -18,24 +19,55 @@ struct ParserTests {
 
     @Test func cgroupV2Conversion() {
         let r = Grpc_LinuxResources.with {
-            $0.memory = .with { $0.limit = 256 << 20; $0.reservation = 128 << 20; $0.swap = 512 << 20; $0.swappiness = 10 }
-            $0.cpu = .with { $0.shares = 1024; $0.quota = 50_000; $0.period = 100_000; $0.cpus = "0-1"; $0.mems = "0" }
+            $0.memory = .with {
+                $0.limit = 256 << 20
+                $0.reservation = 128 << 20
+                $0.swap = 512 << 20
+                $0.swappiness = 10
+            }
+            $0.cpu = .with {
+                $0.shares = 1024
+                $0.quota = 50_000
+                $0.period = 100_000
+                $0.cpus = "0-1"
+                $0.mems = "0"
+            }
             $0.pids = .with { $0.limit = -1 }
             $0.blockIo = .with {
                 $0.weight = 500
-                $0.throttleReadBpsDevice = [.with { $0.major = 8; $0.minor = 0; $0.rate = 1_048_576 }]
+                $0.throttleReadBpsDevice = [
+                    .with {
+                        $0.major = 8
+                        $0.minor = 0
+                        $0.rate = 1_048_576
+                    }
+                ]
             }
-            $0.hugepageLimits = [.with { $0.pagesize = "2MB"; $0.limit = 1 }]
+            $0.hugepageLimits = [
+                .with {
+                    $0.pagesize = "2MB"
+                    $0.limit = 1
+                }
+            ]
         }
         let (writes, skipped) = CgroupResources.v2(r)
-        #expect(writes.map(\.description) == [
-            "memory.max=268435456", "memory.low=134217728", "memory.swap.max=268435456",
-            "cpu.weight=39", "cpu.max=50000 100000", "cpuset.cpus=0-1", "cpuset.mems=0",
-            "pids.max=max", "io.weight=default 4950", "io.max=8:0 rbps=1048576",
-        ])
+        #expect(
+            writes.map(\.description) == [
+                "memory.max=268435456", "memory.low=134217728", "memory.swap.max=268435456",
+                "cpu.weight=39", "cpu.max=50000 100000", "cpuset.cpus=0-1", "cpuset.mems=0",
+                "pids.max=max", "io.weight=default 4950", "io.max=8:0 rbps=1048576",
+            ])
         #expect(skipped.count == 2)
-        #expect(CgroupResources.v2(.with { $0.memory = .with { $0.limit = -1; $0.swap = -1 } }).writes.map(\.description)
-            == ["memory.max=max", "memory.swap.max=max"])
+        #expect(
+            CgroupResources.v2(
+                .with {
+                    $0.memory = .with {
+                        $0.limit = -1
+                        $0.swap = -1
+                    }
+                }
+            ).writes.map(\.description)
+                == ["memory.max=max", "memory.swap.max=max"])
         #expect(CgroupResources.v2(.with { $0.cpu = .with { $0.quota = -1 } }).writes.map(\.description) == ["cpu.max=max 100000"])
         #expect(CgroupResources.weight(shares: 2) == 1 && CgroupResources.weight(shares: 262_144) == 10000)
     }
@@ -75,7 +107,8 @@ struct ParserTests {
 
     @Test func mountinfoLinesAndTheInitramfsRoot() {
         // A guest booted from an initramfs: "/" is its own parent; escapes are undone.
-        let guest = MountInfo.parse("""
+        let guest = MountInfo.parse(
+            """
             1 1 0:2 / / rw - rootfs rootfs rw
             17 1 0:16 / /proc rw,nosuid,nodev,noexec - proc proc rw
             23 1 0:21 / /run rw,nosuid,nodev shared:5 master:1 - tmpfs tmpfs rw,mode=755

@@ -18,7 +18,12 @@ struct PodTests {
 
     @Test func containersShareThePodsNamespaces() async throws {
         try await withAgent { agent in
-            try await agent.client.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with { $0.sandboxID = "pod"; $0.hostname = "pod-host" })
+            try await agent.client.call(
+                AgentAPI.createSandbox,
+                Grpc_CreateSandboxRequest.with {
+                    $0.sandboxID = "pod"
+                    $0.hostname = "pod-host"
+                })
             for id in ["a", "b"] {
                 try await agent.client.createContainer(id, spec: podSpec(agent, ["sh", "-c", Self.probe]))
                 try await agent.client.startContainer(id)
@@ -29,7 +34,9 @@ struct PodTests {
             guard a.count == 6, b.count == 6 else { return }
             #expect(a[0..<3] == b[0..<3], "ipc, uts and net are the pod's: \(a) \(b)")
             #expect(a[3] != b[3], "each container has its own pid namespace")
-            let own = ["ipc", "uts", "net"].map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\($0)")) ?? "" }
+            let own = ["ipc", "uts", "net"].map {
+                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\($0)")) ?? ""
+            }
             #expect(Array(a[0..<3]) != own, "the pod's namespaces are new ones")
             #expect(a[4] == "pod-host" && b[4] == "pod-host")
             #expect(a[5] == "0x9", "loopback is up in the pod's network namespace: flags \(a[5])")
@@ -70,8 +77,9 @@ struct AgentTerminationTests {
         kill(agent.process.processIdentifier, SIGTERM)
         #expect(agent.process.exited(within: 30), "the agent did not exit within 30 s of SIGTERM: killed")
         if !agent.process.isRunning {
-            #expect(agent.process.terminationReason == .exit && agent.process.terminationStatus == 0,
-                    "a clean exit, not death by the signal: \(agent.process.terminationReason) \(agent.process.terminationStatus)")
+            #expect(
+                agent.process.terminationReason == .exit && agent.process.terminationStatus == 0,
+                "a clean exit, not death by the signal: \(agent.process.terminationReason) \(agent.process.terminationStatus)")
         }
         let alive = children.filter { kill($0.pid, 0) == 0 && startTime($0.pid) == $0.startTime }
         #expect(alive.isEmpty, "container processes outlived the agent: \(alive)")
@@ -80,7 +88,9 @@ struct AgentTerminationTests {
 
     func childPids(of parent: Int32) -> [(pid: Int32, startTime: String)] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }.compactMap { pid in
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return nil }
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+                return nil
+            }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             guard fields.count > 19, Int32(fields[1]) == parent else { return nil }
             return (pid, String(fields[19]))
@@ -88,7 +98,9 @@ struct AgentTerminationTests {
     }
 
     func startTime(_ pid: Int32) -> String? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return nil }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
+            return nil
+        }
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         return fields.count > 19 ? String(fields[19]) : nil
     }

@@ -4,8 +4,9 @@ import VesselAgentClient
 import VesselDevSupport
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The agent's stdio streams (`--stdio-addr`): a connection per fd, named by the id the agent
@@ -23,12 +24,16 @@ struct StdioStreamTests {
     @Test func outputArrivesWholeOnItsStreamsAndReadStdoutRefuses() async throws {
         try await withStreamingAgent { agent, socket in
             let out = try Stream.dial(socket), err = try Stream.dial(socket)
-            defer { out.close(); err.close() }
+            defer {
+                out.close()
+                err.close()
+            }
             #expect(out.id != 0 && err.id != 0 && out.id != err.id)
             // 10 MiB, far more than a pipe and the socket buffers hold: back-pressure, not loss.
             let script = "head -c 10485760 /dev/zero | tr '\\0' a; echo err >&2; exit 3"
-            try await agent.client.createContainer("big", spec: agent.spec(["sh", "-c", script]),
-                                                   stdio: StdioPorts(stdout: out.id, stderr: err.id))
+            try await agent.client.createContainer(
+                "big", spec: agent.spec(["sh", "-c", script]),
+                stdio: StdioPorts(stdout: out.id, stderr: err.id))
             try await agent.client.startContainer("big")
             async let stdout = out.readAll()
             async let stderr = err.readAll()
@@ -48,10 +53,15 @@ struct StdioStreamTests {
             let input: [UInt8] = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) }
             for round in 0..<2 {
                 let stdin = try Stream.dial(socket), stdout = try Stream.dial(socket), stderr = try Stream.dial(socket)
-                defer { stdin.close(); stdout.close(); stderr.close() }
+                defer {
+                    stdin.close()
+                    stdout.close()
+                    stderr.close()
+                }
                 // The same exec id twice: once waited for and read to EOF, the first is gone.
-                try await agent.client.exec("box", "cat", process: LocalAgent.process(["cat"]),
-                                            stdio: StdioPorts(stdin: stdin.id, stdout: stdout.id, stderr: stderr.id))
+                try await agent.client.exec(
+                    "box", "cat", process: LocalAgent.process(["cat"]),
+                    stdio: StdioPorts(stdin: stdin.id, stdout: stdout.id, stderr: stderr.id))
                 async let echoed = stdout.readAll()
                 async let errors = stderr.readAll()
                 try await stdin.write(input)

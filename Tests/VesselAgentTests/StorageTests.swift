@@ -24,7 +24,12 @@ struct StorageTests {
     @Test func badStoragesNameTheFieldAndMountNothing() async throws {
         try await withAgent { agent in
             func sandbox(_ storage: Grpc_Storage) async throws {
-                try await agent.client.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with { $0.sandboxID = "s"; $0.storages = [storage] })
+                try await agent.client.call(
+                    AgentAPI.createSandbox,
+                    Grpc_CreateSandboxRequest.with {
+                        $0.sandboxID = "s"
+                        $0.storages = [storage]
+                    })
             }
             let run = agent.runDir
             await expectError(.invalidArgument, containing: "storages[0].driver \"x\" is not supported") {
@@ -61,11 +66,13 @@ struct StorageTests {
             }
             // CreateContainer checks its storages in the same place, before anything starts.
             await expectError(.invalidArgument, containing: "storages[1].driver \"blk\" is not supported") {
-                try await agent.client.call(AgentAPI.createContainer, Grpc_CreateContainerRequest.with {
-                    $0.containerID = "c"
-                    $0.oci = agent.spec(["true"])
-                    $0.storages = [Self.storage("local", "", run + "/ok"), Self.storage("blk", "/dev/vda", run + "/m")]
-                })
+                try await agent.client.call(
+                    AgentAPI.createContainer,
+                    Grpc_CreateContainerRequest.with {
+                        $0.containerID = "c"
+                        $0.oci = agent.spec(["true"])
+                        $0.storages = [Self.storage("local", "", run + "/ok"), Self.storage("blk", "/dev/vda", run + "/m")]
+                    })
             }
             #expect(!FileManager.default.fileExists(atPath: run + "/m"))
             #expect(!FileManager.default.fileExists(atPath: run + "/ok"))
@@ -80,10 +87,12 @@ struct StorageTests {
             let volume = agent.directory.appendingPathComponent("volume").path
             try FileManager.default.createDirectory(atPath: volume, withIntermediateDirectories: true)
             try "from the host\n".write(toFile: volume + "/file", atomically: true, encoding: .utf8)
-            try await agent.client.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with {
-                $0.sandboxID = "s"
-                $0.storages = [Self.storage("bind", agent.rootfs, shared + "/rootfs", ["rbind"])]
-            })
+            try await agent.client.call(
+                AgentAPI.createSandbox,
+                Grpc_CreateSandboxRequest.with {
+                    $0.sandboxID = "s"
+                    $0.storages = [Self.storage("bind", agent.rootfs, shared + "/rootfs", ["rbind"])]
+                })
             #expect(Self.mountPoints().contains(shared + "/rootfs"))
 
             // Two containers share a read-only volume; one has a tmpfs and an emptyDir of its own.
@@ -92,17 +101,21 @@ struct StorageTests {
                 var spec = agent.spec(["sh", "-c", script])
                 spec.root.path = shared + "/rootfs"
                 spec.mounts.append(SpecTemplate.mount("/data", "bind", agent.runDir + "/volumes/v", ["rbind"]))
-                try await agent.client.call(AgentAPI.createContainer, Grpc_CreateContainerRequest.with {
-                    $0.containerID = id
-                    $0.oci = spec
-                    $0.storages = [volumeStorage] + extra
-                })
+                try await agent.client.call(
+                    AgentAPI.createContainer,
+                    Grpc_CreateContainerRequest.with {
+                        $0.containerID = id
+                        $0.oci = spec
+                        $0.storages = [volumeStorage] + extra
+                    })
                 try await agent.client.startContainer(id)
             }
-            try await create("a", "cat /data/file; touch /data/x 2>&1; sleep 1000", [
-                Self.storage("ephemeral", "", agent.runDir + "/tmp-a", ["size=1m"]),
-                Self.storage("local", "", agent.runDir + "/empty-a", ["mode=0750"]),
-            ])
+            try await create(
+                "a", "cat /data/file; touch /data/x 2>&1; sleep 1000",
+                [
+                    Self.storage("ephemeral", "", agent.runDir + "/tmp-a", ["size=1m"]),
+                    Self.storage("local", "", agent.runDir + "/empty-a", ["mode=0750"]),
+                ])
             try await create("b", "cat /data/file", [])
             #expect(try await agent.client.wait("b") == 0)
             #expect(try await agent.output("b") == "from the host\n")
@@ -113,12 +126,16 @@ struct StorageTests {
             #expect(Self.mountPoints().contains(agent.runDir + "/tmp-a"))
 
             // A different storage on a mount point in use is refused.
-            await expectError(.invalidArgument, containing: "storages[0].mount_point \(agent.runDir)/volumes/v is already mounted from another source") {
-                try await agent.client.call(AgentAPI.createContainer, Grpc_CreateContainerRequest.with {
-                    $0.containerID = "c"
-                    $0.oci = agent.spec(["true"])
-                    $0.storages = [Self.storage("bind", agent.rootfs, agent.runDir + "/volumes/v")]
-                })
+            await expectError(
+                .invalidArgument, containing: "storages[0].mount_point \(agent.runDir)/volumes/v is already mounted from another source"
+            ) {
+                try await agent.client.call(
+                    AgentAPI.createContainer,
+                    Grpc_CreateContainerRequest.with {
+                        $0.containerID = "c"
+                        $0.oci = agent.spec(["true"])
+                        $0.storages = [Self.storage("bind", agent.rootfs, agent.runDir + "/volumes/v")]
+                    })
             }
 
             try await agent.client.removeContainer("b")

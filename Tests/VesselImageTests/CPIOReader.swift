@@ -35,16 +35,26 @@ func readCPIO(_ bytes: [UInt8]) throws -> [CPIOEntry] {
     }
     func aligned(_ n: Int) -> Int { (n + 3) & ~3 }
     while true {
-        guard offset % 4 == 0, offset + 110 <= bytes.count else { throw CPIOFormatError(description: "truncated or misaligned header at \(offset)") }
-        guard String(decoding: bytes[offset..<offset + 6], as: UTF8.self) == "070701" else { throw CPIOFormatError(description: "bad magic at \(offset)") }
+        guard offset % 4 == 0, offset + 110 <= bytes.count else {
+            throw CPIOFormatError(description: "truncated or misaligned header at \(offset)")
+        }
+        guard String(decoding: bytes[offset..<offset + 6], as: UTF8.self) == "070701" else {
+            throw CPIOFormatError(description: "bad magic at \(offset)")
+        }
         let size = Int(try field(6))
         let nameSize = Int(try field(11))
-        guard try field(12) == 0, try field(7) == 0, try field(8) == 0 else { throw CPIOFormatError(description: "nonzero check or dev at \(offset)") }
+        guard try field(12) == 0, try field(7) == 0, try field(8) == 0 else {
+            throw CPIOFormatError(description: "nonzero check or dev at \(offset)")
+        }
         let nameStart = offset + 110
-        guard nameSize > 0, bytes[nameStart + nameSize - 1] == 0 else { throw CPIOFormatError(description: "name not NUL-terminated at \(offset)") }
+        guard nameSize > 0, bytes[nameStart + nameSize - 1] == 0 else {
+            throw CPIOFormatError(description: "name not NUL-terminated at \(offset)")
+        }
         let name = String(decoding: bytes[nameStart..<nameStart + nameSize - 1], as: UTF8.self)
         let dataStart = aligned(nameStart + nameSize)
-        guard bytes[nameStart + nameSize..<dataStart].allSatisfy({ $0 == 0 }) else { throw CPIOFormatError(description: "nonzero name padding") }
+        guard bytes[nameStart + nameSize..<dataStart].allSatisfy({ $0 == 0 }) else {
+            throw CPIOFormatError(description: "nonzero name padding")
+        }
         if name == "TRAILER!!!" {
             guard dataStart == bytes.count else { throw CPIOFormatError(description: "\(bytes.count - dataStart) bytes after the trailer") }
             return entries

@@ -108,7 +108,8 @@ struct ManifestTests {
         #expect(byPath["/dev/console"]?.kind == .device(block: false, major: 5, minor: 1))
         #expect(byPath["/dev/console"]?.mode == 0o600)
         #expect(byPath["/init"] == Entry(path: "/init", mode: 0o755, kind: .file(source: "/agent")))
-        for path in ["/proc", "/sys", "/dev", "/run", "/run/kata-containers", "/tmp", "/etc", "/sbin", "/bin", "/usr/bin", "/root", "/var"] {
+        for path in ["/proc", "/sys", "/dev", "/run", "/run/kata-containers", "/tmp", "/etc", "/sbin", "/bin", "/usr/bin", "/root", "/var"]
+        {
             #expect(byPath[path]?.kind == .directory, "\(path)")
         }
         #expect(byPath["/tmp"]?.mode == 0o1777)
@@ -120,7 +121,9 @@ struct ManifestTests {
         #expect(byPath["/bin/busybox"] == nil)
     }
 
-    @Test("--debug adds busybox and its applet links", .enabled(if: FileManager.default.fileExists(atPath: "/bin/busybox"), "needs busybox-static"))
+    @Test(
+        "--debug adds busybox and its applet links",
+        .enabled(if: FileManager.default.fileExists(atPath: "/bin/busybox"), "needs busybox-static"))
     func debugEntries() throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -254,7 +257,8 @@ struct ImageBuilderTests {
     }
 
     @Test(
-        "GNU cpio lists the archive", .enabled(if: installed("cpio") && installed("zstd"), "needs cpio and zstd (apt-get install -y cpio zstd)"))
+        "GNU cpio lists the archive",
+        .enabled(if: installed("cpio") && installed("zstd"), "needs cpio and zstd (apt-get install -y cpio zstd)"))
     func cpioLists() throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -50,8 +50,10 @@ func run(_ command: [String], stdin: String? = nil, timeout: Double = 120) throw
         kill(process.processIdentifier, SIGKILL)
         throw TimedOut(description: "\(command.joined(separator: " ")) still running after \(Int(timeout)) s: killed")
     }
-    return (process.terminationStatus, Array(try Data(contentsOf: URL(fileURLWithPath: out))),
-            (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+    return (
+        process.terminationStatus, Array(try Data(contentsOf: URL(fileURLWithPath: out))),
+        (try? String(contentsOfFile: err, encoding: .utf8)) ?? ""
+    )
 }
 
 struct TimedOut: Error, CustomStringConvertible {

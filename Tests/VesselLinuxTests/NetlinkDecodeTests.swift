@@ -1,8 +1,9 @@
 import Testing
+
 @testable import VesselLinux
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The rtnetlink answer decoders without a socket, on inputs found by fuzzing (Fuzz/, fuzz-netlink).
@@ -35,7 +36,8 @@ struct NetlinkDecodeTests {
 
     @Test func linkFromADumpAnswer() throws {
         let kind = NetlinkAttribute(18, nested: [NetlinkAttribute(1, string: "veth")])
-        let body = [0, 0] + NetlinkBytes.u16(1) + NetlinkBytes.i32(2) + NetlinkBytes.u32(0x1043) + NetlinkBytes.u32(0)
+        let body =
+            [0, 0] + NetlinkBytes.u16(1) + NetlinkBytes.i32(2) + NetlinkBytes.u32(0x1043) + NetlinkBytes.u32(0)
             + NetlinkAttribute.encode([NetlinkAttribute(3, string: "eth0"), NetlinkAttribute(4, u32: 1500), kind])
         let message = NetlinkMessage(type: 16, flags: 2, sequence: 7, body: body)
         let link = try #require(RouteNetlink.link(message))

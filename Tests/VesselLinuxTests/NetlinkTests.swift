@@ -32,11 +32,18 @@ struct NetlinkTests {
             #expect(try netlink.addresses().contains { $0.index == link.index && $0.address == [10, 99, 0, 2] && $0.prefixLength == 24 })
             #expect(try netlink.links().first { $0.index == link.index }?.mtu == 1400)
             var route = NetworkRoute()
-            (route.destination, route.destinationLength, route.outputIndex, route.gateway) = ([10, 98, 0, 0], 16, link.index, [10, 99, 0, 1])
+            (route.destination, route.destinationLength, route.outputIndex, route.gateway) = (
+                [10, 98, 0, 0], 16, link.index, [10, 99, 0, 1]
+            )
             try netlink.addRoute(route)
-            #expect(try netlink.routes().contains { $0.destination == [10, 98, 0, 0] && $0.gateway == [10, 99, 0, 1] && $0.outputIndex == link.index })
-            try netlink.addNeighbour(NetworkNeighbour(index: link.index, family: UInt8(AF_INET), address: [10, 99, 0, 7],
-                                                      mac: [2, 0, 0, 0, 0, 7], state: 0x80))
+            #expect(
+                try netlink.routes().contains {
+                    $0.destination == [10, 98, 0, 0] && $0.gateway == [10, 99, 0, 1] && $0.outputIndex == link.index
+                })
+            try netlink.addNeighbour(
+                NetworkNeighbour(
+                    index: link.index, family: UInt8(AF_INET), address: [10, 99, 0, 7],
+                    mac: [2, 0, 0, 0, 0, 7], state: 0x80))
             #expect(try netlink.neighbours().contains { $0.address == [10, 99, 0, 7] && $0.mac == [2, 0, 0, 0, 0, 7] })
             // The kernel's errors come back as LinuxError with its errno.
             #expect(throws: LinuxError.self) { try netlink.setLink(99_999, up: true) }
@@ -47,8 +54,10 @@ struct NetlinkTests {
     /// from the veth's peer is read from the tap's fd.
     @Test func ingressRedirectCarriesFramesToTheTap() throws {
         try withNamespace { name, namespace in
-            #expect(shell("ip -n \(name) link add v0 type veth peer name v1 && ip -n \(name) link set v0 up && ip -n \(name) link set v1 up "
-                + "&& ip -n \(name) addr add 10.77.0.1/24 dev v1") == 0)
+            #expect(
+                shell(
+                    "ip -n \(name) link add v0 type veth peer name v1 && ip -n \(name) link set v0 up && ip -n \(name) link set v1 up "
+                        + "&& ip -n \(name) addr add 10.77.0.1/24 dev v1") == 0)
             let netlink = try RouteNetlink(namespace: namespace)
             let tap = try Linux.inNetworkNamespace(namespace) { () throws(LinuxError) -> Int32 in try Linux.openTap("vtap0") }
             defer { close(tap) }
@@ -80,10 +89,12 @@ struct NetlinkTests {
     @Test func malformedMessagesAreCutShort() {
         #expect(NetlinkMessage.split([1, 2, 3][...]).isEmpty)
         #expect(NetlinkMessage.split((NetlinkBytes.u32(4000) + [UInt8](repeating: 0, count: 28))[...]).isEmpty)
-        let good = NetlinkBytes.u32(20) + NetlinkBytes.u16(16) + NetlinkBytes.u16(0) + NetlinkBytes.u32(7) + NetlinkBytes.u32(0) + [1, 2, 3, 4]
+        let good =
+            NetlinkBytes.u32(20) + NetlinkBytes.u16(16) + NetlinkBytes.u16(0) + NetlinkBytes.u32(7) + NetlinkBytes.u32(0) + [1, 2, 3, 4]
         let messages = NetlinkMessage.split((good + NetlinkBytes.u32(99) + [0, 0])[...])
         #expect(messages.count == 1 && messages[0].type == 16 && messages[0].body == [1, 2, 3, 4])
-        let attributes = NetlinkAttribute.decode((NetlinkAttribute.encode([NetlinkAttribute(3, string: "eth0")]) + NetlinkBytes.u16(200) + [0, 0])[...])
+        let attributes = NetlinkAttribute.decode(
+            (NetlinkAttribute.encode([NetlinkAttribute(3, string: "eth0")]) + NetlinkBytes.u16(200) + [0, 0])[...])
         #expect(attributes.count == 1 && attributes[0].string == "eth0")
         #expect(NetlinkAttribute.decode((NetlinkBytes.u16(2) + NetlinkBytes.u16(1))[...]).isEmpty)
     }

@@ -10,14 +10,17 @@ struct SpawnTests {
     @Test func parentDeathSignalOutlivesTheSpawningThread() throws {
         let spawned = ThreadResult()
         var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            let box = Unmanaged<ThreadResult>.fromOpaque(arg!).takeUnretainedValue()
-            box.result = Result { () throws(LinuxError) -> SpawnResult in
-                try spawn(exeFD: -1, path: "/bin/sleep", arguments: ["sleep", "30"], environment: [], fds: [],
-                          parentDeathSignal: SIGKILL)
-            }
-            return nil
-        }, Unmanaged.passUnretained(spawned).toOpaque())
+        let rc = pthread_create(
+            &thread, nil,
+            { arg in
+                let box = Unmanaged<ThreadResult>.fromOpaque(arg!).takeUnretainedValue()
+                box.result = Result { () throws(LinuxError) -> SpawnResult in
+                    try spawn(
+                        exeFD: -1, path: "/bin/sleep", arguments: ["sleep", "30"], environment: [], fds: [],
+                        parentDeathSignal: SIGKILL)
+                }
+                return nil
+            }, Unmanaged.passUnretained(spawned).toOpaque())
         #expect(rc == 0)
         pthread_join(thread, nil)
         let child = try #require(try spawned.result?.get())
@@ -42,8 +45,9 @@ struct SpawnTests {
             for _ in 0..<4 {
                 group.addTask {
                     try (0..<50).map { _ in
-                        let child = try spawn(exeFD: -1, path: "/bin/true", arguments: ["true"], environment: [], fds: [],
-                                              parentDeathSignal: SIGKILL)
+                        let child = try spawn(
+                            exeFD: -1, path: "/bin/true", arguments: ["true"], environment: [], fds: [],
+                            parentDeathSignal: SIGKILL)
                         #expect(child.execErrno == 0)
                         return child.pid
                     }
@@ -60,8 +64,9 @@ struct SpawnTests {
     }
 
     @Test func execFailureIsReported() throws {
-        let spawned = try spawn(exeFD: -1, path: "/nonexistent/binary", arguments: ["x"], environment: [], fds: [],
-                                parentDeathSignal: SIGKILL)
+        let spawned = try spawn(
+            exeFD: -1, path: "/nonexistent/binary", arguments: ["x"], environment: [], fds: [],
+            parentDeathSignal: SIGKILL)
         var status: Int32 = 0
         waitpid(spawned.pid, &status, 0)
         #expect(spawned.execErrno == ENOENT)

@@ -3,6 +3,7 @@ import NIOCore
 import NIOEmbedded
 import SwiftProtobuf
 import Testing
+
 @testable import VesselProtocol
 
 /// The client's connection handler against scripted server bytes.

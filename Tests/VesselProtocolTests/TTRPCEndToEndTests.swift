@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import SwiftProtobuf
 import Testing
+
 @testable import VesselProtocol
 
 /// Real client and server over a Unix socket in a temporary directory.

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 import Testing
+
 @testable import VesselProtocol
 
 @Suite("ttrpc framing", .timeLimit(.minutes(1)))

@@ -2,6 +2,7 @@ import NIOCore
 import NIOEmbedded
 import SwiftProtobuf
 import Testing
+
 @testable import VesselProtocol
 
 @Suite("ttrpc server connection", .timeLimit(.minutes(1)))

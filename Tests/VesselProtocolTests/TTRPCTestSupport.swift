@@ -3,6 +3,7 @@ import NIOCore
 import NIOEmbedded
 import SwiftProtobuf
 import Synchronization
+
 @testable import VesselProtocol
 
 /// A thread-safe bag of facts handlers report to tests.
@@ -22,7 +23,6 @@ final class Recorder: Sendable {
         return self.contains(event)
     }
 }
-
 
 struct PlainError: Error, CustomStringConvertible {
     var description: String { "plain failure" }

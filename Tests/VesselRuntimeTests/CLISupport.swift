@@ -1,7 +1,8 @@
 import Foundation
 import Testing
-@testable import VesselCore
 import VesselDevSupport
+
+@testable import VesselCore
 
 /// The `vessel` binary built next to the tests, run as docker or podman would run it.
 struct VesselCLI {
@@ -19,14 +20,14 @@ struct VesselCLI {
         directory = try temporaryDirectory("vessel-cli")
         let accelerator = ProcessInfo.processInfo.environment["VESSEL_ACCEL"] ?? "auto"
         try """
-            [hypervisor]
-            kernel = "\(Self.kernel)"
-            initrd = "\(Self.initrd)"
-            accelerator = "\(accelerator)"
-            memory_mib = 256
-            [agent]
-            \(agent)
-            """.write(toFile: config, atomically: true, encoding: .utf8)
+        [hypervisor]
+        kernel = "\(Self.kernel)"
+        initrd = "\(Self.initrd)"
+        accelerator = "\(accelerator)"
+        memory_mib = 256
+        [agent]
+        \(agent)
+        """.write(toFile: config, atomically: true, encoding: .utf8)
     }
 
     struct Result {
@@ -39,8 +40,10 @@ struct VesselCLI {
     /// shim inherits them and would keep a pipe open long after `create` returns.
     /// A call that outlives `timeout` is killed and fails the test instead of stalling the suite.
     @discardableResult
-    func run(_ arguments: [String], stdin: String? = nil, global: [String] = [], timeout: Double = 300,
-             stdoutFile: String? = nil, stdinFile: String? = nil, binary: String = binary, workingDirectory: String? = nil) throws
+    func run(
+        _ arguments: [String], stdin: String? = nil, global: [String] = [], timeout: Double = 300,
+        stdoutFile: String? = nil, stdinFile: String? = nil, binary: String = binary, workingDirectory: String? = nil
+    ) throws
         -> Result
     {
         let token = UUID().uuidString.prefix(8)
@@ -65,9 +68,10 @@ struct VesselCLI {
             Issue.record("vessel \(arguments.joined(separator: " ")) still running after \(Int(timeout)) s: killed")
             if process.isRunning { throw CLIError("vessel \(arguments.joined(separator: " ")) survived SIGKILL") }
         }
-        return Result(status: process.terminationStatus,
-                      stdout: stdoutFile == nil ? (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" : "",
-                      stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+        return Result(
+            status: process.terminationStatus,
+            stdout: stdoutFile == nil ? (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" : "",
+            stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
     }
 
     func bundle(_ args: [String], terminal: Bool = false, extraMounts: [[String: Any]] = []) throws -> String {
@@ -94,8 +98,9 @@ struct VesselCLI {
     func expectNothingLeft(_ id: String, cgroupsPath: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) throws {
         #expect(!FileManager.default.fileExists(atPath: root + "/" + id), "state dir left", sourceLocation: sourceLocation)
         let sandboxDirectory = SandboxPaths(root: root, id: id).directory
-        #expect(!FileManager.default.fileExists(atPath: sandboxDirectory), "sandbox dir \(sandboxDirectory) left",
-                sourceLocation: sourceLocation)
+        #expect(
+            !FileManager.default.fileExists(atPath: sandboxDirectory), "sandbox dir \(sandboxDirectory) left",
+            sourceLocation: sourceLocation)
         let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
         let mounts = mountinfo.split(separator: "\n").filter { $0.contains(root) || $0.contains(sandboxDirectory) }
         #expect(mounts.isEmpty, "mounts left: \(mounts)", sourceLocation: sourceLocation)

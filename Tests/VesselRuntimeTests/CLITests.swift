@@ -24,8 +24,10 @@ struct CLIBadInputTests {
         result = try cli.run(["create", "--bundle=\(bundle)", "c1"])
         #expect(result.status == 1 && result.stderr.contains("root.path \(bundle)/rootfs: no such directory"), "\(result.stderr)")
 
-        for command in [["state", "nope"], ["start", "nope"], ["kill", "nope", "KILL"], ["delete", "nope"], ["exec", "nope", "true"],
-                        ["pause", "nope"]] {
+        for command in [
+            ["state", "nope"], ["start", "nope"], ["kill", "nope", "KILL"], ["delete", "nope"], ["exec", "nope", "true"],
+            ["pause", "nope"],
+        ] {
             result = try cli.run(command)
             #expect(result.status == 1 && result.stderr.contains("container \"nope\" does not exist"), "\(command): \(result.stderr)")
         }

@@ -15,7 +15,9 @@ struct CRIClient {
     static func python() throws -> String {
         let venv = (ProcessInfo.processInfo.environment["VESSEL_CACHE"] ?? "/var/cache/vessel") + "/python-cri"
         let python = venv + "/bin/python3"
-        if FileManager.default.isExecutableFile(atPath: python), try command([python, "-c", "import grpc, grpc_tools"], timeout: 60).status == 0 {
+        if FileManager.default.isExecutableFile(atPath: python),
+            try command([python, "-c", "import grpc, grpc_tools"], timeout: 60).status == 0
+        {
             return python
         }
         var result = try command(["/usr/bin/env", "python3", "-m", "venv", venv])
@@ -32,8 +34,9 @@ struct CRIClient {
     /// One cri.py call; its JSON answer (or the error line in `CLIError`).
     @discardableResult
     func call(_ arguments: [String], timeout: Double = 300) throws -> [String: Any] {
-        let result = try command([python, Self.script, "--socket", socket] + arguments, environment: ["VESSEL_CRI_STUBS": stubs],
-                                 timeout: timeout)
+        let result = try command(
+            [python, Self.script, "--socket", socket] + arguments, environment: ["VESSEL_CRI_STUBS": stubs],
+            timeout: timeout)
         guard result.status == 0 else { throw CLIError("cri.py \(arguments.joined(separator: " ")): \(result.output)") }
         let json = result.output.firstIndex(of: "{").map { result.output[$0...] } ?? ""
         guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
@@ -47,7 +50,9 @@ struct CRIClient {
     }
 }
 
-@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .serialized, .timeLimit(.minutes(10)),
+    .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct CRITests {
     /// A pod (host network: no CNI needed here) with two containers: one VM, shared namespaces,
     /// CRI-format logs, ExecSync, stats; stopping and removing the pod leaves nothing.
@@ -128,9 +133,11 @@ struct CRITests {
         let cri = CRIClient(python: try CRIClient.python(), socket: containerd.socket, stubs: dir + "/stubs")
         var pods: [(id: String, ip: String, container: String)] = []
         for name in ["a", "b"] {
-            let pod: [String: Any] = ["metadata": ["name": "net-\(name)", "uid": "u-\(name)", "namespace": "default"], "hostname": "pod-\(name)",
-                                      "log_directory": dir + "/logs-\(name)",
-                                      "dns_config": ["servers": ["10.66.0.53"], "searches": ["vessel.test"], "options": ["ndots:2"]]]
+            let pod: [String: Any] = [
+                "metadata": ["name": "net-\(name)", "uid": "u-\(name)", "namespace": "default"], "hostname": "pod-\(name)",
+                "log_directory": dir + "/logs-\(name)",
+                "dns_config": ["servers": ["10.66.0.53"], "searches": ["vessel.test"], "options": ["ndots:2"]],
+            ]
             try cri.writeJSON(pod, to: dir + "/pod-\(name).json")
             let started = try cri.call(["runp", "--config", dir + "/pod-\(name).json", "--runtime", "vessel"])
             let id = try #require(started["pod_sandbox_id"] as? String)
@@ -149,11 +156,14 @@ struct CRITests {
         #expect(pods[0].ip.hasPrefix("10.66.0.") && pods[1].ip.hasPrefix("10.66.0.") && pods[0].ip != pods[1].ip, "\(pods)")
 
         // The guest's eth0 has the pod's address and its route out through the bridge.
-        let guest = try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "ip -4 addr show eth0; ip route"])["stdout"] as? String ?? ""
+        let guest =
+            try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "ip -4 addr show eth0; ip route"])["stdout"] as? String ?? ""
         #expect(guest.contains("inet \(pods[0].ip)/24") && guest.contains("default via 10.66.0.1"), "\(guest)")
 
         // The files CRI wrote for the pod: its DNS and its hostname.
-        let files = try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "cat /etc/resolv.conf /etc/hostname"])["stdout"] as? String ?? ""
+        let files =
+            try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "cat /etc/resolv.conf /etc/hostname"])["stdout"] as? String
+            ?? ""
         #expect(files.contains("nameserver 10.66.0.53") && files.contains("search vessel.test") && files.contains("pod-a"), "\(files)")
 
         // Node -> pod, pod -> node (a server on the bridge's side), pod -> pod.
@@ -164,7 +174,8 @@ struct CRITests {
         let request = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5"
         let fromPod = try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "\(request) 10.66.0.1 8081"])["stdout"] as? String
         #expect(fromPod?.contains("hello-from-the-node") == true, "\(fromPod ?? "")")
-        let podToPod = try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "\(request) \(pods[1].ip) 8080"])["stdout"] as? String
+        let podToPod =
+            try cri.call(["exec-sync", pods[0].container, "--", "sh", "-c", "\(request) \(pods[1].ip) 8080"])["stdout"] as? String
         #expect(podToPod?.contains("hello-from-pod-b") == true, "\(podToPod ?? "")")
 
         for pod in pods {
@@ -179,7 +190,8 @@ struct CRITests {
     func qemuProcesses() -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { pid in
             guard Int(pid) != nil, let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
-                  cmdline.hasPrefix("/usr/bin/qemu-system") else { return nil }
+                cmdline.hasPrefix("/usr/bin/qemu-system")
+            else { return nil }
             return cmdline
         }
     }

@@ -1,11 +1,13 @@
 import Foundation
 import Testing
-import VesselDevSupport
 import VesselCore
+import VesselDevSupport
 
 /// Real callers of an OCI runtime, installed from Debian when missing, with all their state in a
 /// temporary directory: podman (conmon) and dockerd 20.10 (containerd + containerd-shim-runc-v2).
-@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .timeLimit(.minutes(10)), .serialized,
+    .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct CallerTests {
     @Test func podmanRunsABusyboxContainer() throws {
         try ensureInstalled(["/usr/bin/podman": "podman", "/usr/bin/conmon": "conmon"])
@@ -14,20 +16,25 @@ struct CallerTests {
         let dir = cli.directory
         try BusyboxRootfs.make(at: dir + "/rootfs")
         try """
-            [containers]
-            default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-            netns = "none"
-            [engine]
-            cgroup_manager = "cgroupfs"
-            events_logger = "file"
-            """.write(toFile: dir + "/containers.conf", atomically: true, encoding: .utf8)
-        let podman = ["/usr/bin/podman", "--root", dir + "/storage", "--runroot", dir + "/run", "--storage-driver", "vfs",
-                      "--runtime", VesselCLI.binary, "--runtime-flag", "config=" + cli.config]
+        [containers]
+        default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+        netns = "none"
+        [engine]
+        cgroup_manager = "cgroupfs"
+        events_logger = "file"
+        """.write(toFile: dir + "/containers.conf", atomically: true, encoding: .utf8)
+        let podman = [
+            "/usr/bin/podman", "--root", dir + "/storage", "--runroot", dir + "/run", "--storage-driver", "vfs",
+            "--runtime", VesselCLI.binary, "--runtime-flag", "config=" + cli.config,
+        ]
         let environment = ["CONTAINERS_CONF": dir + "/containers.conf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
         // podman's cleanup (`podman container cleanup`) calls the runtime without --runtime-flag: default --root.
         let run = Background {
-            try command(podman + ["run", "--rm", "--cidfile", dir + "/cid", "--rootfs", dir + "/rootfs",
-                                  "sh", "-c", "echo hello-podman from $(hostname); exit 7"], environment: environment)
+            try command(
+                podman + [
+                    "run", "--rm", "--cidfile", dir + "/cid", "--rootfs", dir + "/rootfs",
+                    "sh", "-c", "echo hello-podman from $(hostname); exit 7",
+                ], environment: environment)
         }
         // The state must be seen while the container exists, or its absence afterwards proves nothing.
         let stateDirectory = { () -> String? in
@@ -52,8 +59,10 @@ struct CallerTests {
         defer { docker.stop() }
         let cidfile = docker.cli.directory + "/cid"
         let background = Background {
-            try docker.docker(["run", "--rm", "--cidfile", cidfile, "--runtime", "vessel", "--network", "none", "busybox:vessel",
-                               "sh", "-c", "echo hello-docker from $(hostname); exit 5"])
+            try docker.docker([
+                "run", "--rm", "--cidfile", cidfile, "--runtime", "vessel", "--network", "none", "busybox:vessel",
+                "sh", "-c", "echo hello-docker from $(hostname); exit 5",
+            ])
         }
         // The state must be seen while the container exists, or its absence afterwards proves nothing.
         var seen = false
@@ -84,15 +93,19 @@ final class DockerDaemon: @unchecked Sendable {
         let dir = cli.directory
         try BusyboxImage.archive(at: dir + "/busybox.tar", name: "busybox:vessel", in: dir)
         try """
-            {"runtimes": {"vessel": {"path": "\(VesselCLI.binary)", "runtimeArgs": ["--config", "\(cli.config)"]}}}
-            """.write(toFile: dir + "/daemon.json", atomically: true, encoding: .utf8)
+        {"runtimes": {"vessel": {"path": "\(VesselCLI.binary)", "runtimeArgs": ["--config", "\(cli.config)"]}}}
+        """.write(toFile: dir + "/daemon.json", atomically: true, encoding: .utf8)
         socket = dir + "/docker.sock"
-        let networking = network == nil
+        let networking =
+            network == nil
             ? ["--iptables=false", "--ip-masq=false", "--ip-forward=false", "--bridge=none"]
             : ["--iptables=true", "--ip-masq=false", "--ip-forward=true"]
-        let arguments = ["/usr/sbin/dockerd", "--config-file", dir + "/daemon.json", "--data-root", dir + "/data", "--exec-root", dir + "/exec",
-                         "--pidfile", dir + "/docker.pid", "-H", "unix://" + socket, "--storage-driver", "vfs",
-                         "--exec-opt", "native.cgroupdriver=cgroupfs", "--userland-proxy=false"] + networking
+        let arguments =
+            [
+                "/usr/sbin/dockerd", "--config-file", dir + "/daemon.json", "--data-root", dir + "/data", "--exec-root", dir + "/exec",
+                "--pidfile", dir + "/docker.pid", "-H", "unix://" + socket, "--storage-driver", "vfs",
+                "--exec-opt", "native.cgroupdriver=cgroupfs", "--userland-proxy=false",
+            ] + networking
         daemon = Process()
         daemon.executableURL = URL(fileURLWithPath: network == nil ? "/usr/sbin/dockerd" : "/usr/bin/nsenter")
         daemon.arguments = network.map { ["--net=" + $0.path] + arguments } ?? Array(arguments.dropFirst())
@@ -106,7 +119,10 @@ final class DockerDaemon: @unchecked Sendable {
             up = (try? docker(["version"]))?.status == 0
             if !up { usleep(100_000) }
         }
-        guard up else { throw CLIError("dockerd did not come up: \((try? String(contentsOfFile: dir + "/dockerd.log", encoding: .utf8))?.suffix(2000) ?? "")") }
+        guard up else {
+            throw CLIError(
+                "dockerd did not come up: \((try? String(contentsOfFile: dir + "/dockerd.log", encoding: .utf8))?.suffix(2000) ?? "")")
+        }
         let load = try docker(["load", "-i", dir + "/busybox.tar"])
         guard load.status == 0 else { throw CLIError("docker load: \(load.output)") }
     }
@@ -137,12 +153,16 @@ final class DockerDaemon: @unchecked Sendable {
 }
 
 /// The callers' own networks, each in a network namespace of the test's own (no packet leaves it).
-@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .serialized, .timeLimit(.minutes(10)),
+    .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct CallerNetworkTests {
     /// podman 4.3 with netavark: `-p 18080:80` reaches busybox httpd in the VM.
     @Test func podmanPublishesAPort() throws {
-        try ensureInstalled(["/usr/bin/podman": "podman", "/usr/bin/conmon": "conmon", "/usr/lib/podman/netavark": "netavark",
-                             "/usr/sbin/iptables": "iptables", "/usr/bin/curl": "curl"])
+        try ensureInstalled([
+            "/usr/bin/podman": "podman", "/usr/bin/conmon": "conmon", "/usr/lib/podman/netavark": "netavark",
+            "/usr/sbin/iptables": "iptables", "/usr/bin/curl": "curl",
+        ])
         let node = try TestNamespace("vpodman")
         defer { node.delete() }
         let cli = try VesselCLI()
@@ -152,21 +172,26 @@ struct CallerNetworkTests {
         try FileManager.default.createDirectory(atPath: dir + "/rootfs/www", withIntermediateDirectories: true)
         try "hello-through-podman\n".write(toFile: dir + "/rootfs/www/index.html", atomically: true, encoding: .utf8)
         try """
-            [containers]
-            default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
-            [engine]
-            cgroup_manager = "cgroupfs"
-            events_logger = "file"
-            [network]
-            network_backend = "netavark"
-            network_config_dir = "\(dir)/networks"
-            """.write(toFile: dir + "/containers.conf", atomically: true, encoding: .utf8)
-        let podman = ["/usr/bin/nsenter", "--net=" + node.path, "/usr/bin/podman", "--root", dir + "/storage", "--runroot", dir + "/run",
-                      "--storage-driver", "vfs", "--runtime", VesselCLI.binary, "--runtime-flag", "config=" + cli.config]
+        [containers]
+        default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+        [engine]
+        cgroup_manager = "cgroupfs"
+        events_logger = "file"
+        [network]
+        network_backend = "netavark"
+        network_config_dir = "\(dir)/networks"
+        """.write(toFile: dir + "/containers.conf", atomically: true, encoding: .utf8)
+        let podman = [
+            "/usr/bin/nsenter", "--net=" + node.path, "/usr/bin/podman", "--root", dir + "/storage", "--runroot", dir + "/run",
+            "--storage-driver", "vfs", "--runtime", VesselCLI.binary, "--runtime-flag", "config=" + cli.config,
+        ]
         let environment = ["CONTAINERS_CONF": dir + "/containers.conf", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
         defer { _ = try? command(podman + ["rm", "--all", "--force"], environment: environment) }
-        var result = try command(podman + ["run", "-d", "--name", "web", "-p", "18080:80", "--rootfs", dir + "/rootfs",
-                                           "httpd", "-f", "-p", "80", "-h", "/www"], environment: environment)
+        var result = try command(
+            podman + [
+                "run", "-d", "--name", "web", "-p", "18080:80", "--rootfs", dir + "/rootfs",
+                "httpd", "-f", "-p", "80", "-h", "/www",
+            ], environment: environment)
         #expect(result.status == 0, "\(result.output)")
         let page = try node.fetch("http://10.88.0.1:18080/", until: "hello-through-podman")
         #expect(page.contains("hello-through-podman"), "\(page)")
@@ -182,8 +207,10 @@ struct CallerNetworkTests {
         defer { node.delete() }
         let docker = try DockerDaemon(network: node)
         defer { docker.stop() }
-        let result = try docker.docker(["run", "-d", "--name", "web", "--runtime", "vessel", "-p", "18081:80", "busybox:vessel",
-                                        "sh", "-c", "mkdir -p /www; echo hello-through-docker > /www/index.html; exec httpd -f -p 80 -h /www"])
+        let result = try docker.docker([
+            "run", "-d", "--name", "web", "--runtime", "vessel", "-p", "18081:80", "busybox:vessel",
+            "sh", "-c", "mkdir -p /www; echo hello-through-docker > /www/index.html; exec httpd -f -p 80 -h /www",
+        ])
         #expect(result.status == 0, "\(result.output)")
         let page = try node.fetch("http://172.17.0.1:18081/", until: "hello-through-docker")
         #expect(page.contains("hello-through-docker"), "\(page)")

@@ -12,7 +12,9 @@ struct CommandResult {
 /// `input` on its stdin; one that outlives `timeout` is killed and fails the test. Spawned and
 /// reaped by us (VesselLinux's spawn, waitpid): the child starts with no signal blocked whatever
 /// the test thread blocks, and a quick exit is never missed.
-func command(_ arguments: [String], environment: [String: String]? = nil, input: String? = nil, timeout: Double = 300) throws
+func command(
+    _ arguments: [String], environment: [String: String]? = nil, input: String? = nil, timeout: Double = 300
+) throws
     -> CommandResult
 {
     let output = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-cmd-\(UUID().uuidString.prefix(8))").path
@@ -30,8 +32,9 @@ func command(_ arguments: [String], environment: [String: String]? = nil, input:
         unlink(inputFile)
     }
     let environment = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
-    let spawned = try spawn(exeFD: -1, path: arguments[0], arguments: arguments, environment: environment,
-                            fds: [(stdin, 0), (out, 1), (out, 2)])
+    let spawned = try spawn(
+        exeFD: -1, path: arguments[0], arguments: arguments, environment: environment,
+        fds: [(stdin, 0), (out, 1), (out, 2)])
     var raw: Int32 = 0
     let deadline = Date().addingTimeInterval(timeout)
     var reaped = waitpid(spawned.pid, &raw, WNOHANG)
@@ -66,14 +69,17 @@ enum BusyboxImage {
         let work = directory + "/image-\(UUID().uuidString.prefix(8))"
         defer { try? FileManager.default.removeItem(atPath: work) }
         try BusyboxRootfs.make(at: work + "/busybox")
-        let config = cmd.flatMap { ["--config.cmd", $0] } + ["--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
-        for step in [["/usr/bin/umoci", "init", "--layout", work + "/oci"],
-                     ["/usr/bin/umoci", "new", "--image", work + "/oci:image"],
-                     ["/usr/bin/umoci", "unpack", "--image", work + "/oci:image", work + "/unpacked"],
-                     ["/bin/cp", "-a", work + "/busybox/.", work + "/unpacked/rootfs/"],
-                     ["/usr/bin/umoci", "repack", "--image", work + "/oci:image", work + "/unpacked"],
-                     ["/usr/bin/umoci", "config", "--image", work + "/oci:image"] + config,
-                     ["/usr/bin/skopeo", "copy", "oci:\(work)/oci:image", "docker-archive:\(path):\(name)"]] {
+        let config =
+            cmd.flatMap { ["--config.cmd", $0] } + ["--config.env", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+        for step in [
+            ["/usr/bin/umoci", "init", "--layout", work + "/oci"],
+            ["/usr/bin/umoci", "new", "--image", work + "/oci:image"],
+            ["/usr/bin/umoci", "unpack", "--image", work + "/oci:image", work + "/unpacked"],
+            ["/bin/cp", "-a", work + "/busybox/.", work + "/unpacked/rootfs/"],
+            ["/usr/bin/umoci", "repack", "--image", work + "/oci:image", work + "/unpacked"],
+            ["/usr/bin/umoci", "config", "--image", work + "/oci:image"] + config,
+            ["/usr/bin/skopeo", "copy", "oci:\(work)/oci:image", "docker-archive:\(path):\(name)"],
+        ] {
             let result = try command(step)
             guard result.status == 0 else { throw CLIError("\(step.joined(separator: " ")): \(result.output)") }
         }

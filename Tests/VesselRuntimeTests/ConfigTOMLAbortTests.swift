@@ -1,4 +1,5 @@
 import Testing
+
 @testable import VesselCore
 
 /// Configuration files on which toml++ (inside TOMLKit, with its assertions compiled in) aborted the

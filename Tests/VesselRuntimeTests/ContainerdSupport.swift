@@ -1,7 +1,7 @@
 import Foundation
 import Testing
-import VesselDevSupport
 import VesselCore
+import VesselDevSupport
 
 /// A private containerd 1.6 (Debian's) with all its state in a temporary directory, Vessel's shim
 /// on its PATH (the test build's `vessel` under the shim's name), the CRI plugin with a `vessel`
@@ -20,51 +20,54 @@ final class Containerd: @unchecked Sendable {
     /// `namespace`: containerd's for ctr ("k8s.io" is CRI's). With `network`, containerd runs in
     /// that network namespace (so does everything CNI makes: the bridge, the pods' veths) and CRI
     /// gets a bridge network (Debian's CNI plugins) with `subnet`.
-    init(namespace: String = "vessel-\(UUID().uuidString.prefix(6).lowercased())", network: TestNamespace? = nil,
-         subnet: String = "10.66.0.0/24") throws {
+    init(
+        namespace: String = "vessel-\(UUID().uuidString.prefix(6).lowercased())", network: TestNamespace? = nil,
+        subnet: String = "10.66.0.0/24"
+    ) throws {
         try ensureInstalled(["/usr/bin/containerd": "containerd"])
         cli = try VesselCLI()
         directory = cli.directory + "/containerd"
         socket = directory + "/containerd.sock"
         self.namespace = namespace
         try FileManager.default.createDirectory(atPath: directory + "/bin", withIntermediateDirectories: true)
-        try FileManager.default.createSymbolicLink(atPath: directory + "/bin/containerd-shim-vessel-v2", withDestinationPath: VesselCLI.binary)
+        try FileManager.default.createSymbolicLink(
+            atPath: directory + "/bin/containerd-shim-vessel-v2", withDestinationPath: VesselCLI.binary)
         try """
-            version = 2
-            root = "\(directory)/root"
-            state = "\(directory)/state"
-            [grpc]
-              address = "\(socket)"
-            [ttrpc]
-              address = "\(socket).ttrpc"
-            [plugins."io.containerd.internal.v1.opt"]
-              path = "\(directory)/opt"
-            [plugins."io.containerd.grpc.v1.cri"]
-              sandbox_image = "\(Self.image)"
-              stream_server_address = "127.0.0.1"
-              stream_server_port = "0"
-              # This machine's root lacks CAP_SYS_RESOURCE: a negative oom score for the pause task fails.
-              restrict_oom_score_adj = true
-              [plugins."io.containerd.grpc.v1.cri".cni]
-                conf_dir = "\(directory)/cni/net.d"
-                bin_dir = "\(directory)/cni/bin"
-              [plugins."io.containerd.grpc.v1.cri".containerd]
-                snapshotter = "overlayfs"
-                default_runtime_name = "vessel"
-                [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
-                  runtime_type = "\(Self.runtime)"
-            """.write(toFile: directory + "/config.toml", atomically: true, encoding: .utf8)
+        version = 2
+        root = "\(directory)/root"
+        state = "\(directory)/state"
+        [grpc]
+          address = "\(socket)"
+        [ttrpc]
+          address = "\(socket).ttrpc"
+        [plugins."io.containerd.internal.v1.opt"]
+          path = "\(directory)/opt"
+        [plugins."io.containerd.grpc.v1.cri"]
+          sandbox_image = "\(Self.image)"
+          stream_server_address = "127.0.0.1"
+          stream_server_port = "0"
+          # This machine's root lacks CAP_SYS_RESOURCE: a negative oom score for the pause task fails.
+          restrict_oom_score_adj = true
+          [plugins."io.containerd.grpc.v1.cri".cni]
+            conf_dir = "\(directory)/cni/net.d"
+            bin_dir = "\(directory)/cni/bin"
+          [plugins."io.containerd.grpc.v1.cri".containerd]
+            snapshotter = "overlayfs"
+            default_runtime_name = "vessel"
+            [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
+              runtime_type = "\(Self.runtime)"
+        """.write(toFile: directory + "/config.toml", atomically: true, encoding: .utf8)
         if network != nil {
             try ensureInstalled(["/usr/lib/cni/bridge": "containernetworking-plugins"])
             try FileManager.default.createDirectory(atPath: directory + "/cni/net.d", withIntermediateDirectories: true)
             try FileManager.default.createSymbolicLink(atPath: directory + "/cni/bin", withDestinationPath: "/usr/lib/cni")
             try """
-                {"cniVersion": "0.4.0", "name": "vessel-test", "plugins": [
-                  {"type": "bridge", "bridge": "vcni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-                   "ipam": {"type": "host-local", "ranges": [[{"subnet": "\(subnet)"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
-                  {"type": "loopback"}
-                ]}
-                """.write(toFile: directory + "/cni/net.d/10-vessel.conflist", atomically: true, encoding: .utf8)
+            {"cniVersion": "0.4.0", "name": "vessel-test", "plugins": [
+              {"type": "bridge", "bridge": "vcni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+               "ipam": {"type": "host-local", "ranges": [[{"subnet": "\(subnet)"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+              {"type": "loopback"}
+            ]}
+            """.write(toFile: directory + "/cni/net.d/10-vessel.conflist", atomically: true, encoding: .utf8)
         }
         daemon = Process()
         if let network {

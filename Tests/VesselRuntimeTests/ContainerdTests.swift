@@ -1,10 +1,12 @@
 import Foundation
 import Testing
-import VesselDevSupport
 import VesselCore
+import VesselDevSupport
 
 /// `containerd-shim-vessel-v2` driven by a real containerd 1.6 through `ctr`, as users run it.
-@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .serialized, .timeLimit(.minutes(10)),
+    .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct ContainerdTests {
     @Test func runRemovesTheTaskAndPropagatesTheExitCode() throws {
         let containerd = try Containerd()
@@ -50,7 +52,8 @@ struct ContainerdTests {
         try ensureInstalled(["/usr/bin/script": "bsdutils"])
         let containerd = try Containerd()
         defer { containerd.stop() }
-        let ctr = "/usr/bin/ctr -a \(containerd.socket) -n \(containerd.namespace) run -t --rm --runtime \(Containerd.runtime) "
+        let ctr =
+            "/usr/bin/ctr -a \(containerd.socket) -n \(containerd.namespace) run -t --rm --runtime \(Containerd.runtime) "
             + "\(Containerd.image) t1 sh -c 'tty; stty size'"
         let result = try command(["/usr/bin/script", "-qec", "stty rows 33 cols 101; \(ctr)", "/dev/null"])
         #expect(result.status == 0, "\(result.output)")

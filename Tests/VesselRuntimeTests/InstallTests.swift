@@ -1,14 +1,15 @@
 import Foundation
 import Testing
-import VesselDevSupport
 import VesselCore
+import VesselDevSupport
 
 /// What `make` built (out/): the files `make install` installs.
 let builtOut = ProcessInfo.processInfo.environment["VESSEL_OUT"]
 
 /// `make install` into a DESTDIR, then the installed `vessel` run from a directory without out/.
-@Suite(.serialized, .timeLimit(.minutes(5)),
-       .enabled(if: builtOut != nil && VesselCLI.guestAvailable, "VESSEL_OUT not set (make test sets it)"))
+@Suite(
+    .serialized, .timeLimit(.minutes(5)),
+    .enabled(if: builtOut != nil && VesselCLI.guestAvailable, "VESSEL_OUT not set (make test sets it)"))
 struct InstallTests {
     static let out = builtOut
     static let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
@@ -25,8 +26,9 @@ struct InstallTests {
         process.standardError = process.standardOutput
         try process.run()
         guard process.exited(within: 120) else { throw CLIError("make \(target) still running after 120 s: killed") }
-        return VesselCLI.Result(status: process.terminationStatus, stdout: (try? String(contentsOfFile: log, encoding: .utf8)) ?? "",
-                                stderr: "")
+        return VesselCLI.Result(
+            status: process.terminationStatus, stdout: (try? String(contentsOfFile: log, encoding: .utf8)) ?? "",
+            stderr: "")
     }
 
     @Test func installedVesselRunsAContainerWithItsOwnGuestFiles() throws {
@@ -52,7 +54,8 @@ struct InstallTests {
         #expect(installed == defaults, "packaging/configuration.toml and RuntimeConfig's defaults differ")
 
         // Never overwritten.
-        try (String(contentsOfFile: configPath, encoding: .utf8) + "# edited\n").write(toFile: configPath, atomically: true, encoding: .utf8)
+        try (String(contentsOfFile: configPath, encoding: .utf8) + "# edited\n").write(
+            toFile: configPath, atomically: true, encoding: .utf8)
         result = try make("install-files", destdir: destdir)
         #expect(result.status == 0 && result.stdout.contains("keeping"), "\(result.stdout)")
         #expect(try String(contentsOfFile: configPath, encoding: .utf8).hasSuffix("# edited\n"))
@@ -90,8 +93,9 @@ struct InstallTests {
         let bundle = try cli.bundle(["true"])
         let result = try cli.run(["create", "--bundle", bundle, "n1"], binary: bin + "/vessel")
         #expect(result.status == 1)
-        #expect(result.stderr.contains("hypervisor.kernel: no bzImage in \(bin) or \(cli.directory)/build/share/vessel"),
-                "\(result.stderr)")
+        #expect(
+            result.stderr.contains("hypervisor.kernel: no bzImage in \(bin) or \(cli.directory)/build/share/vessel"),
+            "\(result.stderr)")
         #expect(result.stderr.split(separator: "\n").count == 1, "one line: \(result.stderr)")
         try cli.expectNothingLeft("n1")
         let check = try cli.run(["check"], binary: bin + "/vessel")
@@ -108,15 +112,18 @@ struct InstallTests {
         // As a QEMU without libseccomp answers.
         let fake = cli.directory + "/qemu-without-seccomp"
         try """
-            #!/bin/sh
-            case "$*" in *"-device help"*) echo 'name "vhost-user-vsock-pci"'; echo 'name "virtio-9p-pci"'; exit 0 ;; esac
-            case "$*" in *-sandbox*) echo "qemu: -sandbox on: There is no option group 'sandbox'" >&2; exit 1 ;; esac
-            exit 0
-            """.write(toFile: fake, atomically: true, encoding: .utf8)
+        #!/bin/sh
+        case "$*" in *"-device help"*) echo 'name "vhost-user-vsock-pci"'; echo 'name "virtio-9p-pci"'; exit 0 ;; esac
+        case "$*" in *-sandbox*) echo "qemu: -sandbox on: There is no option group 'sandbox'" >&2; exit 1 ;; esac
+        exit 0
+        """.write(toFile: fake, atomically: true, encoding: .utf8)
         chmod(fake, 0o755)
         try "[hypervisor]\npath = \"\(fake)\"\n".write(toFile: cli.config, atomically: true, encoding: .utf8)
         check = try cli.run(["check"])
-        #expect(check.status == 1 && check.stdout.contains(
-            "FAIL QEMU runs under its seccomp sandbox (-sandbox) -> qemu: -sandbox on: There is no option group 'sandbox'"), "\(check.stdout)")
+        #expect(
+            check.status == 1
+                && check.stdout.contains(
+                    "FAIL QEMU runs under its seccomp sandbox (-sandbox) -> qemu: -sandbox on: There is no option group 'sandbox'"),
+            "\(check.stdout)")
     }
 }

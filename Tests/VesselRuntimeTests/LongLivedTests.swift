@@ -1,11 +1,13 @@
 import Foundation
 import Testing
-import VesselDevSupport
 import VesselCore
+import VesselDevSupport
 
 /// Containers as users run them: for minutes, with a lot of output. The sandbox owner once lost
 /// QEMU 5 s after it went idle (the parent-death signal followed a dispatch worker thread).
-@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .timeLimit(.minutes(10)), .serialized,
+    .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct LongLivedTests {
     @Test(.timeLimit(.minutes(4)))
     func aContainerThatSleeps60sIsStillRunningAt50s() throws {
@@ -84,9 +86,11 @@ struct LongLivedTests {
         let received = try Data(contentsOf: URL(fileURLWithPath: path))
         #expect(received.count == payload.count, sourceLocation: sourceLocation)
         if received != payload {
-            let first = zip(received, payload).enumerated().first { $0.element.0 != $0.element.1 }?.offset
+            let first =
+                zip(received, payload).enumerated().first { $0.element.0 != $0.element.1 }?.offset
                 ?? min(received.count, payload.count)
-            Issue.record("output differs from byte \(first) on (\(received.count) of \(payload.count) bytes)", sourceLocation: sourceLocation)
+            Issue.record(
+                "output differs from byte \(first) on (\(received.count) of \(payload.count) bytes)", sourceLocation: sourceLocation)
         }
     }
 

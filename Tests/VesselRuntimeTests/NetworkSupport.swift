@@ -53,8 +53,10 @@ final class TestNamespace: @unchecked Sendable {
         try text.write(toFile: directory + "/index.html", atomically: true, encoding: .utf8)
         let server = Process()
         server.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        server.arguments = ["--net=" + path, "/usr/bin/python3", "-m", "http.server", "--bind", address, String(port),
-                            "--directory", directory]
+        server.arguments = [
+            "--net=" + path, "/usr/bin/python3", "-m", "http.server", "--bind", address, String(port),
+            "--directory", directory,
+        ]
         server.standardOutput = FileHandle.nullDevice
         server.standardError = FileHandle.nullDevice
         try server.run()

@@ -6,7 +6,9 @@ import VesselDevSupport
 /// The pod's network reaches the guest: a bundle whose spec names a network namespace the test
 /// prepared (veth + address + default route, as CNI leaves it). All traffic stays between two
 /// namespaces the test made.
-@Suite(.serialized, .timeLimit(.minutes(10)), .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .serialized, .timeLimit(.minutes(10)),
+    .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct NetworkTests {
     func bundle(_ cli: VesselCLI, _ args: [String], namespace: String) throws -> String {
         let dir = cli.directory + "/bundle-\(UUID().uuidString.prefix(6))"
@@ -18,20 +20,26 @@ struct NetworkTests {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
         let pod = try TestNamespace("vpod"), outside = try TestNamespace("vout")
-        defer { pod.delete(); outside.delete() }
+        defer {
+            pod.delete()
+            outside.delete()
+        }
         try pod.link(to: outside, inside: "eth0", address: "10.55.0.2/24", outside: "veth-out", peerAddress: "10.55.0.1/24", mtu: 1400)
         try ensureInstalled(["/usr/bin/curl": "curl", "/usr/bin/python3": "python3"])
         // (`ip`, not /sys: nsenter --net keeps the host's sysfs.)
         let mac = try pod.sh("ip link show eth0 | sed -n 's/.*link\\/ether \\([0-9a-f:]*\\).*/\\1/p'").output
             .trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(mac.count == 17, "\(mac)")
-        let bundle = try bundle(cli, ["sh", "-c", "mkdir -p /www; echo hello-from-the-pod > /www/index.html; exec httpd -f -p 8080 -h /www"],
-                                namespace: pod.path)
+        let bundle = try bundle(
+            cli, ["sh", "-c", "mkdir -p /www; echo hello-from-the-pod > /www/index.html; exec httpd -f -p 8080 -h /www"],
+            namespace: pod.path)
         var result = try cli.run(["run", "--detach", "--bundle", bundle, "n1"])
         #expect(result.status == 0, "\(result.stderr)")
 
         // The guest's interface is the pod's: name, MAC, MTU, address, default route.
-        result = try cli.run(["exec", "n1", "sh", "-c", "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; ip -4 addr show eth0; ip route"])
+        result = try cli.run([
+            "exec", "n1", "sh", "-c", "cat /sys/class/net/eth0/address /sys/class/net/eth0/mtu; ip -4 addr show eth0; ip route",
+        ])
         #expect(result.stdout.contains(mac), "\(result.stdout) \(result.stderr)")
         #expect(result.stdout.contains("1400"), "\(result.stdout)")
         #expect(result.stdout.contains("inet 10.55.0.2/24"), "\(result.stdout)")
@@ -63,7 +71,8 @@ struct NetworkTests {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
         var result = try cli.run(["run", "--bundle", try bundle(cli, ["true"], namespace: "/run/netns/vessel-no-such-ns"), "b1"])
-        #expect(result.status != 0 && result.stderr.contains("linux.namespaces[4].path /run/netns/vessel-no-such-ns: statfs")
+        #expect(
+            result.status != 0 && result.stderr.contains("linux.namespaces[4].path /run/netns/vessel-no-such-ns: statfs")
                 && result.stderr.lowercased().contains("no such file"), "\(result.stderr)")
         #expect(result.stderr.split(separator: "\n").count == 1, "one line: \(result.stderr)")
         try cli.expectNothingLeft("b1")
@@ -72,7 +81,8 @@ struct NetworkTests {
         defer { pod.delete() }
         try pod.sh("ip link add br0 type bridge && ip link set br0 up")
         result = try cli.run(["run", "--bundle", try bundle(cli, ["true"], namespace: pod.path), "b2"])
-        #expect(result.status != 0 && result.stderr.contains("interface br0 (bridge) cannot be connected to the sandbox"), "\(result.stderr)")
+        #expect(
+            result.status != 0 && result.stderr.contains("interface br0 (bridge) cannot be connected to the sandbox"), "\(result.stderr)")
         try cli.expectNothingLeft("b2")
         let qdiscs = try pod.sh("tc qdisc show").output
         let links = try pod.sh("ip link show").output

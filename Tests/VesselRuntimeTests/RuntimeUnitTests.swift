@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VesselDevSupport
 import VesselLinux
+
 @testable import VesselContainerd
 @testable import VesselCore
 @testable import VesselOCI
@@ -24,7 +25,8 @@ func expectError(_ fragment: String, sourceLocation: SourceLocation = #_sourceLo
 @Suite(.timeLimit(.minutes(2)))
 struct ConfigTests {
     @Test func defaultsAndOverrides() throws {
-        let config = try RuntimeConfig.parse("""
+        let config = try RuntimeConfig.parse(
+            """
             [hypervisor]
             memory_mib = 512
             accelerator = "tcg"
@@ -74,7 +76,10 @@ struct BundleTests {
             ("network", "/proc/self/ns/pid", "is a pid namespace, not network"),
             ("uts", "/etc/hostname", "linux.namespaces[0].path /etc/hostname: not a namespace file (nsfs)"),
             ("ipc", "/dev/null", "/dev/null: not a namespace file"),
-            ("ipc", "/run/vessel-no-such-namespace", "linux.namespaces[0].path /run/vessel-no-such-namespace: statfs: No such file or directory"),
+            (
+                "ipc", "/run/vessel-no-such-namespace",
+                "linux.namespaces[0].path /run/vessel-no-such-namespace: statfs: No such file or directory"
+            ),
             ("ipc", "/proc/self/ns/ipc", nil),
             ("mount", "/proc/self/ns/mnt", nil),
         ]
@@ -127,8 +132,11 @@ struct BundleTests {
         expectError("no such directory") { _ = try GuestBundle(bundle: dir + "/missing", container: "c") }
         try Data("{\"ociVersion\": \"1.0\",\n  \"process\": nope}".utf8).write(to: URL(fileURLWithPath: file))
         expectError("invalid JSON at line 2, column 1") { _ = try GuestBundle(bundle: dir, container: "c") }
-        try Data(#"{"ociVersion":"1","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["a"],"rlimits":[{"type":"RLIMIT_NOFILE","hard":-1,"soft":1}]},"root":{"path":"rootfs"}}"#.utf8)
-            .write(to: URL(fileURLWithPath: file))
+        try Data(
+            #"{"ociVersion":"1","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["a"],"rlimits":[{"type":"RLIMIT_NOFILE","hard":-1,"soft":1}]},"root":{"path":"rootfs"}}"#
+                .utf8
+        )
+        .write(to: URL(fileURLWithPath: file))
         expectError("process.rlimits[0].hard: -1 is out of range") { _ = try GuestBundle(bundle: dir, container: "c") }
         try Data(#"{"ociVersion":"1","process":{"user":{"uid":0,"gid":0},"cwd":"/","args":[]},"root":{"path":"rootfs"}}"#.utf8)
             .write(to: URL(fileURLWithPath: file))
@@ -252,8 +260,11 @@ struct SharedMountTests {
         try FileManager.default.createDirectory(atPath: dir + "/src", withIntermediateDirectories: true)
         try "x".write(toFile: dir + "/src/file", atomically: true, encoding: .utf8)
         try "f".write(toFile: dir + "/single", atomically: true, encoding: .utf8)
-        let made = try SharedMounts.make([.init(source: dir + "/src", name: "rootfs", readOnly: false),
-                                          .init(source: dir + "/single", name: "m1", readOnly: true)], in: dir + "/shared")
+        let made = try SharedMounts.make(
+            [
+                .init(source: dir + "/src", name: "rootfs", readOnly: false),
+                .init(source: dir + "/single", name: "m1", readOnly: true),
+            ], in: dir + "/shared")
         #expect(made.count == 2)
         #expect(try String(contentsOfFile: dir + "/shared/rootfs/file", encoding: .utf8) == "x")
         #expect(FileManager.default.createFile(atPath: dir + "/shared/rootfs/new", contents: Data()))
@@ -291,38 +302,50 @@ struct InertShareTests {
         try body(dir, source)
     }
 
-    @Test func sharesAreNosuidNodevNoexecAndReadOnlyAllTheWayDown() throws { try withSubmountedSource { dir, source in
-        let made = try SharedMounts.make([.init(source: source, name: "ro", readOnly: true),
-                                          .init(source: source, name: "rw", readOnly: false)], in: dir + "/shared")
-        defer { SharedMounts.release(made) }
-        for (name, readOnly) in [("ro", true), ("rw", false)] {
-            for path in [dir + "/shared/" + name, dir + "/shared/" + name + "/sub"] {
-                let options = try #require(mountOptions(path), "\(path) is not a mount point")
-                #expect(options.isSuperset(of: ["nosuid", "nodev", "noexec"]), "\(path): \(options)")
-                #expect(options.contains(readOnly ? "ro" : "rw"), "\(path): \(options)")
+    @Test func sharesAreNosuidNodevNoexecAndReadOnlyAllTheWayDown() throws {
+        try withSubmountedSource { dir, source in
+            let made = try SharedMounts.make(
+                [
+                    .init(source: source, name: "ro", readOnly: true),
+                    .init(source: source, name: "rw", readOnly: false),
+                ], in: dir + "/shared")
+            defer { SharedMounts.release(made) }
+            for (name, readOnly) in [("ro", true), ("rw", false)] {
+                for path in [dir + "/shared/" + name, dir + "/shared/" + name + "/sub"] {
+                    let options = try #require(mountOptions(path), "\(path) is not a mount point")
+                    #expect(options.isSuperset(of: ["nosuid", "nodev", "noexec"]), "\(path): \(options)")
+                    #expect(options.contains(readOnly ? "ro" : "rw"), "\(path): \(options)")
+                }
             }
+            #expect(open(dir + "/shared/ro/sub/file", O_WRONLY) < 0 && errno == EROFS, "the submount of a read-only share is writable")
         }
-        #expect(open(dir + "/shared/ro/sub/file", O_WRONLY) < 0 && errno == EROFS, "the submount of a read-only share is writable")
-    } }
+    }
 
-    @Test func bindIsNotRecursiveButRbindIs() throws { try withSubmountedSource { dir, source in
-        let bundle = try BundleTests().bundle(["mounts": [
-            ["destination": "/a", "type": "bind", "source": source, "options": ["bind"]],
-            ["destination": "/b", "type": "bind", "source": source, "options": ["rbind"]],
-        ]])
-        defer { try? FileManager.default.removeItem(atPath: bundle) }
-        let guest = try GuestBundle(bundle: bundle, container: "c")
-        let made = try SharedMounts.make(guest.hostMounts, in: dir + "/shared")
-        defer { SharedMounts.release(made) }
-        #expect(!FileManager.default.fileExists(atPath: dir + "/shared/c/m0/src/sub/file"), "bind carried the submount along")
-        #expect(FileManager.default.fileExists(atPath: dir + "/shared/c/m1/src/sub/file"), "rbind left the submount out")
-    } }
+    @Test func bindIsNotRecursiveButRbindIs() throws {
+        try withSubmountedSource { dir, source in
+            let bundle = try BundleTests().bundle([
+                "mounts": [
+                    ["destination": "/a", "type": "bind", "source": source, "options": ["bind"]],
+                    ["destination": "/b", "type": "bind", "source": source, "options": ["rbind"]],
+                ]
+            ])
+            defer { try? FileManager.default.removeItem(atPath: bundle) }
+            let guest = try GuestBundle(bundle: bundle, container: "c")
+            let made = try SharedMounts.make(guest.hostMounts, in: dir + "/shared")
+            defer { SharedMounts.release(made) }
+            #expect(!FileManager.default.fileExists(atPath: dir + "/shared/c/m0/src/sub/file"), "bind carried the submount along")
+            #expect(FileManager.default.fileExists(atPath: dir + "/shared/c/m1/src/sub/file"), "rbind left the submount out")
+        }
+    }
 
     @Test func aReadOnlyRootGetsItsMountPointsInsideItBeforeItTurnsReadOnly() throws {
-        let bundle = try BundleTests().bundle(["root": ["path": "rootfs", "readonly": true], "mounts": [
-            ["destination": "/proc", "type": "proc", "source": "proc"],
-            ["destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "ro"]],
-        ]])
+        let bundle = try BundleTests().bundle([
+            "root": ["path": "rootfs", "readonly": true],
+            "mounts": [
+                ["destination": "/proc", "type": "proc", "source": "proc"],
+                ["destination": "/etc/hosts", "type": "bind", "source": "/etc/hosts", "options": ["rbind", "ro"]],
+            ],
+        ])
         defer { try? FileManager.default.removeItem(atPath: bundle) }
         let rootfs = bundle + "/rootfs"
         // The image points /etc outside itself: the mount point must still land inside the rootfs.
@@ -358,8 +381,10 @@ struct InertShareTests {
 struct HostSpecCheckTests {
     @Test func badSpecsFailOnTheHostNamingTheField() throws {
         for (extra, fragment) in [
-            (["process": ["user": ["uid": 0, "gid": 0], "cwd": "/", "args": ["sh"], "capabilities": ["bounding": ["CAP_NOPE"]]]],
-             "unknown capability \"CAP_NOPE\""),
+            (
+                ["process": ["user": ["uid": 0, "gid": 0], "cwd": "/", "args": ["sh"], "capabilities": ["bounding": ["CAP_NOPE"]]]],
+                "unknown capability \"CAP_NOPE\""
+            ),
             (["linux": ["namespaces": [["type": "user"]]]], "OCI.linux.uidMappings: a user namespace needs them"),
             (["linux": ["namespaces": [["type": "bogus"]]]], "is not a namespace type"),
             (["linux": ["seccomp": ["defaultAction": "SCMP_ACT_NOPE"]]], "is not a seccomp action"),
@@ -411,7 +436,8 @@ struct HostSpecCheckTests {
             var st = stat()
             return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK ? (path, st) : nil
         }.first
-        let (major, minor) = disk.map { (Int64(($0.1.st_rdev >> 8) & 0xfff), Int64(($0.1.st_rdev & 0xff) | (($0.1.st_rdev >> 12) & 0xfff00))) } ?? (8, 20)
+        let (major, minor) =
+            disk.map { (Int64(($0.1.st_rdev >> 8) & 0xfff), Int64(($0.1.st_rdev & 0xff) | (($0.1.st_rdev >> 12) & 0xfff00))) } ?? (8, 20)
         var resources = OCISpec.Resources()
         resources.pids = OCISpec.Pids(limit: 1000)
         resources.devices = [
@@ -446,7 +472,9 @@ struct HostSpecCheckTests {
         #expect(warnings.isEmpty, "\(warnings)")
         guard let disk else { return }
         let open = { (cgroup: String) in
-            try command(["/bin/sh", "-c", "echo $$ > \(cgroup)/cgroup.procs && (exec 3</dev/null) && (exec 3<\(disk.0)) 2>/dev/null"], timeout: 30).status
+            try command(
+                ["/bin/sh", "-c", "echo $$ > \(cgroup)/cgroup.procs && (exec 3</dev/null) && (exec 3<\(disk.0)) 2>/dev/null"], timeout: 30
+            ).status
         }
         #expect(try open(devices) == 0, "the monitor's cgroup allows the spec's \(disk.0)")
         #expect(try open(vmm) != 0, "QEMU's cgroup must not open \(disk.0)")
@@ -490,8 +518,10 @@ struct HostHookTests {
     @Test func laterHooksRunAfterAFailingOne() throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let hooks = [OCISpec.Hook(path: "/bin/sh", args: ["sh", "-c", "exit 4"]),
-                     OCISpec.Hook(path: "/bin/sh", args: ["sh", "-c", "cat > \(dir)/second"])]
+        let hooks = [
+            OCISpec.Hook(path: "/bin/sh", args: ["sh", "-c", "exit 4"]),
+            OCISpec.Hook(path: "/bin/sh", args: ["sh", "-c", "cat > \(dir)/second"]),
+        ]
         var warnings: [String] = []
         HostHooks.runAll(hooks, state: ["id": "h"], name: "poststop") { warnings.append($0.message) }
         #expect(warnings.count == 1 && warnings[0].contains("exited with status 4"), "\(warnings)")

@@ -1,12 +1,14 @@
 import CVessel
 import Foundation
 import Testing
-import VesselDevSupport
 import VesselCore
+import VesselDevSupport
 import VesselVM
 
 /// `vessel` driving real QEMU guests (TCG here): the built kernel and initrd, a busybox bundle.
-@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .timeLimit(.minutes(10)), .serialized,
+    .enabled(if: VesselCLI.guestAvailable, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct VMRuntimeTests {
     @Test func runRelaysStdioAndPropagatesTheExitCode() throws {
         let cli = try VesselCLI()
@@ -24,8 +26,10 @@ struct VMRuntimeTests {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
         // Podman and docker ask for a v1 "cgroup" mount; on the guest's cgroup2 it must become cgroup2.
-        let cgroupMount: [String: Any] = ["destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-                                          "options": ["nosuid", "noexec", "nodev", "ro"]]
+        let cgroupMount: [String: Any] = [
+            "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        ]
         let bundle = try cli.bundle(["sh", "-c", "echo started; exec sleep 1000"], extraMounts: [cgroupMount])
         let pidFile = cli.directory + "/pid"
         var result = try cli.run(["create", "--bundle", bundle, "--pid-file", pidFile, "c1"])
@@ -53,10 +57,13 @@ struct VMRuntimeTests {
         let monitorCgroups = (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)) ?? ""
         #expect(monitorCgroups.contains("/vessel/c1"), "\(monitorCgroups)")
         // runc's exec flags act (or are refused), never silently ignored.
-        result = try cli.run(["exec", "--cap", "CAP_SYS_ADMIN", "--no-new-privs", "-u", "1000:1001", "c1",
-                              "sh", "-c", "grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status; id -u; id -g"])
+        result = try cli.run([
+            "exec", "--cap", "CAP_SYS_ADMIN", "--no-new-privs", "-u", "1000:1001", "c1",
+            "sh", "-c", "grep -E '^(CapBnd|NoNewPrivs)' /proc/self/status; id -u; id -g",
+        ])
         let lines = result.stdout.split(separator: "\n").map { $0.split(separator: "\t").last.map(String.init) ?? "" }
-        #expect(lines.count == 4 && (UInt64(lines[0], radix: 16) ?? 0) & (1 << 21) != 0 && lines[1] == "1"
+        #expect(
+            lines.count == 4 && (UInt64(lines[0], radix: 16) ?? 0) & (1 << 21) != 0 && lines[1] == "1"
                 && lines[2] == "1000" && lines[3] == "1001", "\(result.stdout) \(result.stderr)")
         result = try cli.run(["exec", "-u", "1000:abc", "c1", "true"])
         #expect(result.status == 1 && result.stderr.contains("expected UID[:GID] as numbers"), "\(result.stderr)")
@@ -90,8 +97,9 @@ struct VMRuntimeTests {
     @Test func terminalThroughTheConsoleSocket() throws {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
-        let bundle = try cli.bundle(["sh", "-c", "test -t 0 && echo stdin-is-a-terminal; tty; stty size; read answer; echo answer=$answer"],
-                                    terminal: true)
+        let bundle = try cli.bundle(
+            ["sh", "-c", "test -t 0 && echo stdin-is-a-terminal; tty; stty size; read answer; echo answer=$answer"],
+            terminal: true)
         let socketPath = cli.directory + "/console.sock"
         let listener = try unixListener(socketPath)
         defer { close(listener) }
@@ -136,15 +144,20 @@ struct VMRuntimeTests {
         let network = cli.directory + "/prestart-netns"
         let dir = cli.directory + "/hooks"
         // The pid's network namespace as the hook sees it (docker's libnetwork hook configures that one).
-        let record = "cat > \(prestart); pid=$(sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p' \(prestart)); readlink /proc/$pid/ns/net > \(network)"
-        try OCIBundle.make(at: dir, args: ["true"], extra: [
-            "hooks": [
-                "createRuntime": [["path": "/bin/sh", "args": ["sh", "-c", "cat > \(seen)"]]],
-                "prestart": [["path": "/bin/sh", "args": ["sh", "-c", record]],
-                             ["path": "/bin/sh", "args": ["sh", "-c", "echo refusing; exit 3"]]],
-            ],
-            "linux": ["namespaces": ["pid", "mount", "uts", "ipc", "network"].map { ["type": $0] }],
-        ])
+        let record =
+            "cat > \(prestart); pid=$(sed -n 's/.*\"pid\":\\([0-9]*\\).*/\\1/p' \(prestart)); readlink /proc/$pid/ns/net > \(network)"
+        try OCIBundle.make(
+            at: dir, args: ["true"],
+            extra: [
+                "hooks": [
+                    "createRuntime": [["path": "/bin/sh", "args": ["sh", "-c", "cat > \(seen)"]]],
+                    "prestart": [
+                        ["path": "/bin/sh", "args": ["sh", "-c", record]],
+                        ["path": "/bin/sh", "args": ["sh", "-c", "echo refusing; exit 3"]],
+                    ],
+                ],
+                "linux": ["namespaces": ["pid", "mount", "uts", "ipc", "network"].map { ["type": $0] }],
+            ])
         let result = try cli.run(["create", "--bundle", dir, "h1"])
         #expect(result.status == 1)
         #expect(result.stderr.contains("prestart hook /bin/sh exited with status 3: refusing"), "\(result.stderr)")
@@ -169,11 +182,15 @@ struct VMRuntimeTests {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
         let dir = cli.directory + "/userns"
-        try OCIBundle.make(at: dir, args: ["sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u"], extra: ["linux": [
-            "namespaces": ["pid", "mount", "uts", "ipc", "user"].map { ["type": $0] },
-            "uidMappings": [["containerID": 0, "hostID": 100_000, "size": 65536]],
-            "gidMappings": [["containerID": 0, "hostID": 200_000, "size": 65536]],
-        ]])
+        try OCIBundle.make(
+            at: dir, args: ["sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; id -u"],
+            extra: [
+                "linux": [
+                    "namespaces": ["pid", "mount", "uts", "ipc", "user"].map { ["type": $0] },
+                    "uidMappings": [["containerID": 0, "hostID": 100_000, "size": 65536]],
+                    "gidMappings": [["containerID": 0, "hostID": 200_000, "size": 65536]],
+                ]
+            ])
         let result = try cli.run(["run", "--bundle", dir, "u1"])
         #expect(result.status == 0, "\(result.stderr)")
         let lines = result.stdout.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }
@@ -248,7 +265,9 @@ extension VMRuntimeTests {
     @Test func execsRunInTheContainersCgroupAndSeeOnlyIt() throws {
         let cli = try VesselCLI()
         defer { cli.cleanUp() }
-        let cgroupMount: [String: Any] = ["destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["nosuid", "noexec", "nodev"]]
+        let cgroupMount: [String: Any] = [
+            "destination": "/sys/fs/cgroup", "type": "cgroup2", "source": "cgroup", "options": ["nosuid", "noexec", "nodev"],
+        ]
         let bundle = try cli.bundle(["sleep", "1000"], extraMounts: [cgroupMount])
         try editSpec(bundle) { spec in
             var linux = spec["linux"] as! [String: Any]
@@ -257,7 +276,8 @@ extension VMRuntimeTests {
             spec["linux"] = linux
         }
         #expect(try cli.run(["run", "--detach", "--bundle", bundle, "cg1"]).status == 0)
-        let script = "cat /proc/self/cgroup /proc/1/cgroup; grep -qx 1 /sys/fs/cgroup/cgroup.procs && echo init-here; "
+        let script =
+            "cat /proc/self/cgroup /proc/1/cgroup; grep -qx 1 /sys/fs/cgroup/cgroup.procs && echo init-here; "
             + "grep -qx $$ /sys/fs/cgroup/cgroup.procs && echo exec-here; cat /sys/fs/cgroup/pids.max; ls /sys/fs/cgroup | grep -c vessel"
         let result = try cli.run(["exec", "cg1", "sh", "-c", script])
         #expect(result.status == 0 || result.status == 1, "\(result.stderr)")
@@ -354,7 +374,9 @@ extension VMRuntimeTests {
         #expect(try cli.run(["start", "con1"]).status == 0)
         let deadline = Date().addingTimeInterval(180)
         while try cli.state("con1")["status"] as? String == "running" && Date() < deadline { usleep(200_000) }
-        let sizes = [paths.consoleLog, paths.consoleLog + ".1"].map { (try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0 }
+        let sizes = [paths.consoleLog, paths.consoleLog + ".1"].map {
+            (try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0
+        }
         #expect(sizes[1] > 0, "the console never rotated: \(sizes)")
         #expect(sizes.allSatisfy { $0 <= 1 << 20 }, "console files: \(sizes)")
         let tail = (try? String(contentsOfFile: paths.consoleLog, encoding: .utf8)) ?? ""
@@ -376,7 +398,8 @@ extension VMRuntimeTests {
         defer { cli.cleanUp() }
         let (create, _) = try createUntilQEMUStarts(cli, "dc1")
         let refused = try cli.run(["delete", "dc1"])
-        #expect(refused.status == 1 && refused.stderr.contains("cannot delete container dc1 while it is being created"), "\(refused.stderr)")
+        #expect(
+            refused.status == 1 && refused.stderr.contains("cannot delete container dc1 while it is being created"), "\(refused.stderr)")
         let forced = try cli.run(["delete", "--force", "dc1"])
         #expect(forced.status == 0, "\(forced.stderr)")
         let created = try create.value()
@@ -437,15 +460,17 @@ extension VMRuntimeTests {
         let sandbox = cli.directory + "/pause"
         try OCIBundle.make(at: sandbox, args: ["sleep", "100000"], extra: ["annotations": [PodRole.crioType: "sandbox"]])
         let member = cli.directory + "/app"
-        try OCIBundle.make(at: member, args: ["sh", "-c", "echo app-ran; exec sleep 100000"],
-                           extra: ["annotations": [PodRole.crioType: "container", PodRole.crioSandbox: "pod1"]])
+        try OCIBundle.make(
+            at: member, args: ["sh", "-c", "echo app-ran; exec sleep 100000"],
+            extra: ["annotations": [PodRole.crioType: "container", PodRole.crioSandbox: "pod1"]])
         #expect(try cli.run(["run", "--detach", "--bundle", sandbox, "pod1"]).status == 0)
         var result = try cli.run(["run", "--detach", "--bundle", member, "app1"])
         #expect(result.status == 0, "\(result.stderr)")
         let pod = try cli.sandbox("pod1")
         #expect(!FileManager.default.fileExists(atPath: SandboxPaths(root: cli.root, id: "app1").directory), "no sandbox of its own")
         let qemus = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { pid in
-            ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains(SandboxPaths(root: cli.root, id: "pod1").directory + "/vhost")
+            ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains(
+                SandboxPaths(root: cli.root, id: "pod1").directory + "/vhost")
         }
         #expect(qemus == ["\(pod.qemuPid)"], "one QEMU for the pod: \(qemus)")
         result = try cli.run(["exec", "app1", "sh", "-c", "readlink /proc/self/ns/uts"])

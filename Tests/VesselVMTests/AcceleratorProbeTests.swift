@@ -5,8 +5,9 @@ import VesselVM
 /// The KVM probe with stand-ins for QEMU: on a host where KVM opens but never boots a guest, the
 /// probe's QEMU outlived SIGTERM and the probe, which only sent SIGTERM, waited for it forever
 /// (make run hung).
-@Suite(.timeLimit(.minutes(1)), .serialized,
-       .enabled(if: access("/dev/kvm", R_OK | W_OK) == 0, "the probe only runs where /dev/kvm opens"))
+@Suite(
+    .timeLimit(.minutes(1)), .serialized,
+    .enabled(if: access("/dev/kvm", R_OK | W_OK) == 0, "the probe only runs where /dev/kvm opens"))
 struct AcceleratorProbeTests {
     func probe(_ script: String) throws -> (VMConfig.Accelerator, seconds: Double, pids: String) {
         let dir = NSTemporaryDirectory() + "vessel-probe-\(UUID().uuidString)"

@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import NIOPosix
+import Testing
 import VesselAgentClient
 import VesselProtocol
 import VesselVM
@@ -13,7 +13,9 @@ let kernel = ProcessInfo.processInfo.environment["VESSEL_KERNEL"] ?? ""
 let initrd = ProcessInfo.processInfo.environment["VESSEL_INITRD"] ?? ""
 let debugInitrd = ProcessInfo.processInfo.environment["VESSEL_DEBUG_INITRD"] ?? ""
 
-@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .timeLimit(.minutes(10)), .serialized,
+    .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct BootTests {
     func config(_ parameters: [String]) -> VMConfig {
         var config = VMConfig(kernel: kernel, initrd: initrd)
@@ -49,8 +51,10 @@ struct BootTests {
 
 /// A guest with vsock through our hybrid backend; everything is torn down when `body` returns.
 /// `shares` are exported with virtio-9p (the guest mounts them by tag).
-func withVsockGuest<T>(initrd: String, parameters: [String] = [], shares: [SharedDirectory] = [],
-                       _ body: (GuestVM, VsockBackend) async throws -> T) async throws -> T {
+func withVsockGuest<T>(
+    initrd: String, parameters: [String] = [], shares: [SharedDirectory] = [],
+    _ body: (GuestVM, VsockBackend) async throws -> T
+) async throws -> T {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-vm-\(UUID().uuidString.prefix(8))").path
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -73,7 +77,9 @@ func withVsockGuest<T>(initrd: String, parameters: [String] = [], shares: [Share
 
 /// The host reaches the agent in the guest: QEMU's vhost-user-vsock device, our backend, CONNECT
 /// 1024, then ttrpc. DestroySandbox then powers the guest off.
-@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .timeLimit(.minutes(10)), .serialized,
+    .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct GuestAgentOverVsockTests {
     @Test func healthCheckThenDestroySandboxPowersOff() async throws {
         try await withVsockGuest(initrd: initrd) { vm, backend in
@@ -98,7 +104,9 @@ struct GuestAgentOverVsockTests {
 }
 
 /// `agent.debug_console`: a shell on a pty, reached through hybrid vsock port 1026.
-@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: !kernel.isEmpty && !debugInitrd.isEmpty, "VESSEL_KERNEL/VESSEL_DEBUG_INITRD not set (make test sets them)"))
+@Suite(
+    .timeLimit(.minutes(10)), .serialized,
+    .enabled(if: !kernel.isEmpty && !debugInitrd.isEmpty, "VESSEL_KERNEL/VESSEL_DEBUG_INITRD not set (make test sets them)"))
 struct DebugConsoleTests {
     @Test func debugConsoleRunsAShell() async throws {
         try await withVsockGuest(initrd: debugInitrd, parameters: ["agent.debug_console"]) { vm, backend in
@@ -117,14 +125,14 @@ struct DebugConsoleTests {
                     if n <= 0 { break }
                     seen += String(decoding: buffer[0..<n], as: UTF8.self)
                 }
-        }
-        #expect(seen.contains("console-42 "), "console output: \(seen)\nguest console:\n\(vm.consoleTail())")
-        #expect(seen.contains("/dev/pts/"), "the shell runs on a pty: \(seen)")
-        // QMP's quit ends a guest from the outside.
-        let qmp = try QMPClient(socketPath: vm.config.qmpSocket!)
-        try qmp.quit()
-        qmp.close()
-        #expect(try vm.waitForExit(timeout: 30) == 0)
+            }
+            #expect(seen.contains("console-42 "), "console output: \(seen)\nguest console:\n\(vm.consoleTail())")
+            #expect(seen.contains("/dev/pts/"), "the shell runs on a pty: \(seen)")
+            // QMP's quit ends a guest from the outside.
+            let qmp = try QMPClient(socketPath: vm.config.qmpSocket!)
+            try qmp.quit()
+            qmp.close()
+            #expect(try vm.waitForExit(timeout: 30) == 0)
         }
     }
 }

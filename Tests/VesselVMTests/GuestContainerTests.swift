@@ -1,6 +1,6 @@
 import Foundation
-import Testing
 import NIOPosix
+import Testing
 import VesselAgentClient
 import VesselDevSupport
 import VesselProtocol
@@ -9,7 +9,9 @@ import VesselVsock
 
 /// Containers inside the guest, the way the host runtime drives them: the bundle's rootfs comes over
 /// virtio-9p as a CreateSandbox storage, everything else over hybrid vsock. One boot per test.
-@Suite(.timeLimit(.minutes(10)), .serialized, .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
+@Suite(
+    .timeLimit(.minutes(10)), .serialized,
+    .enabled(if: !kernel.isEmpty && !initrd.isEmpty, "VESSEL_KERNEL/VESSEL_INITRD not set (make test sets them)"))
 struct GuestContainerTests {
     static let sharedMount = "/run/vessel/shared"
 
@@ -21,20 +23,25 @@ struct GuestContainerTests {
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             let fd = try HybridDialer.connect(socketPath: backend.hybridSocketPath, port: 1024)
             let client = AgentClient(try await TTRPCClient.connect(connectedSocket: fd, group: group), timeout: .seconds(60))
-            try await client.call(AgentAPI.createSandbox, Grpc_CreateSandboxRequest.with {
-                $0.sandboxID = "vm"
-                $0.storages = [.with {
-                    $0.driver = "9p"
-                    $0.source = "vessel"
-                    $0.fstype = "9p"
-                    // As the runtime's GuestBundle.storage sends them, plus a flag word.
-                    $0.options = ["trans=virtio", "version=9p2000.L", "msize=524288", "cache=mmap", "nodev"]
-                    $0.mountPoint = Self.sharedMount
-                }]
-            })
+            try await client.call(
+                AgentAPI.createSandbox,
+                Grpc_CreateSandboxRequest.with {
+                    $0.sandboxID = "vm"
+                    $0.storages = [
+                        .with {
+                            $0.driver = "9p"
+                            $0.source = "vessel"
+                            $0.fstype = "9p"
+                            // As the runtime's GuestBundle.storage sends them, plus a flag word.
+                            $0.options = ["trans=virtio", "version=9p2000.L", "msize=524288", "cache=mmap", "nodev"]
+                            $0.mountPoint = Self.sharedMount
+                        }
+                    ]
+                })
 
-            var spec = SpecTemplate.busybox(root: Self.sharedMount + "/c1/rootfs", args: ["sh", "-c", "echo hello-from-guest; read line; exit 42"],
-                                            hostname: "c1")
+            var spec = SpecTemplate.busybox(
+                root: Self.sharedMount + "/c1/rootfs", args: ["sh", "-c", "echo hello-from-guest; read line; exit 42"],
+                hostname: "c1")
             spec.root.readonly = true
             spec.linux.maskedPaths = ["/proc/cmdline"]
             spec.linux.readonlyPaths = ["/proc/sys"]
@@ -59,10 +66,13 @@ struct GuestContainerTests {
             #expect(try await client.wait("c1", "e1") == 0, "\(output)")
             let mountinfo = output.components(separatedBy: "---")[0]
             let points = Set(mountinfo.split(separator: "\n").compactMap { $0.split(separator: " ").dropFirst(4).first.map(String.init) })
-            #expect(points == ["/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/tmp", "/proc/cmdline", "/proc/sys"],
-                    "\(mountinfo)")
-            #expect(mountinfo.split(separator: "\n").first { $0.split(separator: " ").dropFirst(4).first == "/" }?.contains(" - 9p vessel ") == true,
-                    "the root is the 9p share: \(mountinfo)")
+            #expect(
+                points == ["/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/tmp", "/proc/cmdline", "/proc/sys"],
+                "\(mountinfo)")
+            #expect(
+                mountinfo.split(separator: "\n").first { $0.split(separator: " ").dropFirst(4).first == "/" }?.contains(" - 9p vessel ")
+                    == true,
+                "the root is the 9p share: \(mountinfo)")
             #expect(output.contains("ls: /init: No such file or directory"), "\(output)")
             #expect(output.contains("touch: /x: Read-only file system"), "\(output)")
             #expect(output.contains("cmdline=\n"), "masked: \(output)")

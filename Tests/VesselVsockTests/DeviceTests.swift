@@ -5,7 +5,7 @@ import Testing
 @testable import VesselVsock
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The device against a fake driver in memory, single-threaded: the test pumps the event loop.
@@ -22,8 +22,9 @@ final class DeviceHarness {
     init(options: VsockDeviceOptions = VsockDeviceOptions()) throws {
         loop = try EventLoop()
         hybridPath = dir.path + "/v.sock"
-        device = VsockDevice(guestCID: 3, hybridPath: hybridPath, options: options, loop: loop,
-                             logger: Logger(label: "test"))
+        device = VsockDevice(
+            guestCID: 3, hybridPath: hybridPath, options: options, loop: loop,
+            logger: Logger(label: "test"))
         let (rq, tq) = try driver.makeQueues(memory: driver.memory)
         device.activate(rx: rq, tx: tq)
         let l = try unixListen(hybridPath)
@@ -55,11 +56,13 @@ final class DeviceHarness {
         }
     }
 
-    func g(_ op: VsockHeader.Op, src: UInt32, dst: UInt32, bufAlloc: UInt32 = 256 * 1024, fwdCnt: UInt32 = 0,
-           flags: UInt32 = 0) -> VsockHeader
-    {
-        VsockHeader(srcCID: guestCID, dstCID: 2, srcPort: src, dstPort: dst, op: op, flags: flags, bufAlloc: bufAlloc,
-                    fwdCnt: fwdCnt)
+    func g(
+        _ op: VsockHeader.Op, src: UInt32, dst: UInt32, bufAlloc: UInt32 = 256 * 1024, fwdCnt: UInt32 = 0,
+        flags: UInt32 = 0
+    ) -> VsockHeader {
+        VsockHeader(
+            srcCID: guestCID, dstCID: 2, srcPort: src, dstPort: dst, op: op, flags: flags, bufAlloc: bufAlloc,
+            fwdCnt: fwdCnt)
     }
 
     /// A guest-initiated connection guest:src -> host:port; returns the accepted host fd (blocking).
@@ -103,8 +106,9 @@ final class DeviceHarness {
 
 @Suite(.timeLimit(.minutes(1))) struct HeaderTests {
     @Test func roundTrip() {
-        let h = VsockHeader(srcCID: 0x1122_3344_5566_7788, dstCID: 2, srcPort: 0xdead_beef, dstPort: 1024, len: 4096,
-                            op: .rw, flags: 3, bufAlloc: 262144, fwdCnt: 77)
+        let h = VsockHeader(
+            srcCID: 0x1122_3344_5566_7788, dstCID: 2, srcPort: 0xdead_beef, dstPort: 1024, len: 4096,
+            op: .rw, flags: 3, bufAlloc: 262144, fwdCnt: 77)
         let b = h.bytes
         #expect(b.count == 44)
         #expect(Array(b[0..<8]) == [0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11])
@@ -182,12 +186,14 @@ final class DeviceHarness {
     @Test func ringOutsideMemoryIsRejected() {
         let d = FakeDriver()
         #expect(throws: VirtqueueError.self) {
-            _ = try SplitVirtqueue(memory: d.memory, size: 64, descAddr: 0, availAddr: 0, usedAddr: 0, base: 0,
-                                   ringAddressesAreGuestPhysical: true)
+            _ = try SplitVirtqueue(
+                memory: d.memory, size: 64, descAddr: 0, availAddr: 0, usedAddr: 0, base: 0,
+                ringAddressesAreGuestPhysical: true)
         }
         #expect(throws: VirtqueueError.self) {
-            _ = try SplitVirtqueue(memory: d.memory, size: 48, descAddr: d.gpaBase, availAddr: d.gpaBase,
-                                   usedAddr: d.gpaBase, base: 0, ringAddressesAreGuestPhysical: true)
+            _ = try SplitVirtqueue(
+                memory: d.memory, size: 48, descAddr: d.gpaBase, availAddr: d.gpaBase,
+                usedAddr: d.gpaBase, base: 0, ringAddressesAreGuestPhysical: true)
         }
     }
 }
@@ -475,8 +481,9 @@ final class DeviceHarness {
         t.pump()
         #expect(txq.lastAvail == before)
         // A device start (new rings) works again.
-        let (rq, tq) = try t.driver.makeQueues(memory: t.driver.memory, rxBase: t.device.rxq!.lastAvail,
-                                               txBase: before)
+        let (rq, tq) = try t.driver.makeQueues(
+            memory: t.driver.memory, rxBase: t.device.rxq!.lastAvail,
+            txBase: before)
         t.device.deactivate()
         t.device.activate(rx: rq, tx: tq)
         t.driver.postRx(4)

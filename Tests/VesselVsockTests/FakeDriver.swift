@@ -5,7 +5,7 @@ import Testing
 @testable import VesselVsock
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A virtio driver in the test: lays out split rings in a memory buffer, posts buffers, reads used entries.
@@ -49,8 +49,13 @@ final class FakeDriver {
     deinit { if ownsMemory { mem.deallocate() } }
 
     var memory: GuestMemory {
-        GuestMemory(regions: [(MemoryRegionInfo(guestPhysAddr: gpaBase, size: UInt64(FakeDriver.memSize),
-                                                userAddr: uvaBase, mmapOffset: 0), mem)])
+        GuestMemory(regions: [
+            (
+                MemoryRegionInfo(
+                    guestPhysAddr: gpaBase, size: UInt64(FakeDriver.memSize),
+                    userAddr: uvaBase, mmapOffset: 0), mem
+            )
+        ])
     }
 
     func ringAddrs(_ q: Queue, uva: Bool) -> (desc: UInt64, avail: UInt64, used: UInt64) {
@@ -61,10 +66,12 @@ final class FakeDriver {
     func makeQueues(memory: GuestMemory, rxBase: UInt16 = 0, txBase: UInt16 = 0) throws -> (SplitVirtqueue, SplitVirtqueue) {
         let r = ringAddrs(rx, uva: false)
         let t = ringAddrs(tx, uva: false)
-        let rq = try SplitVirtqueue(memory: memory, size: UInt32(FakeDriver.queueSize), descAddr: r.desc, availAddr: r.avail,
-                                    usedAddr: r.used, base: rxBase, ringAddressesAreGuestPhysical: true)
-        let tq = try SplitVirtqueue(memory: memory, size: UInt32(FakeDriver.queueSize), descAddr: t.desc, availAddr: t.avail,
-                                    usedAddr: t.used, base: txBase, ringAddressesAreGuestPhysical: true)
+        let rq = try SplitVirtqueue(
+            memory: memory, size: UInt32(FakeDriver.queueSize), descAddr: r.desc, availAddr: r.avail,
+            usedAddr: r.used, base: rxBase, ringAddressesAreGuestPhysical: true)
+        let tq = try SplitVirtqueue(
+            memory: memory, size: UInt32(FakeDriver.queueSize), descAddr: t.desc, availAddr: t.avail,
+            usedAddr: t.used, base: txBase, ringAddressesAreGuestPhysical: true)
         return (rq, tq)
     }
 

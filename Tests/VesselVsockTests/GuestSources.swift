@@ -1,6 +1,7 @@
 import Testing
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The test guest's /init (`guest-init.c`, compiled with `gcc -static` by the VM tests): AF_VSOCK

@@ -7,7 +7,7 @@ import VesselLinux
 @testable import VesselVsock
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A hostile guest (`hostile-guest.c`, its own driver for the vsock device) attacks its backend while a
@@ -35,19 +35,22 @@ import Glibc
         // The decisions the backend took about this guest are logged.
         #expect(r.backendLog.contains { $0.contains("avail index") }, "\(r.backendLog)")
         #expect(r.backendLog.contains { $0.contains("bad vring size 1000") }, "\(r.backendLog)")
-        #expect(r.hostConnectsHung == 0 && r.hostConnects > 0,
-                "\(r.hostConnectsHung) of \(r.hostConnects) host CONNECTs to the hostile guest did not end in 10 s")
-        #expect(r.neighbourFailures == 0 && r.neighbourEchoes >= 3,
-                "neighbour echo: \(r.neighbourEchoes) ok, \(r.neighbourFailures) failed")
+        #expect(
+            r.hostConnectsHung == 0 && r.hostConnects > 0,
+            "\(r.hostConnectsHung) of \(r.hostConnects) host CONNECTs to the hostile guest did not end in 10 s")
+        #expect(
+            r.neighbourFailures == 0 && r.neighbourEchoes >= 3,
+            "neighbour echo: \(r.neighbourEchoes) ok, \(r.neighbourFailures) failed")
         #expect(r.neighbourAfter)
         #expect(r.growthMiB < 64, "peak RSS grew by \(fmt1(r.growthMiB)) MiB")
         let nb = r.neighbourFailures == 0 && r.neighbourAfter ? "neighbour echo ok" : "neighbour echo FAILED"
-        print("HOSTILE-GUEST: phases=\(phases.count), peak RSS \(fmt1(r.peakMiB)) MiB (VmHWM, "
-              + "+\(fmt1(r.growthMiB)) MiB over \(fmt1(r.startMiB)) MiB at start; "
-              + "anon peak +\(fmt1(r.anonGrowthMiB)) MiB, shmem peak \(fmt1(r.shmemPeakMiB)) MiB), "
-              + "\(nb) (\(r.neighbourEchoes) echoes during the attack), backend \(r.backendExit), "
-              + "log port got \(r.logPortBytes) bytes on \(r.logPortConnections) connections, "
-              + "\(r.hostConnects) host CONNECTs settled in at most \(r.slowestConnectMs) ms")
+        print(
+            "HOSTILE-GUEST: phases=\(phases.count), peak RSS \(fmt1(r.peakMiB)) MiB (VmHWM, "
+                + "+\(fmt1(r.growthMiB)) MiB over \(fmt1(r.startMiB)) MiB at start; "
+                + "anon peak +\(fmt1(r.anonGrowthMiB)) MiB, shmem peak \(fmt1(r.shmemPeakMiB)) MiB), "
+                + "\(nb) (\(r.neighbourEchoes) echoes during the attack), backend \(r.backendExit), "
+                + "log port got \(r.logPortBytes) bytes on \(r.logPortConnections) connections, "
+                + "\(r.hostConnects) host CONNECTs settled in at most \(r.slowestConnectMs) ms")
     }
 
     /// The same with two well-behaved guests: the RSS baseline for the figure above.
@@ -55,9 +58,10 @@ import Glibc
     func baselineTwoWellBehavedGuests() throws {
         let r = try GuestPair.run(hostile: false)
         #expect(r.neighbourFailures == 0 && r.neighbourAfter)
-        print("HOSTILE-GUEST-BASELINE: peak RSS \(fmt1(r.peakMiB)) MiB (VmHWM, +\(fmt1(r.growthMiB)) MiB over "
-              + "\(fmt1(r.startMiB)) MiB at start; anon peak +\(fmt1(r.anonGrowthMiB)) MiB, shmem peak "
-              + "\(fmt1(r.shmemPeakMiB)) MiB), neighbour \(r.neighbourEchoes) echoes")
+        print(
+            "HOSTILE-GUEST-BASELINE: peak RSS \(fmt1(r.peakMiB)) MiB (VmHWM, +\(fmt1(r.growthMiB)) MiB over "
+                + "\(fmt1(r.startMiB)) MiB at start; anon peak +\(fmt1(r.anonGrowthMiB)) MiB, shmem peak "
+                + "\(fmt1(r.shmemPeakMiB)) MiB), neighbour \(r.neighbourEchoes) echoes")
     }
 }
 
@@ -167,20 +171,23 @@ final class BackendGuest {
     init(cid: UInt64, logger: Logger) throws {
         var options = VsockBackend.Options()
         options.logger = logger
-        backend = try VsockBackend(vhostUserSocketPath: dir.path + "/vhost.sock",
-                                   hybridSocketPath: dir.path + "/v.sock", guestCID: cid, options: options)
+        backend = try VsockBackend(
+            vhostUserSocketPath: dir.path + "/vhost.sock",
+            hybridSocketPath: dir.path + "/v.sock", guestCID: cid, options: options)
         thread = backend.start()
         console = dir.path + "/console.log"
     }
 
     func boot(initrd: String, kernel: String) throws {
-        qemu = try #require(spawnProgram([
-            "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
-            "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-m", "256M", "-smp", "1", "-nographic",
-            "-no-reboot", "-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
-            "-chardev", "socket,id=vu0,path=\(backend.vhostUserSocketPath)",
-            "-device", "vhost-user-vsock-pci,chardev=vu0",
-        ], output: console))
+        qemu = try #require(
+            spawnProgram(
+                [
+                    "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
+                    "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-m", "256M", "-smp", "1", "-nographic",
+                    "-no-reboot", "-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
+                    "-chardev", "socket,id=vu0,path=\(backend.vhostUserSocketPath)",
+                    "-device", "vhost-user-vsock-pci,chardev=vu0",
+                ], output: console))
         running = true
     }
 
@@ -277,11 +284,17 @@ struct GuestPair {
     var logPortConnections = 0
 
     static func initrd(source: String, in dir: String) throws -> String {
-        try #require(runProgram(["gcc", "-static", "-O2", "-o", dir + "/init", source],
-                                output: dir + "/gcc.log") == 0, "gcc: \(readFile(dir + "/gcc.log"))")
-        try #require(runProgram(["sh", "-c", "cd \(dir) && mkdir -p root/dev root/proc root/sys && "
-                                 + "mv init root/init && cd root && find . | cpio -o -H newc > ../initrd 2>/dev/null"])
-                     == 0)
+        try #require(
+            runProgram(
+                ["gcc", "-static", "-O2", "-o", dir + "/init", source],
+                output: dir + "/gcc.log") == 0, "gcc: \(readFile(dir + "/gcc.log"))")
+        try #require(
+            runProgram([
+                "sh", "-c",
+                "cd \(dir) && mkdir -p root/dev root/proc root/sys && "
+                    + "mv init root/init && cd root && find . | cpio -o -H newc > ../initrd 2>/dev/null",
+            ])
+                == 0)
         return dir + "/initrd"
     }
 

@@ -6,7 +6,7 @@ import VesselLinux
 @testable import VesselVsock
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs a program and waits; stdout/stderr go to `output` when given. Returns the exit status (-1: spawn failed).
@@ -67,10 +67,12 @@ final class ThreadRunner: @unchecked Sendable {
     }
     init(_ body: @escaping @Sendable () -> Void) {
         let arg = Unmanaged.passRetained(Box(body)).toOpaque()
-        pthread_create(&tid, nil, { a in
-            Unmanaged<Box>.fromOpaque(a!).takeRetainedValue().body()
-            return nil
-        }, arg)
+        pthread_create(
+            &tid, nil,
+            { a in
+                Unmanaged<Box>.fromOpaque(a!).takeRetainedValue().body()
+                return nil
+            }, arg)
     }
     func join() { pthread_join(tid, nil) }
 }
@@ -79,7 +81,10 @@ final class ThreadRunner: @unchecked Sendable {
 /// fails its test instead of stalling the run (the waiting thread is left behind, blocked).
 func join(_ thread: BackendThread, timeoutMs: UInt64) -> Result<VsockBackend.Exit, LinuxError>? {
     let box = Mutex<Result<VsockBackend.Exit, LinuxError>?>(nil)
-    let waiter = ThreadRunner { let r = thread.join(); box.withLock { $0 = r } }
+    let waiter = ThreadRunner {
+        let r = thread.join()
+        box.withLock { $0 = r }
+    }
     let deadline = nowMs() + timeoutMs
     while nowMs() < deadline {
         if let r = box.withLock({ $0 }) {
@@ -153,27 +158,37 @@ struct GuestVM {
 }
 
 @Suite(.timeLimit(.minutes(10)), .serialized) struct VMTests {
-    @Test(.enabled(if: GuestVM.available, "needs a guest kernel (/var/cache/vessel/kernel/*/bzImage or VESSEL_KERNEL), qemu-system-x86_64 and gcc"))
+    @Test(
+        .enabled(
+            if: GuestVM.available, "needs a guest kernel (/var/cache/vessel/kernel/*/bzImage or VESSEL_KERNEL), qemu-system-x86_64 and gcc")
+    )
     func guestEndToEnd() throws {
         let dir = TempDir()
         let kernel = GuestVM.kernelPath!
         // The guest: a static /init, packed as newc cpio.
         let csrc = try guestSource("guest-init.c")
         try #require(runProgram(["gcc", "-static", "-O2", "-o", dir.path + "/init", csrc], output: dir.path + "/gcc.log") == 0)
-        try #require(runProgram(["sh", "-c", "cd \(dir.path) && mkdir -p root/dev root/proc root/sys && mv init root/init && cd root && find . | cpio -o -H newc > ../initrd 2>/dev/null"]) == 0)
+        try #require(
+            runProgram([
+                "sh", "-c",
+                "cd \(dir.path) && mkdir -p root/dev root/proc root/sys && mv init root/init && cd root && find . | cpio -o -H newc > ../initrd 2>/dev/null",
+            ]) == 0)
 
         var options = VsockBackend.Options()
         options.logger.logLevel = .warning
-        let backend = try VsockBackend(vhostUserSocketPath: dir.path + "/vhost.sock", hybridSocketPath: dir.path + "/v.sock",
-                                       guestCID: 3, options: options)
+        let backend = try VsockBackend(
+            vhostUserSocketPath: dir.path + "/vhost.sock", hybridSocketPath: dir.path + "/v.sock",
+            guestCID: 3, options: options)
         let thread = backend.start()
         let console = dir.path + "/console.log"
-        let qemu = try #require(spawnProgram([
-            "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
-            "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-m", "256M", "-smp", "1", "-nographic",
-            "-no-reboot", "-kernel", kernel, "-initrd", dir.path + "/initrd", "-append", "console=ttyS0 panic=-1 quiet",
-            "-chardev", "socket,id=vu0,path=\(backend.vhostUserSocketPath)", "-device", "vhost-user-vsock-pci,chardev=vu0",
-        ], output: console))
+        let qemu = try #require(
+            spawnProgram(
+                [
+                    "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
+                    "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-m", "256M", "-smp", "1", "-nographic",
+                    "-no-reboot", "-kernel", kernel, "-initrd", dir.path + "/initrd", "-append", "console=ttyS0 panic=-1 quiet",
+                    "-chardev", "socket,id=vu0,path=\(backend.vhostUserSocketPath)", "-device", "vhost-user-vsock-pci,chardev=vu0",
+                ], output: console))
         var qemuAlive = true
         defer {
             if qemuAlive {
@@ -298,7 +313,9 @@ struct GuestVM {
             let p99 = rtts[rtts.count * 99 / 100]
             let upRate = Double(big) / upSecs / 1e6
             let downRate = Double(big) / downSecs / 1e6
-            print("VSOCK-BENCH backend: RTT p50 \(fmt1(p50)) us p99 \(fmt1(p99)) us; host->guest \(fmt1(upRate)) MB/s; guest->host \(fmt1(downRate)) MB/s")
+            print(
+                "VSOCK-BENCH backend: RTT p50 \(fmt1(p50)) us p99 \(fmt1(p99)) us; host->guest \(fmt1(upRate)) MB/s; guest->host \(fmt1(downRate)) MB/s"
+            )
         }
 
         // Driver reload in the guest (device stop/start): the back-end re-maps the rings; new connections work.
@@ -391,6 +408,8 @@ struct GuestVM {
         close(a)
         close(b)
         #expect(total == big)
-        print("VSOCK-BENCH socketpair: RTT p50 \(fmt1(rtts[1000])) us p99 \(fmt1(rtts[1980])) us; a->b \(fmt1(Double(big) / upSecs / 1e6)) MB/s; b->a \(fmt1(Double(big) / downSecs / 1e6)) MB/s")
+        print(
+            "VSOCK-BENCH socketpair: RTT p50 \(fmt1(rtts[1000])) us p99 \(fmt1(rtts[1980])) us; a->b \(fmt1(Double(big) / upSecs / 1e6)) MB/s; b->a \(fmt1(Double(big) / downSecs / 1e6)) MB/s"
+        )
     }
 }

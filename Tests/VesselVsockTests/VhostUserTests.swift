@@ -5,7 +5,7 @@ import Testing
 @testable import VesselVsock
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] {
@@ -26,7 +26,9 @@ final class FrontEnd {
     @discardableResult
     func send(_ req: UInt32, _ payload: [UInt8] = [], fds: [Int32] = [], flags: UInt32 = 1) -> Bool {
         let msg = VhostUserMessage.encodeRequest(req, payload: payload, flags: flags)
-        let n = msg.withUnsafeBytes { b in fds.withUnsafeBufferPointer { cvv_send_with_fds(fd, b.baseAddress, msg.count, $0.baseAddress, Int32(fds.count)) } }
+        let n = msg.withUnsafeBytes { b in
+            fds.withUnsafeBufferPointer { cvv_send_with_fds(fd, b.baseAddress, msg.count, $0.baseAddress, Int32(fds.count)) }
+        }
         return n == msg.count
     }
 
@@ -58,11 +60,14 @@ final class FrontEnd {
 }
 
 @Suite(.timeLimit(.minutes(1))) struct VhostUserCodecTests {
-    func decode(_ req: UInt32, _ payload: [UInt8], fds: [Int32] = [], flags: UInt32 = 1) throws(VhostUserError)
+    func decode(
+        _ req: UInt32, _ payload: [UInt8], fds: [Int32] = [], flags: UInt32 = 1
+    ) throws(VhostUserError)
         -> VhostUserMessage
     {
-        try VhostUserMessage.decode(header: VhostUserHeader(request: req, flags: flags, size: UInt32(payload.count)),
-                                    payload: payload, fds: fds)
+        try VhostUserMessage.decode(
+            header: VhostUserHeader(request: req, flags: flags, size: UInt32(payload.count)),
+            payload: payload, fds: fds)
     }
 
     @Test func wellFormed() throws {
@@ -72,13 +77,20 @@ final class FrontEnd {
         #expect(try decode(12, le(UInt64(0x100))) == .setVringKick(index: 0, fd: nil))
         #expect(try decode(13, le(UInt64(1)), fds: [42]) == .setVringCall(index: 1, fd: 42))
         #expect(try decode(18, le(UInt32(0)) + le(UInt32(1))) == .setVringEnable(index: 0, enable: true))
-        #expect(try decode(24, le(UInt32(0)) + le(UInt32(8)) + le(UInt32(0)) + [UInt8](repeating: 0, count: 8))
+        #expect(
+            try decode(24, le(UInt32(0)) + le(UInt32(8)) + le(UInt32(0)) + [UInt8](repeating: 0, count: 8))
                 == .getConfig(offset: 0, size: 8, flags: 0))
         let region = le(UInt64(0)) + le(UInt64(1 << 28)) + le(UInt64(0x7f00_0000_0000)) + le(UInt64(0))
-        #expect(try decode(5, le(UInt32(1)) + le(UInt32(0)) + region, fds: [9])
-                == .setMemTable([MemoryRegionInfo(guestPhysAddr: 0, size: 1 << 28, userAddr: 0x7f00_0000_0000,
-                                                  mmapOffset: 0)], fds: [9]))
-        #expect(try decode(9, le(UInt32(1)) + le(UInt32(0)) + le(UInt64(1)) + le(UInt64(2)) + le(UInt64(3)) + le(UInt64(4)))
+        #expect(
+            try decode(5, le(UInt32(1)) + le(UInt32(0)) + region, fds: [9])
+                == .setMemTable(
+                    [
+                        MemoryRegionInfo(
+                            guestPhysAddr: 0, size: 1 << 28, userAddr: 0x7f00_0000_0000,
+                            mmapOffset: 0)
+                    ], fds: [9]))
+        #expect(
+            try decode(9, le(UInt32(1)) + le(UInt32(0)) + le(UInt64(1)) + le(UInt64(2)) + le(UInt64(3)) + le(UInt64(4)))
                 == .setVringAddr(index: 1, flags: 0, desc: 1, used: 2, avail: 3, log: 4))
     }
 
@@ -115,8 +127,9 @@ final class FrontEnd {
         var o = VsockBackend.Options()
         o.exitOnDisconnect = exitOnDisconnect
         o.logger.logLevel = .critical
-        return try VsockBackend(vhostUserSocketPath: dir.path + "/vhost.sock", hybridSocketPath: dir.path + "/v.sock",
-                                guestCID: 3, options: o)
+        return try VsockBackend(
+            vhostUserSocketPath: dir.path + "/vhost.sock", hybridSocketPath: dir.path + "/v.sock",
+            guestCID: 3, options: o)
     }
 
     @Test func malformedMessagesCloseTheConnectionNotTheBackend() throws {
@@ -128,7 +141,13 @@ final class FrontEnd {
         defer { for f in efds { close(f) } }
         let cases: [(String, (FrontEnd) -> Void)] = [
             ("bad version", { $0.send(1, [], flags: 2) }),
-            ("huge size", { $0.send(1, [], flags: 1) ; _ = $0 }),
+            (
+                "huge size",
+                {
+                    $0.send(1, [], flags: 1)
+                    _ = $0
+                }
+            ),
             ("short SET_FEATURES", { $0.send(2, le(UInt32(1))) }),
             ("unknown request", { $0.send(99) }),
             ("nine fds", { $0.send(13, le(UInt64(0)), fds: efds) }),
@@ -138,10 +157,14 @@ final class FrontEnd {
             ("vring size 100", { $0.send(8, le(UInt32(0)) + le(UInt32(100))) }),
             ("unsupported feature", { $0.send(2, le(UInt64(1) << 40)) }),
             ("mem table without fds", { $0.send(5, le(UInt32(1)) + le(UInt32(0)) + [UInt8](repeating: 0, count: 32)) }),
-            ("mem table with a bad fd", {
-                $0.send(5, le(UInt32(1)) + le(UInt32(0)) + le(UInt64(0)) + le(UInt64(4096)) + le(UInt64(0)) + le(UInt64(0)),
+            (
+                "mem table with a bad fd",
+                {
+                    $0.send(
+                        5, le(UInt32(1)) + le(UInt32(0)) + le(UInt64(0)) + le(UInt64(4096)) + le(UInt64(0)) + le(UInt64(0)),
                         fds: [efds[0]])
-            }),
+                }
+            ),
         ]
         for (name, act) in cases {
             let fe = FrontEnd(path: path)
@@ -266,8 +289,9 @@ final class FrontEnd {
         var off = 0
         while off < down.count {
             let n = min(60_000, down.count - off)
-            guestSend(VsockHeader(srcCID: 3, dstCID: 2, srcPort: 1024, dstPort: local, op: .rw, bufAlloc: 1 << 20),
-                      Array(down[off..<off + n]))
+            guestSend(
+                VsockHeader(srcCID: 3, dstCID: 2, srcPort: 1024, dstPort: local, op: .rw, bufAlloc: 1 << 20),
+                Array(down[off..<off + n]))
             off += n
         }
         #expect(readExactly(client, down.count) == down)

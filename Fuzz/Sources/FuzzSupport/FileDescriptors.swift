@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Catches fd leaks: the fds open before an input, compared with those open after it. Per input, not

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Reads a fuzz input as a little script: integers and byte runs from the front, zeros once it is
@@ -42,8 +42,10 @@ public struct FuzzInput {
 }
 
 /// A failed invariant: a crash libFuzzer records, with what was wrong.
-public func fuzzCheck(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
-                      file: StaticString = #fileID, line: UInt = #line) {
+public func fuzzCheck(
+    _ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
+    file: StaticString = #fileID, line: UInt = #line
+) {
     if !condition() {
         let text = Array("fuzz invariant violated at \(file):\(line): \(message())\n".utf8)
         _ = text.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }

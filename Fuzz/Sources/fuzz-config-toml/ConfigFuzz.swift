@@ -1,4 +1,5 @@
 import FuzzSupport
+
 @testable import VesselCore
 
 // /etc/vessel/configuration.toml (or --config, $VESSEL_CONFIG). Invariants: a configuration that

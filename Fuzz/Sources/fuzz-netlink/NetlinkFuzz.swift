@@ -1,4 +1,5 @@
 import FuzzSupport
+
 @testable import VesselLinux
 
 // A kernel answer (or anything else a peer in the pod's network namespace can send to our port)
@@ -34,7 +35,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 
     // Attributes the way the encoder writes them decode back to themselves.
     let attributes = NetlinkAttribute.decode(datagram[...]).filter { $0.data.count <= 0xfffb }
-    fuzzCheck(NetlinkAttribute.decode(NetlinkAttribute.encode(attributes)[...]) == attributes,
-              "encode/decode round trip changed the attributes")
+    fuzzCheck(
+        NetlinkAttribute.decode(NetlinkAttribute.encode(attributes)[...]) == attributes,
+        "encode/decode round trip changed the attributes")
     return 0
 }

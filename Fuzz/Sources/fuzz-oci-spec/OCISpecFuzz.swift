@@ -1,8 +1,9 @@
 import Foundation
 import FuzzSupport
 import SwiftProtobuf
-@testable import VesselCore
 import VesselProtocol
+
+@testable import VesselCore
 
 // config.json as the caller (docker, podman, containerd, a user's bundle) writes it, and the JSON
 // an exec's process and an update's resources arrive as. Invariants: whatever decodes and
@@ -19,8 +20,10 @@ let bundle: String = {
 }()
 
 @_cdecl("LLVMFuzzerInitialize")
-public func initialize(_ argc: UnsafeMutablePointer<CInt>,
-                       _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>) -> CInt {
+public func initialize(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>
+) -> CInt {
     _ = bundle
     atexit { try? FileManager.default.removeItem(atPath: bundle) }
     return 0

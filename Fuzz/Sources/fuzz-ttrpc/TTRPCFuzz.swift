@@ -2,6 +2,7 @@ import FuzzSupport
 import NIOCore
 import NIOEmbedded
 import SwiftProtobuf
+
 @testable import VesselProtocol
 
 // Both ends of a ttrpc connection fed a hostile byte stream. Byte 0: bit 0 picks the side (server:
@@ -41,8 +42,9 @@ func decodeAll(_ bytes: [UInt8]) -> [TTRPCInboundMessage] {
         }
         out.append(message)
     }
-    fuzzCheck(buffer.readableBytes < TTRPCFrame.headerLength || decoder.nextMessage(from: &buffer) == nil,
-              "decoder stopped with a whole header left")
+    fuzzCheck(
+        buffer.readableBytes < TTRPCFrame.headerLength || decoder.nextMessage(from: &buffer) == nil,
+        "decoder stopped with a whole header left")
     return out
 }
 
@@ -83,8 +85,9 @@ final class Survivors: @unchecked Sendable {
 func fuzzServer(_ stream: [UInt8], readSize: Int, survivors: Survivors) async throws {
     let tasks = TTRPCHandlerTasks()
     let channel = try await NIOAsyncTestingChannel { channel in
-        try TTRPCServer.addHandlers(to: channel.pipeline.syncOperations, services: [service.name: service],
-                                    tasks: tasks)
+        try TTRPCServer.addHandlers(
+            to: channel.pipeline.syncOperations, services: [service.name: service],
+            tasks: tasks)
         survivors.handler = try channel.pipeline.syncOperations.handler(type: TTRPCServerHandler.self)
     }
     survivors.channel = channel
@@ -131,7 +134,11 @@ func fuzzClient(_ stream: [UInt8], readSize: Int, calls: Int, survivors: Survivo
     survivors.channel = channel
     try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1))
     var futures: [EventLoopFuture<Ttrpc_Response>] = []
-    let request = try Ttrpc_Request.with { $0.service = AgentAPI.waitProcess.service; $0.method = AgentAPI.waitProcess.name }
+    let request =
+        try Ttrpc_Request.with {
+            $0.service = AgentAPI.waitProcess.service
+            $0.method = AgentAPI.waitProcess.name
+        }
         .serializedBytes() as [UInt8]
     for call in 0..<calls {
         let promise = channel.eventLoop.makePromise(of: Ttrpc_Response.self)
@@ -172,8 +179,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             if mode & 1 == 0 {
                 try await fuzzServer(stream, readSize: Int(mode >> 1), survivors: survivors)
             } else {
-                try await fuzzClient(stream, readSize: Int(mode >> 2), calls: 1 + Int(mode >> 1 & 1) * 3,
-                                     survivors: survivors)
+                try await fuzzClient(
+                    stream, readSize: Int(mode >> 2), calls: 1 + Int(mode >> 1 & 1) * 3,
+                    survivors: survivors)
             }
         } catch {
             fuzzCheck(false, "test channel failed: \(error)")

@@ -1,10 +1,11 @@
 import CVesselVsock
 import FuzzSupport
 import Logging
+
 @testable import VesselVsock
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // The vhost-user front-end (QEMU, which a guest may have taken over) as a script of messages sent
@@ -52,8 +53,10 @@ func checkReplies(_ socket: Int32, _ pending: inout [UInt8], asked: inout [UInt3
 
 /// Globals are lazy: set them up (and take the fd baseline) before the first input.
 @_cdecl("LLVMFuzzerInitialize")
-public func initialize(_ argc: UnsafeMutablePointer<CInt>,
-                       _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>) -> CInt {
+public func initialize(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>
+) -> CInt {
     _ = logger
     return 0
 }
@@ -71,8 +74,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 
     do {
         let loop = try EventLoop()
-        let device = VsockDevice(guestCID: 3, hybridPath: "/nonexistent/vessel-fuzz", options: VsockDeviceOptions(),
-                                 loop: loop, logger: logger)
+        let device = VsockDevice(
+            guestCID: 3, hybridPath: "/nonexistent/vessel-fuzz", options: VsockDeviceOptions(),
+            loop: loop, logger: logger)
         let session = VhostUserSession(device: device, loop: loop, logger: logger)
         var channel: VhostUserChannel? = VhostUserChannel(fd: backEnd, session: session)
         var replies: [UInt8] = []
@@ -80,7 +84,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         while !input.isEmpty, let reader = channel {
             let spec = input.u8()
             let head = input.take(VhostUserHeader.size)
-            let header = head.count == VhostUserHeader.size
+            let header =
+                head.count == VhostUserHeader.size
                 ? head.withUnsafeBytes { VhostUserHeader(bytes: $0.baseAddress!) } : nil
             let payload = input.take(Int(min(header?.size ?? 0, 1 << 16)))
             let attached = (0..<Int(spec & 0x0f)).map { _ in spec & 0x10 != 0 ? cvv_eventfd() : dup(memfd) }

@@ -1,4 +1,5 @@
 import FuzzSupport
+
 @testable import VesselVsock
 
 // A split virtqueue over guest memory the guest controls entirely: one or two regions (each its own
@@ -52,8 +53,10 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     defer { for r in regions { r.base.deallocate() } }
     let memory = GuestMemory(regions: zip(infos, regions).map { ($0, $1.base) })
 
-    guard let queue = try? SplitVirtqueue(memory: memory, size: queueSize, descAddr: descAddr, availAddr: availAddr,
-                                          usedAddr: usedAddr, base: base, ringAddressesAreGuestPhysical: physical)
+    guard
+        let queue = try? SplitVirtqueue(
+            memory: memory, size: queueSize, descAddr: descAddr, availAddr: availAddr,
+            usedAddr: usedAddr, base: base, ringAddressesAreGuestPhysical: physical)
     else { return 0 }
     fuzzCheck(regions.contains { $0.contains(queue.desc, 16 * Int(queueSize)) }, "descriptor table outside memory")
     fuzzCheck(regions.contains { $0.contains(queue.avail, 6 + 2 * Int(queueSize)) }, "avail ring outside memory")
@@ -79,8 +82,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             fuzzCheck(!chain.copyReadable(offset: 0, count: chain.readableLength + 1, to: scratch), "copy past the end")
             let outCount = min(chain.writableLength, 44)
             if chain.copyToWritable(offset: 0, count: outCount, from: scratch) { written = UInt32(outCount) }
-            fuzzCheck(!chain.copyToWritable(offset: 1, count: chain.writableLength, from: scratch),
-                      "write past the end")
+            fuzzCheck(
+                !chain.copyToWritable(offset: 1, count: chain.writableLength, from: scratch),
+                "write past the end")
         }
         queue.commit(chain, written: written)
         queue.notifyIfNeeded()

@@ -1,5 +1,6 @@
 import CVesselVsock
 import FuzzSupport
+
 @testable import VesselVsock
 
 /// The guest's virtio driver for the fuzzer: split rings of 16 entries in one region, 4 KiB per
@@ -30,8 +31,13 @@ final class Driver {
     var tx = Queue(ring: 0x4000, buffers: 0x10000 + Int(Driver.queueSize) * Driver.bufSize)
 
     var memory: GuestMemory {
-        GuestMemory(regions: [(MemoryRegionInfo(guestPhysAddr: Driver.gpaBase, size: UInt64(Driver.memSize),
-                                                userAddr: Driver.uvaBase, mmapOffset: 0), mem)])
+        GuestMemory(regions: [
+            (
+                MemoryRegionInfo(
+                    guestPhysAddr: Driver.gpaBase, size: UInt64(Driver.memSize),
+                    userAddr: Driver.uvaBase, mmapOffset: 0), mem
+            )
+        ])
     }
 
     func reset() {
@@ -42,9 +48,10 @@ final class Driver {
 
     func queue(_ q: Queue, memory: GuestMemory) throws -> SplitVirtqueue {
         let base = Driver.gpaBase + UInt64(q.ring)
-        return try SplitVirtqueue(memory: memory, size: UInt32(Driver.queueSize), descAddr: base,
-                                  availAddr: base + 0x1000, usedAddr: base + 0x2000, base: 0,
-                                  ringAddressesAreGuestPhysical: true)
+        return try SplitVirtqueue(
+            memory: memory, size: UInt32(Driver.queueSize), descAddr: base,
+            availAddr: base + 0x1000, usedAddr: base + 0x2000, base: 0,
+            ringAddressesAreGuestPhysical: true)
     }
 
     func bufferGPA(_ q: Queue, _ d: UInt16) -> UInt64 { Driver.gpaBase + UInt64(q.buffers + Int(d) * Driver.bufSize) }

@@ -1,10 +1,11 @@
 import CVesselVsock
 import FuzzSupport
 import Logging
+
 @testable import VesselVsock
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // The vsock device between a hostile guest (packets with fuzzed headers, ops, CIDs, ports, credit
@@ -69,8 +70,9 @@ final class Harness {
         device = VsockDevice(guestCID: guestCID, hybridPath: hybridPath, options: options, loop: loop, logger: logger)
         driver.reset()
         let memory = driver.memory
-        device.activate(rx: try driver.queue(driver.rx, memory: memory),
-                        tx: try driver.queue(driver.tx, memory: memory))
+        device.activate(
+            rx: try driver.queue(driver.rx, memory: memory),
+            tx: try driver.queue(driver.tx, memory: memory))
     }
 
     func pump() {
@@ -91,8 +93,9 @@ final class Harness {
         for (header, len) in driver.receive() {
             fuzzCheck(header.srcCID == VsockHeader.hostCID && header.dstCID == guestCID, "CIDs \(header)")
             // An RST answers a packet of another type with that type, as Linux does.
-            fuzzCheck(header.type == VsockHeader.typeStream || header.op == VsockHeader.Op.rst.rawValue,
-                      "type \(header.type)")
+            fuzzCheck(
+                header.type == VsockHeader.typeStream || header.op == VsockHeader.Op.rst.rawValue,
+                "type \(header.type)")
             fuzzCheck((1...7).contains(header.op), "op \(header.op)")
             fuzzCheck(len == UInt32(VsockHeader.size) + header.len, "used length \(len) for \(header)")
             fuzzCheck(header.op == VsockHeader.Op.rw.rawValue || header.len == 0, "payload on a control packet")
@@ -101,12 +104,13 @@ final class Harness {
 
     func guestPacket(_ input: inout FuzzInput) {
         let shape = input.u8()
-        var header = VsockHeader(srcCID: shape & 1 == 0 ? guestCID : input.u64(),
-                                 dstCID: shape & 2 == 0 ? VsockHeader.hostCID : input.u64(),
-                                 srcPort: port(&input), dstPort: port(&input),
-                                 type: shape & 4 == 0 ? VsockHeader.typeStream : input.u16(),
-                                 flags: UInt32(input.u8()), bufAlloc: shape & 8 == 0 ? 256 * 1024 : input.u32(),
-                                 fwdCnt: shape & 16 == 0 ? 0 : input.u32())
+        var header = VsockHeader(
+            srcCID: shape & 1 == 0 ? guestCID : input.u64(),
+            dstCID: shape & 2 == 0 ? VsockHeader.hostCID : input.u64(),
+            srcPort: port(&input), dstPort: port(&input),
+            type: shape & 4 == 0 ? VsockHeader.typeStream : input.u16(),
+            flags: UInt32(input.u8()), bufAlloc: shape & 8 == 0 ? 256 * 1024 : input.u32(),
+            fwdCnt: shape & 16 == 0 ? 0 : input.u32())
         header.op = UInt16(input.u8() % 9)
         let payload = input.take(Int(input.u16()) % (Driver.bufSize - 44))
         header.len = shape & 32 == 0 ? UInt32(payload.count) : input.u32()
@@ -173,9 +177,10 @@ final class Harness {
             func ring() -> SplitVirtqueue? {
                 let size = UInt32(1) << (input.u8() % 6)
                 let (d, a, u) = (UInt64(input.u16()), UInt64(input.u16()), UInt64(input.u16()))
-                return try? SplitVirtqueue(memory: memory, size: size, descAddr: Driver.gpaBase + d,
-                                           availAddr: Driver.gpaBase + a, usedAddr: Driver.gpaBase + u,
-                                           base: input.u16(), ringAddressesAreGuestPhysical: true)
+                return try? SplitVirtqueue(
+                    memory: memory, size: size, descAddr: Driver.gpaBase + d,
+                    availAddr: Driver.gpaBase + a, usedAddr: Driver.gpaBase + u,
+                    base: input.u16(), ringAddressesAreGuestPhysical: true)
             }
             guard let rx = ring(), let tx = ring() else { return }
             device.activate(rx: rx, tx: tx)
@@ -204,8 +209,10 @@ final class Harness {
 
 /// Globals are lazy: set them up (and take the fd baseline) before the first input.
 @_cdecl("LLVMFuzzerInitialize")
-public func initialize(_ argc: UnsafeMutablePointer<CInt>,
-                       _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>) -> CInt {
+public func initialize(
+    _ argc: UnsafeMutablePointer<CInt>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>
+) -> CInt {
     _ = (hybridListener, portListeners, driver, logger)
     atexit {
         for path in [hybridPath, hybridPath + "_1024", hybridPath + "_1025"] { unlink(path) }
@@ -240,8 +247,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             case 7: harness.hostConnect(&input)
             case 8: harness.handshake(&input)
             case 9:
-                driver.sendRawTx(addr: input.bool() ? input.u64() : Driver.gpaBase + UInt64(input.u16()) * 4,
-                                 len: input.u32() % 0x20000, flags: input.u16(), next: input.u16())
+                driver.sendRawTx(
+                    addr: input.bool() ? input.u64() : Driver.gpaBase + UInt64(input.u16()) * 4,
+                    len: input.u32() % 0x20000, flags: input.u16(), next: input.u16())
             case 10: harness.restart(&input)
             default: harness.pump()
             }

@@ -1,8 +1,9 @@
 import SwiftProtobuf
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The agent binary re-executed as a helper: single-threaded from its first instruction, so it may
@@ -67,9 +68,11 @@ public enum Helper {
         }
         let hooks = config.spec.hooks
         let terminal = config.spec.process.terminal
-        try RootfsSetup(spec: config.spec, noPivot: config.noPivot, log: log,
-                        beforePivot: { try Hooks.runBlocking(hooks.createContainer, kind: "createContainer", state: state(config, "creating")) },
-                        afterPivot: { if terminal { try openTerminal(console: true) } }).run()
+        try RootfsSetup(
+            spec: config.spec, noPivot: config.noPivot, log: log,
+            beforePivot: { try Hooks.runBlocking(hooks.createContainer, kind: "createContainer", state: state(config, "creating")) },
+            afterPivot: { if terminal { try openTerminal(console: true) } }
+        ).run()
         if config.userNamespace { try enterUserNamespace(config) }
         report(.ready)
         // The start message is an empty frame; EOF means the agent went away: give up quietly.
@@ -165,8 +168,9 @@ public enum Helper {
     static func log(_ line: String) { report(.log(line)) }
 
     private static func state(_ config: Vessel_HelperConfig, _ status: String) -> Hooks.State {
-        Hooks.State(ociVersion: config.spec.version, id: config.containerID, status: status, pid: config.hostPid,
-                    bundle: config.bundle, annotations: config.spec.annotations)
+        Hooks.State(
+            ociVersion: config.spec.version, id: config.containerID, status: status, pid: config.hostPid,
+            bundle: config.bundle, annotations: config.spec.annotations)
     }
 
     enum Report {

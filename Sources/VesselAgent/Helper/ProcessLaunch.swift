@@ -1,8 +1,9 @@
 import VesselLinux
 import VesselProtocol
 import VesselSpec
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The last steps before the container process runs, in the helper, in runc's order: session and
@@ -47,12 +48,16 @@ struct ProcessLaunch {
     }
 
     static func filter(_ spec: Grpc_LinuxSeccomp) -> SeccompFilter {
-        SeccompFilter(defaultAction: spec.defaultAction, flags: spec.flags, architectures: spec.architectures, rules: spec.syscalls.map { rule in
-            let errnoRet: UInt32? = if case .errnoret(let value)? = rule.errnoRet { value } else { nil }
-            return SeccompFilter.Rule(names: rule.names, action: rule.action, errnoRet: errnoRet, conditions: rule.args.map {
-                SeccompFilter.Condition(index: UInt32($0.index), op: $0.op, value: $0.value, valueTwo: $0.valueTwo)
+        SeccompFilter(
+            defaultAction: spec.defaultAction, flags: spec.flags, architectures: spec.architectures,
+            rules: spec.syscalls.map { rule in
+                let errnoRet: UInt32? = if case .errnoret(let value)? = rule.errnoRet { value } else { nil }
+                return SeccompFilter.Rule(
+                    names: rule.names, action: rule.action, errnoRet: errnoRet,
+                    conditions: rule.args.map {
+                        SeccompFilter.Condition(index: UInt32($0.index), op: $0.op, value: $0.value, valueTwo: $0.valueTwo)
+                    })
             })
-        })
     }
 
     /// rlimits and the OOM score (raising or lowering them needs the guest's root).
@@ -94,7 +99,8 @@ struct ProcessLaunch {
 
     private func setCapabilities(_ sets: Capabilities.Sets) throws {
         let known: UInt64 = Self.lastCapability >= 63 ? ~0 : (1 << UInt64(Self.lastCapability + 1)) - 1
-        try Linux.setCapabilities(effective: sets.effective & known, permitted: sets.permitted & known, inheritable: sets.inheritable & known)
+        try Linux.setCapabilities(
+            effective: sets.effective & known, permitted: sets.permitted & known, inheritable: sets.inheritable & known)
         try Linux.clearAmbientCapabilities()
         for cap in 0...Self.lastCapability where sets.ambient & (1 << UInt64(cap)) != 0 {
             // Ambient needs the capability permitted and inheritable; runc skips it otherwise too.

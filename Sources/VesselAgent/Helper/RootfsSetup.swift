@@ -1,7 +1,8 @@
 import VesselLinux
 import VesselProtocol
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Builds the container's mount namespace in the init helper: private propagation, the rootfs as a
@@ -86,11 +87,12 @@ struct RootfsSetup {
         guard let name = components.last else { throw LinuxError(stage: "\(field).path", errno: EINVAL, detail: device.path) }
         let parent = try rooted.create(Array(components.dropLast()), directory: true)
         defer { Linux.close(parent) }
-        let type: mode_t = switch device.type {
-        case "b": S_IFBLK
-        case "p": S_IFIFO
-        default: S_IFCHR
-        }
+        let type: mode_t =
+            switch device.type {
+            case "b": S_IFBLK
+            case "p": S_IFIFO
+            default: S_IFCHR
+            }
         let mode = device.fileMode == 0 ? 0o666 : mode_t(device.fileMode & 0o7777)
         let major = UInt64(device.major), minor = UInt64(device.minor)
         let devno = ((major & 0xfffff000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffffff00) << 12) | (minor & 0xff)
@@ -161,8 +163,10 @@ struct RootfsSetup {
             }
             fchmodat(dev, name, 0o666, 0)
         }
-        let links = [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                     ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore")]
+        let links = [
+            ("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"), ("core", "/proc/kcore"),
+        ]
         for (name, target) in links where symlinkat(target, dev, name) != 0 && errno != EEXIST {
             throw LinuxError(stage: "symlink", detail: "/dev/\(name)")
         }

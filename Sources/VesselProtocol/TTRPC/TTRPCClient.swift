@@ -1,11 +1,12 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import NIOCore
 import NIOPosix
 import SwiftProtobuf
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// A ttrpc client over one connection. Calls may be issued concurrently; responses are
 /// matched to callers by stream id.
@@ -52,7 +53,12 @@ public final class TTRPCClient: Sendable {
         var envelope = Ttrpc_Request()
         envelope.service = service
         envelope.method = method
-        envelope.metadata = metadata.sorted { $0.key < $1.key }.map { pair in Ttrpc_KeyValue.with { $0.key = pair.key; $0.value = pair.value } }
+        envelope.metadata = metadata.sorted { $0.key < $1.key }.map { pair in
+            Ttrpc_KeyValue.with {
+                $0.key = pair.key
+                $0.value = pair.value
+            }
+        }
         let bytes: [UInt8]
         do {
             envelope.payload = try request.serializedBytes()

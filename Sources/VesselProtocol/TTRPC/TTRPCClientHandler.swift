@@ -77,7 +77,9 @@ final class TTRPCClientHandler: ChannelInboundHandler {
         switch Self.unwrapInboundIn(data) {
         case .oversized(let id, let type, let length):
             guard type == .response else { return }
-            self.fail(id, TTRPCError(.resourceExhausted, "response length \(length) exceeds maximum message size of \(TTRPCFrame.maxPayloadLength)"))
+            self.fail(
+                id,
+                TTRPCError(.resourceExhausted, "response length \(length) exceeds maximum message size of \(TTRPCFrame.maxPayloadLength)"))
         case .frame(let frame):
             // Data frames belong to streaming calls, which this client never makes; unknown
             // types are ignored for forward compatibility, as ttrpc-go does.

@@ -21,10 +21,13 @@ extension TTRPCService {
 
 extension TTRPCClient {
     /// `metadata` goes out as the request's key-value pairs (containerd reads its namespace from one).
-    public func call<Req, Resp>(_ method: TTRPCMethod<Req, Resp>, _ request: Req, timeout: Duration? = nil,
-                                metadata: [String: String] = [:]) async throws -> Resp {
-        try await call(service: method.service, method: method.name, request: request, as: Resp.self, timeout: timeout,
-                       metadata: metadata)
+    public func call<Req, Resp>(
+        _ method: TTRPCMethod<Req, Resp>, _ request: Req, timeout: Duration? = nil,
+        metadata: [String: String] = [:]
+    ) async throws -> Resp {
+        try await call(
+            service: method.service, method: method.name, request: request, as: Resp.self, timeout: timeout,
+            metadata: metadata)
     }
 }
 

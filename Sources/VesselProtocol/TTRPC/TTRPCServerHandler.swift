@@ -1,10 +1,11 @@
-#if canImport(FoundationEssentials)
-import FoundationEssentials
-#else
-import Foundation
-#endif
 import NIOCore
 import SwiftProtobuf
+
+#if canImport(FoundationEssentials)
+    import FoundationEssentials
+#else
+    import Foundation
+#endif
 
 /// One server connection. Lives on the channel's event loop and only does protocol
 /// bookkeeping; each request's handler runs in its own Swift Task so a slow handler never
@@ -57,7 +58,9 @@ final class TTRPCServerHandler: ChannelInboundHandler {
             // ttrpc-go answers on the offending stream whatever its type and keeps going.
             self.send(
                 streamID,
-                .failure(TTRPCError(.resourceExhausted, "message length \(length) exceeds maximum message size of \(TTRPCFrame.maxPayloadLength)"))
+                .failure(
+                    TTRPCError(
+                        .resourceExhausted, "message length \(length) exceeds maximum message size of \(TTRPCFrame.maxPayloadLength)"))
             )
         case .frame(let frame):
             self.handle(frame, context: context)
@@ -166,10 +169,11 @@ final class TTRPCServerHandler: ChannelInboundHandler {
         if bytes.count > TTRPCFrame.maxPayloadLength {
             // The client would discard it anyway; tell it why instead.
             var tooBig = Ttrpc_Response()
-            tooBig.status = TTRPCError(
-                .resourceExhausted,
-                "response of \(bytes.count) bytes exceeds maximum message size of \(TTRPCFrame.maxPayloadLength)"
-            ).status
+            tooBig.status =
+                TTRPCError(
+                    .resourceExhausted,
+                    "response of \(bytes.count) bytes exceeds maximum message size of \(TTRPCFrame.maxPayloadLength)"
+                ).status
             bytes = (try? tooBig.serializedBytes()) ?? []
         }
         let frame = TTRPCFrame(streamID: id, type: .response, payload: context.channel.allocator.buffer(bytes: bytes))
