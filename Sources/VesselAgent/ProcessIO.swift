@@ -18,6 +18,10 @@ final class StreamReader: ChannelInboundHandler, @unchecked Sendable {
     private var eof = false
     private var pending: [(max: Int, promise: EventLoopPromise<ByteBuffer>)] = []
     private var context: ChannelHandlerContext?
+    /// Forwarding (`forward(to:ended:)`) instead of pulls.
+    private var sink: (channel: any Channel, ended: @Sendable () -> Void)?
+    private var sinkFailed = false
+    private var lastWrite: EventLoopFuture<Void>?
     let eventLoop: any EventLoop
 
     init(eventLoop: any EventLoop) {
@@ -34,13 +38,48 @@ final class StreamReader: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
+    /// From now on every byte read goes to `channel`, read only while it is writable: no task
+    /// hop per chunk, back-pressure through NIO's watermarks. `ended` runs once the last byte
+    /// is out. A sink that fails is dropped and the reading goes on, so the process never blocks.
+    func forward(to channel: any Channel, ended: @escaping @Sendable () -> Void) {
+        let watch = WritabilityWatch { [self] in eventLoop.execute { self.pump() } }
+        channel.pipeline.addHandler(watch).whenComplete { [self] _ in
+            eventLoop.execute {
+                self.sink = (channel, ended)
+                self.pump()
+            }
+        }
+    }
+
+    private func pump() {
+        guard let sink else { return }
+        if buffer.readableBytes > 0 {
+            if !sinkFailed {
+                let write = sink.channel.writeAndFlush(buffer)
+                write.hop(to: eventLoop).whenFailure { [self] _ in
+                    sinkFailed = true
+                    pump()
+                }
+                lastWrite = write
+            }
+            buffer = ByteBuffer()
+        }
+        if eof {
+            self.sink = nil
+            let ended = sink.ended
+            (lastWrite ?? eventLoop.makeSucceededVoidFuture()).whenComplete { _ in ended() }
+        } else if sinkFailed || sink.channel.isWritable {
+            context?.read()
+        }
+    }
+
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
     func handlerRemoved(context: ChannelHandlerContext) { finish() }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
         if buffer.readableBytes == 0 { buffer = incoming } else { buffer.writeBuffer(&incoming) }
-        satisfy()
+        if sink != nil { pump() } else { satisfy() }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -56,8 +95,9 @@ final class StreamReader: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func finish() {
+        guard !eof else { return }
         eof = true
-        satisfy()
+        if sink != nil { pump() } else { satisfy() }
     }
 
     private func satisfy() {
@@ -68,6 +108,18 @@ final class StreamReader: ChannelInboundHandler, @unchecked Sendable {
         }
         if buffer.readableBytes == 0 { buffer.clear() }
         if !pending.isEmpty, !eof { context?.read() }
+    }
+}
+
+/// Tells a forwarding `StreamReader` that its sink can take more.
+private final class WritabilityWatch: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+    let writable: @Sendable () -> Void
+    init(_ writable: @escaping @Sendable () -> Void) { self.writable = writable }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { writable() }
+        context.fireChannelWritabilityChanged()
     }
 }
 
@@ -177,8 +229,17 @@ final class ProcessIO: Sendable {
         return reader
     }
 
-    /// Stdin is fed from a stream from now on.
-    func forwardInput() { forwarded.withLock { _ = $0.insert(0) } }
+    /// Stdin is fed from `reader` (a stream's) from now on; `ended` once its end was the stdin's.
+    func feedStdin(from reader: StreamReader, ended: @escaping @Sendable () -> Void) {
+        forwarded.withLock { _ = $0.insert(0) }
+        guard let stdinChannel else { return ended() }
+        reader.forward(to: stdinChannel) { [self] in
+            Task {
+                try? await closeStdin()
+                ended()
+            }
+        }
+    }
 
     func write(_ buffer: ByteBuffer) async throws {
         guard let stdinChannel, stdinChannel.isActive else { throw AgentError.failedPrecondition("stdin is closed") }

@@ -16,8 +16,6 @@ final class StdioStreams: Sendable {
     static let defaultPort: UInt32 = 1025
     /// Streams dialed but not claimed yet; past this the oldest goes (a host that dials and never creates).
     static let maxPending = 64
-    /// Bytes per read from a process's pipe or pty (the pipe holds 64 KiB unless resized).
-    static let chunk = 256 << 10
 
     struct Stream: Sendable {
         let channel: any Channel
@@ -117,47 +115,24 @@ final class StdioStreams: Sendable {
             for stream in [stdin, stdout, stderr].compactMap({ $0 }) { stream.channel.close(promise: nil) }
         }
 
-        /// Starts copying; `ended(stderr)` runs once an output stream carried the fd's last byte.
+        /// Starts copying; `ended(stderr)` runs once an output stream carried the fd's last byte,
+        /// before the stream closes, so a WaitProcess after the host's EOF finds the exec gone.
         func bind(to io: ProcessIO, ended: @escaping @Sendable (_ stderr: Bool) async -> Void) {
             for (fd, stream) in [(Int32(1), stdout), (2, stderr)] {
                 guard let stream, let source = io.forward(output: fd) else {
                     stream?.channel.close(promise: nil)
                     continue
                 }
-                // Ended before the host sees EOF, so a WaitProcess after it finds the exec gone.
-                Task {
-                    await Self.copy(from: source, to: stream.channel)
-                    await ended(fd == 2)
-                    try? await stream.channel.close()
+                source.forward(to: stream.channel) {
+                    Task {
+                        await ended(fd == 2)
+                        try? await stream.channel.close()
+                    }
                 }
             }
             if let stdin {
-                io.forwardInput()
-                Task { await Self.copy(from: stdin, to: io) }
+                io.feedStdin(from: stdin.reader) { stdin.channel.close(promise: nil) }
             }
-        }
-
-        /// One write in flight while the next chunk is read, until the last write is out. A host
-        /// that went away must not stall the process: keep draining.
-        private static func copy(from source: StreamReader, to channel: any Channel) async {
-            var inFlight: EventLoopFuture<Void>?
-            var open = true
-            while let chunk = try? await source.read(max: StdioStreams.chunk).get() {
-                if let inFlight, (try? await inFlight.get()) == nil { open = false }
-                inFlight = nil
-                if chunk.readableBytes == 0 { break }
-                if open { inFlight = channel.writeAndFlush(chunk) }
-            }
-            if let inFlight { _ = try? await inFlight.get() }
-        }
-
-        /// The stream's end is the stdin's end (^D for a terminal).
-        private static func copy(from stream: Stream, to io: ProcessIO) async {
-            while let chunk = try? await stream.reader.read(max: 64 << 10).get(), chunk.readableBytes > 0 {
-                if (try? await io.write(chunk)) == nil { break }
-            }
-            try? await io.closeStdin()
-            try? await stream.channel.close()
         }
     }
 }

@@ -113,7 +113,9 @@ struct AgentContainerTests {
             try await agent.exec("sig", "child", ["sleep", "777"])
             try await agent.client.signal("sig", "", signal: 15)
             #expect(try await agent.client.wait("sig") == 5)
-            #expect(try await agent.client.wait("sig", "child") == 128 + 15)
+            // SIGTERM, or SIGKILL when the init's exit ended the pid namespace first (1 run in 10 here).
+            let childStatus = try await agent.client.wait("sig", "child")
+            #expect([128 + 15, 128 + 9].contains(childStatus), "child status \(childStatus)")
         }
     }
 
