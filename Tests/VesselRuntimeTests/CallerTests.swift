@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 import VesselCore
 import VesselDevSupport
@@ -65,15 +66,16 @@ struct CallerTests {
             ])
         }
         // The state must be seen while the container exists, or its absence afterwards proves nothing.
-        var seen = false
-        while !seen, try background.value(timeout: 0.1) == nil {
+        var state: String?
+        while state == nil, try background.value(timeout: 0.1) == nil {
             let id = ((try? String(contentsOfFile: cidfile, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
-            seen = !id.isEmpty && FileManager.default.fileExists(atPath: docker.runtimeRoot + "/" + id)
+            if !id.isEmpty { state = docker.stateDirectory(of: id) }
         }
         let run = try #require(try background.value(timeout: 400), "docker run outlived its command's own timeout")
         #expect(run.status == 5, "\(run.output)")
         #expect(run.output.contains("hello-docker from"), "\(run.output)")
-        #expect(seen, "the container's state never appeared in \(docker.runtimeRoot)")
+        #expect(state != nil, "the container's state (--root/ID/state.json) never appeared")
+        if let state { #expect(!FileManager.default.fileExists(atPath: state), "\(state) left behind") }
         docker.expectNoContainersLeft()
     }
 }
@@ -86,6 +88,8 @@ final class DockerDaemon: @unchecked Sendable {
     let cli: VesselCLI
     let socket: String
     private let daemon: Process
+    /// The --root directories docker gave vessel, as found by `stateDirectory(of:)`.
+    private let roots = Mutex<Set<String>>([])
 
     init(network: TestNamespace? = nil) throws {
         try ensureInstalled(["/usr/sbin/dockerd": "docker.io", "/usr/bin/skopeo": "skopeo", "/usr/bin/umoci": "umoci"])
@@ -133,14 +137,31 @@ final class DockerDaemon: @unchecked Sendable {
     }
 
     /// Where docker's shim has `vessel` keep its state (`--root`): `<exec-root>/runtime-<name>/<namespace>`.
-    var runtimeRoot: String { cli.directory + "/exec/runtime-vessel/moby" }
+    /// Where vessel keeps container `id`'s state (`--root`/ID/state.json) while it exists: below
+    /// docker's exec root, or containerd's runc default where docker passes no root. The root is
+    /// remembered for `expectNoContainersLeft`.
+    func stateDirectory(of id: String) -> String? {
+        for base in [cli.directory + "/exec", "/run/containerd/runc", "/run/vessel"] {
+            guard let walker = FileManager.default.enumerator(atPath: base) else { continue }
+            while let path = walker.nextObject() as? String {
+                if walker.level >= 4 { walker.skipDescendants() }
+                let file = URL(fileURLWithPath: base + "/" + path)
+                guard file.lastPathComponent == "state.json", file.deletingLastPathComponent().lastPathComponent == id else { continue }
+                let directory = file.deletingLastPathComponent()
+                roots.withLock { _ = $0.insert(directory.deletingLastPathComponent().path) }
+                return directory.path
+            }
+        }
+        return nil
+    }
 
-    /// The root must exist (the runtime made it): an empty listing of a directory that was never
-    /// there would pass whatever the runtime left elsewhere.
     func expectNoContainersLeft(sourceLocation: SourceLocation = #_sourceLocation) {
-        let entries = try? FileManager.default.contentsOfDirectory(atPath: runtimeRoot)
-        #expect(entries != nil, "\(runtimeRoot) was never made: docker did not run vessel there", sourceLocation: sourceLocation)
-        #expect((entries ?? []).isEmpty, "containers left in \(runtimeRoot): \(entries ?? [])", sourceLocation: sourceLocation)
+        let found = roots.withLock { $0 }
+        #expect(!found.isEmpty, "vessel's state was never seen: nothing to check", sourceLocation: sourceLocation)
+        for root in found.sorted() {
+            let entries = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+            #expect(entries.isEmpty, "containers left in \(root): \(entries)", sourceLocation: sourceLocation)
+        }
     }
 
     func stop() {
@@ -212,6 +233,8 @@ struct CallerNetworkTests {
             "sh", "-c", "mkdir -p /www; echo hello-through-docker > /www/index.html; exec httpd -f -p 80 -h /www",
         ])
         #expect(result.status == 0, "\(result.output)")
+        let id = result.output.split(separator: "\n").last.map { String($0).trimmingCharacters(in: .whitespaces) } ?? ""
+        #expect(docker.stateDirectory(of: id) != nil, "no state for container \(id)")
         let page = try node.fetch("http://172.17.0.1:18081/", until: "hello-through-docker")
         #expect(page.contains("hello-through-docker"), "\(page)")
         #expect(try docker.docker(["rm", "--force", "web"]).status == 0)
