@@ -168,3 +168,16 @@ public struct StdioPorts: Sendable, Equatable {
         self.stderr = stderr
     }
 }
+
+/// The agent's answer to each stdio stream it accepts: the stream's id, 4 bytes big-endian,
+/// never 0, which CreateContainer/ExecProcess name back.
+public enum StdioStreamGreeting {
+    public static let length = 4
+
+    /// nil for anything the agent never sends (a short read, an id 0).
+    public static func id(_ bytes: [UInt8]) -> UInt32? {
+        guard bytes.count == length else { return nil }
+        let id = bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+        return id == 0 ? nil : id
+    }
+}

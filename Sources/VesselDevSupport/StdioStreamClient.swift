@@ -1,3 +1,4 @@
+import VesselAgentClient
 import VesselLinux
 
 #if canImport(Glibc)
@@ -13,10 +14,11 @@ public struct StdioStreamClient: Sendable {
     public static func dial(_ path: String) throws -> StdioStreamClient {
         let fd = try Linux.connectUnix(path)
         do {
-            guard let bytes = try Linux.readExactly(fd, 4, timeoutMilliseconds: 10_000) else {
+            guard let bytes = try Linux.readExactly(fd, StdioStreamGreeting.length, timeoutMilliseconds: 10_000) else {
                 throw DevSupportError("the agent closed a stdio stream before naming it")
             }
-            return StdioStreamClient(fd: fd, id: bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+            guard let id = StdioStreamGreeting.id(bytes) else { throw DevSupportError("the agent named a stdio stream 0") }
+            return StdioStreamClient(fd: fd, id: id)
         } catch {
             Linux.close(fd)
             throw error

@@ -170,14 +170,7 @@ final class ProcessSession: Sendable {
             state.closeRequested = true
             return state.pump
         }
-        if let pump {
-            let deadline = Task {
-                try? await Task.sleep(for: .seconds(1))
-                pump.cancel()
-            }
-            await pump.value
-            deadline.cancel()
-        }
+        if let pump { await awaitAll([pump], cancellingAfter: .seconds(1)) }
         let parked = stdin.withLock { state in
             defer { state.parked = nil }
             return state.parked
@@ -229,14 +222,18 @@ private final class PumpGroup: Sendable {
 
     /// Pumps still running at the deadline are cancelled (their pending read with them).
     func wait(timeout: Duration) async {
-        let running = tasks.withLock { $0 }
-        let deadline = Task {
-            try? await Task.sleep(for: timeout)
-            for task in running { task.cancel() }
-        }
-        for task in running { await task.value }
-        deadline.cancel()
+        await awaitAll(tasks.withLock { $0 }, cancellingAfter: timeout)
     }
+}
+
+/// Until every task ended; those still running after `timeout` are cancelled.
+private func awaitAll(_ tasks: [Task<Void, Never>], cancellingAfter timeout: Duration) async {
+    let deadline = Task {
+        try? await Task.sleep(for: timeout)
+        for task in tasks { task.cancel() }
+    }
+    for task in tasks { await task.value }
+    deadline.cancel()
 }
 
 enum Fifo {

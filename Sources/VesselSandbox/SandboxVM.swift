@@ -108,11 +108,13 @@ extension SandboxVM {
                 Result { () throws -> StdioStream in
                     let fd = try HybridDialer.connect(socketPath: socket, port: Self.stdioPort, timeoutMilliseconds: 10_000)
                     do {
-                        guard let bytes = try Linux.readExactly(fd, 4, timeoutMilliseconds: 10_000) else {
+                        let length = StdioStreamGreeting.length
+                        guard let bytes = try Linux.readExactly(fd, length, timeoutMilliseconds: 10_000) else {
                             throw RuntimeError("the agent closed a stdio stream before naming it", kind: .unavailable)
                         }
-                        let id = bytes.reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
-                        guard id != 0 else { throw RuntimeError("the agent named a stdio stream 0", kind: .unavailable) }
+                        guard let id = StdioStreamGreeting.id(bytes) else {
+                            throw RuntimeError("the agent named a stdio stream 0", kind: .unavailable)
+                        }
                         return StdioStream(fd: fd, id: id)
                     } catch {
                         Linux.close(fd)

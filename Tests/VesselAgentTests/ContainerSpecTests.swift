@@ -54,20 +54,8 @@ struct ContainerSpecTests {
                 + "exec sleep 100"
             var spec = agent.spec(["sh", "-c", script])
             spec.linux.namespaces.append(.with { $0.type = "user" })
-            spec.linux.uidmappings = [
-                .with {
-                    $0.containerID = 0
-                    $0.hostID = 100_000
-                    $0.size = 65536
-                }
-            ]
-            spec.linux.gidmappings = [
-                .with {
-                    $0.containerID = 0
-                    $0.hostID = 200_000
-                    $0.size = 65536
-                }
-            ]
+            spec.linux.uidmappings = idMapping(host: 100_000, size: 65536)
+            spec.linux.gidmappings = idMapping(host: 200_000, size: 65536)
             try "vessel\n".write(toFile: agent.rootfs + "/etc/hostname", atomically: true, encoding: .utf8)
             try await agent.client.createContainer("userns", spec: spec)
             try await agent.client.startContainer("userns")
@@ -95,20 +83,8 @@ struct ContainerSpecTests {
                 ["sh", "-c", "echo tty=$(tty) oom=$(cat /proc/self/oom_score_adj) nofile=$(ulimit -Hn); exec sleep 100"],
                 terminal: true)
             spec.linux.namespaces.append(.with { $0.type = "user" })
-            spec.linux.uidmappings = [
-                .with {
-                    $0.containerID = 0
-                    $0.hostID = 100_000
-                    $0.size = 65536
-                }
-            ]
-            spec.linux.gidmappings = [
-                .with {
-                    $0.containerID = 0
-                    $0.hostID = 100_000
-                    $0.size = 65536
-                }
-            ]
+            spec.linux.uidmappings = idMapping(host: 100_000, size: 65536)
+            spec.linux.gidmappings = idMapping(host: 100_000, size: 65536)
             spec.process.oomscoreAdj = 500  // raising needs no CAP_SYS_RESOURCE, which host-mode tests may lack
             spec.process.rlimits = [
                 .with {
@@ -136,13 +112,7 @@ struct ContainerSpecTests {
     @Test func userNamespacesNeedBothMaps() async throws {
         try await withAgent { agent in
             var spec = agent.spec(["true"])
-            spec.linux.uidmappings = [
-                .with {
-                    $0.containerID = 0
-                    $0.hostID = 100_000
-                    $0.size = 1
-                }
-            ]
+            spec.linux.uidmappings = idMapping(host: 100_000, size: 1)
             await expectError(.invalidArgument, containing: "uidMappings need a user namespace") {
                 try await agent.client.createContainer("maps", spec: spec)
             }
@@ -235,4 +205,15 @@ struct ContainerSpecTests {
             #expect(try await agent.client.wait("big") == 0)
         }
     }
+}
+
+/// One id range: the container's 0 up to `size`, onto the guest's ids from `host`.
+private func idMapping(host: UInt32, size: UInt32) -> [Grpc_LinuxIDMapping] {
+    [
+        .with {
+            $0.containerID = 0
+            $0.hostID = host
+            $0.size = size
+        }
+    ]
 }

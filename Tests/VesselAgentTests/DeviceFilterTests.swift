@@ -9,13 +9,7 @@ import VesselProtocol
 /// host's (empty but real) cgroup2 mount.
 @Suite(.timeLimit(.minutes(3)), .serialized)
 struct DeviceFilterTests {
-    static let denyAll = Grpc_LinuxDeviceCgroup.with {
-        $0.allow = false
-        $0.type = "a"
-        $0.major = -1
-        $0.minor = -1
-        $0.access = "rwm"
-    }
+    static let denyAll = rule(allow: false, "a", -1, -1, "rwm")
     /// Where this host mounts cgroup2: /sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on a v2-only one.
     static let cgroup2: String? = {
         let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
@@ -27,13 +21,7 @@ struct DeviceFilterTests {
     }()
 
     @Test func programShape() {
-        let allowNullRead = Grpc_LinuxDeviceCgroup.with {
-            $0.allow = true
-            $0.type = "c"
-            $0.major = 1
-            $0.minor = 3
-            $0.access = "r"
-        }
+        let allowNullRead = rule(allow: true, "c", 1, 3, "r")
         let program = DeviceFilter.program([Self.denyAll, allowNullRead])
         // prologue 6; the last rule first: type, access (3), major, minor, r0, exit = 8; deny-all: r0, exit,
         // which matches everything, so no default follows.
@@ -74,22 +62,21 @@ struct DeviceFilterTests {
             (exec 3>/dev/kmsg) 2>/dev/null && echo kmsg-write; true
             """
         #expect(try run([Self.denyAll], probe) == "null-read\n")
-        let readKmsg = Grpc_LinuxDeviceCgroup.with {
-            $0.allow = true
-            $0.type = "c"
-            $0.major = 1
-            $0.minor = 11
-            $0.access = "r"
-        }
+        let readKmsg = rule(allow: true, "c", 1, 11, "r")
         #expect(try run([Self.denyAll, readKmsg], probe) == "null-read\nkmsg-read\n")
         // A later deny overrides an earlier allow.
-        let denyKmsg = Grpc_LinuxDeviceCgroup.with {
-            $0.allow = false
-            $0.type = "c"
-            $0.major = 1
-            $0.minor = 11
-            $0.access = "rwm"
-        }
+        let denyKmsg = rule(allow: false, "c", 1, 11, "rwm")
         #expect(try run([readKmsg, denyKmsg], probe) == "null-read\n")
+    }
+}
+
+/// One device rule: allow or deny `type major:minor` for `access`.
+private func rule(allow: Bool, _ type: String, _ major: Int64, _ minor: Int64, _ access: String) -> Grpc_LinuxDeviceCgroup {
+    .with {
+        $0.allow = allow
+        $0.type = type
+        $0.major = major
+        $0.minor = minor
+        $0.access = access
     }
 }
