@@ -30,6 +30,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0", traits: []),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/LebJe/TOMLKit.git", from: "0.6.0"),
+        // The developer tools' command lines only: vessel itself keeps runc's flag syntax.
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
     ],
     targets: [
         // Syscalls Swift cannot call cleanly: clone with namespace flags, fork+exec, ioctls, PID-1 early setup.
@@ -145,13 +147,14 @@ let package = Package(
         ),
         // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.
         .target(name: "VesselImage"),
-        .executableTarget(name: "vessel-image", dependencies: ["VesselImage"]),
+        .executableTarget(
+            name: "vessel-image", dependencies: ["VesselImage", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .testTarget(name: "VesselImageTests", dependencies: ["VesselImage"]),
         .executableTarget(
             name: "vessel-dev",
             dependencies: [
                 "VesselDevSupport", "VesselAgentClient", "VesselProtocol", "VesselVM",
-                "VesselCore", "VesselSandbox", "VesselVsock",
+                "VesselCore", "VesselSandbox", "VesselVsock", .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(
             name: "VesselProtocolTests",

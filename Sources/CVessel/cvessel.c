@@ -446,6 +446,27 @@ int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach) {
     return rc < 0 ? -errno : rc;
 }
 
+int vessel_bpf_device_query(int cgroup_fd, uint32_t *ids, uint32_t *count) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.query.target_fd = cgroup_fd;
+    attr.query.attach_type = BPF_CGROUP_DEVICE;
+    attr.query.prog_ids = (uint64_t)(uintptr_t)ids;
+    attr.query.prog_cnt = *count;
+    int rc = (int)syscall(SYS_bpf, BPF_PROG_QUERY, &attr, sizeof(attr));
+    if (rc < 0) return -errno;
+    *count = attr.query.prog_cnt;
+    return 0;
+}
+
+int vessel_bpf_prog_fd_by_id(uint32_t id) {
+    union bpf_attr attr;
+    memset(&attr, 0, sizeof(attr));
+    attr.prog_id = id;
+    int fd = (int)syscall(SYS_bpf, BPF_PROG_GET_FD_BY_ID, &attr, sizeof(attr));
+    return fd < 0 ? -errno : fd;
+}
+
 int vessel_send_fd(int sock, const char *name, int fd) {
     char control[CMSG_SPACE(sizeof(int))];
     memset(control, 0, sizeof(control));

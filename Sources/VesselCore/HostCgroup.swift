@@ -75,12 +75,22 @@ public enum HostCgroup {
                     warn("host cgroup \(directory)/\(write.file)=\(write.value): \(error)")
                 }
             }
+            if let devices = resources.devices, isUnified(directory) {
+                do { try DeviceProgram.replace(with: hostRules(devices), cgroup: directory) } catch {
+                    warn("host cgroup \(directory) device program: \(error)")
+                }
+            }
             // A parent's deny-all also revoked QEMU's devices in its child: give them back.
             let vmm = directory + "/" + vmmChild
             if resources.devices != nil, Linux.exists(vmm + "/devices.list") {
                 do { try restrictToSandboxDevices(vmm) } catch { warn("host cgroup \(vmm): \(error)") }
             }
         }
+    }
+
+    /// A cgroup v2 directory: its device rules are a program, not files.
+    static func isUnified(_ directory: String) -> Bool {
+        Linux.exists(directory + "/cgroup.controllers")
     }
 
     private static func cpuWrites(_ cpu: OCISpec.CPU?) -> [(file: String, value: String)] {
@@ -119,29 +129,42 @@ public enum HostCgroup {
     /// vhost-net and vhost-vsock. The sandbox's cgroup allows them after the spec's rules; QEMU's
     /// own child cgroup (`vmmDevices`) allows only them: a QEMU taken over by its guest cannot
     /// open the host's disks, even as root with CAP_DAC_OVERRIDE, whatever the spec allows.
-    static let sandboxDevices: [String] = [
-        "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm",
-        "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm", "c 10:232 rwm", "c 10:238 rwm",
-        "c 10:241 rwm",
-    ]
+    static let sandboxDevices: [DeviceRule] = [
+        (1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2), (136, nil), (10, 200), (10, 232), (10, 238), (10, 241),
+    ].map { DeviceRule(allow: true, kind: .char, major: $0.0, minor: $0.1) }
 
-    /// cgroup v1's devices files, in the spec's order (a later rule overrides an earlier one), after
-    /// a deny-all (`revokeAllDevices`) so the sandbox never has more than the spec and `sandboxDevices`. A rule that
-    /// allows every device (a privileged container's) is the guest's business, not the host's: the
-    /// guest's devices are its own. On a v2 host (no devices files) this part is a no-op.
+    /// The sandbox's rules, for either hierarchy: a deny-all, the spec's in its order (a later rule
+    /// overrides an earlier one), then `sandboxDevices`, so the sandbox never has more than the
+    /// spec and those. A rule that allows every device (a privileged container's) is the guest's
+    /// business, not the host's: the guest's devices are its own.
+    static func hostRules(_ rules: [OCISpec.DeviceCgroup]) -> [DeviceRule] {
+        let spec = rules.compactMap { rule -> DeviceRule? in
+            let kind: DeviceRule.Kind = rule.type == "c" ? .char : rule.type == "b" ? .block : .all
+            let major = rule.major.flatMap { $0 < 0 ? nil : $0 }
+            if rule.allow && (kind == .all || major == nil) { return nil }
+            return DeviceRule(
+                allow: rule.allow, kind: kind, major: major, minor: rule.minor.flatMap { $0 < 0 ? nil : $0 },
+                access: rule.access?.lowercased() ?? "")
+        }
+        return [.denyAll] + spec + sandboxDevices
+    }
+
+    /// A rule as cgroup v1's devices files and devices.list spell it.
+    static func v1Entry(_ rule: DeviceRule) -> String {
+        let number = { (n: Int64?) in n.map { "\($0)" } ?? "*" }
+        switch rule.kind {
+        case .all: return "a"
+        case .char, .block:
+            let access = rule.access.isEmpty ? "rwm" : rule.access
+            return "\(rule.kind == .char ? "c" : "b") \(number(rule.major)):\(number(rule.minor)) \(access)"
+        }
+    }
+
+    /// cgroup v1's devices files for `hostRules`; the deny-all goes through `revokeAllDevices`.
+    /// On a v2 directory (no devices files) this part is a no-op.
     static func deviceWrites(_ rules: [OCISpec.DeviceCgroup]?) -> [(file: String, value: String)] {
         guard let rules else { return [] }
-        let wildcard = { (rule: OCISpec.DeviceCgroup) in rule.type == nil || rule.type == "a" || rule.major == nil || rule.major! < 0 }
-        let spec = rules.filter { !($0.allow && wildcard($0)) }.map { rule -> (file: String, value: String) in
-            let number = { (n: Int64?) in n.map { $0 < 0 ? "*" : "\($0)" } ?? "*" }
-            let type = rule.type.flatMap { $0.isEmpty ? nil : $0 } ?? "a"
-            let entry =
-                type == "a"
-                ? "a"
-                : "\(type) \(number(rule.major)):\(number(rule.minor)) \(rule.access.flatMap { $0.isEmpty ? nil : $0.lowercased() } ?? "rwm")"
-            return (rule.allow ? "devices.allow" : "devices.deny", entry)
-        }
-        return [("devices.deny", "a")] + spec + sandboxDevices.map { ("devices.allow", $0) }
+        return hostRules(rules).map { ($0.allow ? "devices.allow" : "devices.deny", v1Entry($0)) }
     }
 
     /// v1 refuses a deny-all (EINVAL) in a cgroup with children, as the sandbox's is once QEMU's
@@ -157,15 +180,45 @@ public enum HostCgroup {
         }
     }
 
-    /// QEMU's child of the sandbox's v1 devices cgroup: deny-all, then `sandboxDevices` only (the
-    /// spec's rules are its guest's business). nil where there is no v1 devices hierarchy (v2:
-    /// the guest's device filter is the only one). `remove` takes it away with its parent.
-    public static func vmmDevices(in directories: [String]) throws(RuntimeError) -> String? {
-        guard let parent = directories.first(where: { Linux.exists($0 + "/devices.list") }) else { return nil }
+    /// Where QEMU starts: a child of the sandbox's cgroup that allows only `sandboxDevices` (the
+    /// spec's rules are its guest's business), in the v1 devices hierarchy (joined through its
+    /// cgroup.procs) and in the v2 one (started in with CLONE_INTO_CGROUP; its program narrows the
+    /// sandbox's, both must allow). `remove` takes them away with their parents.
+    public struct VMMCgroups: Sendable {
+        public var devices: String?
+        public var unified: String?
+
+        public init(devices: String? = nil, unified: String? = nil) {
+            self.devices = devices
+            self.unified = unified
+        }
+    }
+
+    public static func vmmCgroups(in directories: [String]) throws(RuntimeError) -> VMMCgroups {
+        var made = VMMCgroups()
+        do {
+            if let parent = directories.first(where: { Linux.exists($0 + "/devices.list") }) {
+                made.devices = try makeVMMChild(of: parent, restrict: restrictToSandboxDevices)
+            }
+            if let parent = directories.first(where: isUnified) {
+                made.unified = try makeVMMChild(of: parent) { child throws(LinuxError) in
+                    try DeviceProgram.replace(with: [.denyAll] + sandboxDevices, cgroup: child)
+                }
+            }
+        } catch {
+            for child in [made.devices, made.unified].compactMap({ $0 }) { rmdir(child) }
+            throw error
+        }
+        return made
+    }
+
+    static let vmmChild = "vmm"
+
+    private static func makeVMMChild(of parent: String, restrict: (String) throws(LinuxError) -> Void) throws(RuntimeError) -> String {
         let child = parent + "/" + vmmChild
         do {
             try Linux.mkdirAll(child)
-            try restrictToSandboxDevices(child)
+            try restrict(child)
         } catch {
             rmdir(child)
             throw RuntimeError(stage: "make QEMU's devices cgroup \(child)", error)
@@ -173,11 +226,9 @@ public enum HostCgroup {
         return child
     }
 
-    static let vmmChild = "vmm"
-
     private static func restrictToSandboxDevices(_ directory: String) throws(LinuxError) {
         try Linux.writeFile(directory + "/devices.deny", "a")
-        for rule in sandboxDevices { try Linux.writeFile(directory + "/devices.allow", rule) }
+        for rule in sandboxDevices { try Linux.writeFile(directory + "/devices.allow", v1Entry(rule)) }
     }
 
     /// A v1 cpuset cgroup refuses processes (ENOSPC) until cpus and mems are set: copy them down.

@@ -124,4 +124,20 @@ extension Linux {
             throw LinuxError(stage: attached ? "bpf(BPF_PROG_ATTACH) device filter" : "bpf(BPF_PROG_DETACH)", errno: -rc, detail: detail)
         }
     }
+
+    /// The ids of the device programs attached to the cgroup directory itself (not its ancestors').
+    public static func attachedDevicePrograms(cgroup directoryFD: Int32) throws(LinuxError) -> [UInt32] {
+        var ids = [UInt32](repeating: 0, count: 64)
+        var count = UInt32(ids.count)
+        let rc = ids.withUnsafeMutableBufferPointer { vessel_bpf_device_query(directoryFD, $0.baseAddress, &count) }
+        if rc < 0 { throw LinuxError(stage: "bpf(BPF_PROG_QUERY) device programs", errno: -rc) }
+        return Array(ids.prefix(Int(count)))
+    }
+
+    /// An fd of a loaded program, by the id `attachedDevicePrograms` names.
+    public static func deviceProgram(id: UInt32) throws(LinuxError) -> Int32 {
+        let fd = vessel_bpf_prog_fd_by_id(id)
+        if fd < 0 { throw LinuxError(stage: "bpf(BPF_PROG_GET_FD_BY_ID)", errno: -fd, detail: "program \(id)") }
+        return fd
+    }
 }

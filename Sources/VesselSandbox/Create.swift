@@ -148,13 +148,13 @@ extension SandboxOwner {
     /// side of the network.
     private func boot(for bundle: GuestBundle, namespace: Int32?) async throws(RuntimeError) {
         let cgroup = HostCgroup.relativePath(cgroupsPath: bundle.guestSpec.linux.cgroupsPath, id: sandboxRecord.id)
-        var vmmDevices: String?
+        var vmmCgroups = HostCgroup.VMMCgroups()
         do {
             sandboxRecord.hostCgroups = try HostCgroup.join(relativePath: cgroup, pid: getpid())
             // On record before anything else can fail: a dead owner's cleanup removes only what it finds.
             persistSandbox()
             HostCgroup.limit(bundle.oci.linux?.resources, in: sandboxRecord.hostCgroups) { log.warning("\($0)") }
-            vmmDevices = try HostCgroup.vmmDevices(in: sandboxRecord.hostCgroups)
+            vmmCgroups = try HostCgroup.vmmCgroups(in: sandboxRecord.hostCgroups)
         } catch {
             log.warning("sandbox runs without its own host cgroup: \(error)")
         }
@@ -167,7 +167,7 @@ extension SandboxOwner {
         }
         let vm: SandboxVM
         do {
-            vm = try SandboxVM(config: config, paths: paths, log: log, networks: network?.devices ?? [], cgroup: vmmDevices)
+            vm = try SandboxVM(config: config, paths: paths, log: log, networks: network?.devices ?? [], cgroups: vmmCgroups)
         } catch {
             network?.disconnect()
             network = nil

@@ -23,7 +23,7 @@ final class SandboxVM: Sendable {
     /// Starts the backend and QEMU; the guest then boots on its own (`waitReady`).
     init(
         config: RuntimeConfig, paths: SandboxPaths, log: RuntimeLog, networks: [NetworkDevice] = [],
-        cgroup: String? = nil
+        cgroups: HostCgroup.VMMCgroups = .init()
     ) throws(RuntimeError) {
         self.paths = paths
         self.config = config
@@ -39,7 +39,8 @@ final class SandboxVM: Sendable {
         backendThread = backend.start()
         var vmConfig = Self.vmConfig(config, paths: paths)
         vmConfig.networks = networks
-        vmConfig.cgroup = cgroup
+        vmConfig.cgroup = cgroups.devices
+        vmConfig.unifiedCgroup = cgroups.unified
         do {
             vm = try GuestVM(vmConfig, consoleLog: paths.consoleLog, dieWithParent: true)
         } catch {

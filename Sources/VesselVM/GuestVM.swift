@@ -32,20 +32,24 @@ public final class GuestVM: @unchecked Sendable {
             close(pipe.write)
         }
         startedAt = Date()
-        let cgroupProcs: Int32 =
-            try config.cgroup.map { directory -> Int32 in
-                let fd = open(directory + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
-                guard fd >= 0 else { throw VMError("cannot open \(directory)/cgroup.procs: \(String(cString: strerror(errno)))") }
-                return fd
-            } ?? -1
+        // Where QEMU starts: open before the fork, so the C child only writes and clones.
+        let cgroupFD = { (path: String?, flags: Int32) throws -> Int32 in
+            guard let path else { return -1 }
+            let fd = open(path, flags | O_CLOEXEC)
+            guard fd >= 0 else { throw VMError("cannot open \(path): \(String(cString: strerror(errno)))") }
+            return fd
+        }
+        let cgroupProcs = try cgroupFD(config.cgroup.map { $0 + "/cgroup.procs" }, O_WRONLY)
         defer { if cgroupProcs >= 0 { close(cgroupProcs) } }
+        let unifiedCgroup = try cgroupFD(config.unifiedCgroup, O_DIRECTORY | O_RDONLY)
+        defer { if unifiedCgroup >= 0 { close(unifiedCgroup) } }
         do {
             let spawned = try spawn(
                 exeFD: -1, path: config.qemu, arguments: [config.qemu] + config.arguments(accelerator: accelerator),
                 environment: ProcessInfo.processInfo.environment.map { "\($0.key)=\($0.value)" },
                 fds: [(devNull, 0), (pipe.write, 1), (pipe.write, 2)]
                     + config.networks.enumerated().map { ($0.element.tapFD, NetworkDevice.firstFD + Int32($0.offset)) },
-                parentDeathSignal: dieWithParent ? SIGKILL : 0,
+                parentDeathSignal: dieWithParent ? SIGKILL : 0, cgroup: unifiedCgroup,
                 keepCapabilities: config.sandboxed && geteuid() == 0 ? VMConfig.keptCapabilities : nil,
                 cgroupProcs: cgroupProcs)
             if spawned.execErrno != 0 {

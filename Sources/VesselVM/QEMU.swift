@@ -34,9 +34,12 @@ public struct VMConfig: Sendable {
     /// Under TCG, the translated-code cache in MiB (an idle guest fills about 80 MiB of QEMU's
     /// default); nil leaves QEMU's default.
     public var translationCacheMiB: Int?
-    /// A cgroup directory QEMU starts in (before it runs anything), e.g. the sandbox's devices
-    /// child that allows QEMU only the devices it opens.
+    /// A cgroup directory QEMU joins before it runs anything, e.g. the sandbox's v1 devices child
+    /// that allows QEMU only the devices it opens.
     public var cgroup: String?
+    /// A cgroup v2 directory QEMU starts in (CLONE_INTO_CGROUP), e.g. the one whose device program
+    /// allows QEMU only the devices it opens.
+    public var unifiedCgroup: String?
     /// A virtio-balloon that only reports free pages (never inflates): memory the guest touched at
     /// boot and freed (the initramfs, after switch_root) goes back to the host.
     public var freePageReporting = true

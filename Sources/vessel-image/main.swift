@@ -1,41 +1,30 @@
+import ArgumentParser
 import Foundation
 import VesselImage
 
-// Builds the guest initrd: rootfs/ plus the static agent as /init, as a compressed newc cpio.
+extension Compression: ExpressibleByArgument {}
 
-let usage = "usage: vessel-image --agent PATH --rootfs DIR --output FILE [--compress zstd|gzip|none] [--debug]"
+struct VesselImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vessel-image",
+        abstract: "Builds the guest initrd: rootfs/ plus the static agent as /init, as a compressed newc cpio.")
 
-func fail(_ message: String) -> Never {
-    FileHandle.standardError.write(Data("vessel-image: \(message)\n".utf8))
-    exit(1)
-}
+    @Option(help: "The static agent binary, packed as /init.") var agent: String
+    @Option(help: "The rootfs directory with its manifest.") var rootfs: String
+    @Option(help: "The initrd to write.") var output: String
+    @Option(help: "zstd, gzip or none.") var compress: Compression = .zstd
+    @Flag(help: "Also pack the debug tools (busybox).") var debug = false
 
-var options: [String: String] = [:]
-var debug = false
-var arguments = CommandLine.arguments.dropFirst()
-while let argument = arguments.popFirst() {
-    switch argument {
-    case "--debug": debug = true
-    case "-h", "--help":
-        print(usage)
-        exit(0)
-    case "--agent", "--rootfs", "--output", "--compress":
-        guard let value = arguments.popFirst() else { fail("\(argument) needs a value; \(usage)") }
-        options[argument] = value
-    default: fail("unknown argument '\(argument)'; \(usage)")
+    func run() throws {
+        do {
+            let mtime = try ImageBuilder.mtime(environment: ProcessInfo.processInfo.environment)
+            let builder = ImageBuilder(agent: agent, rootfs: rootfs, debug: debug, mtime: mtime)
+            print(try builder.build(output: output, compression: compress).summary)
+        } catch {
+            FileHandle.standardError.write(Data("vessel-image: \(error.description)\n".utf8))
+            throw ExitCode.failure
+        }
     }
 }
-guard let agent = options["--agent"], let rootfs = options["--rootfs"], let output = options["--output"] else {
-    fail("--agent, --rootfs and --output are required; \(usage)")
-}
-guard let compression = Compression(rawValue: options["--compress"] ?? "zstd") else {
-    fail("unknown compression '\(options["--compress"]!)' (expected zstd, gzip or none)")
-}
 
-do {
-    let mtime = try ImageBuilder.mtime(environment: ProcessInfo.processInfo.environment)
-    let builder = ImageBuilder(agent: agent, rootfs: rootfs, debug: debug, mtime: mtime)
-    print(try builder.build(output: output, compression: compression).summary)
-} catch {
-    fail(error.description)
-}
+VesselImageCommand.main()

@@ -463,12 +463,14 @@ struct HostSpecCheckTests {
         guard let devices = made.first(where: { Linux.exists($0 + "/devices.list") }) else { return }  // v2: the guest's only
         let list = try Linux.readFile(devices + "/devices.list").split(separator: "\n").map(String.init)
         #expect(Array(list.prefix(2)) == ["c 10:229 rwm", "b \(major):\(minor) r"], "the spec's rules first, in order: \(list)")
-        #expect(list.dropFirst(2) == ArraySlice(HostCgroup.sandboxDevices), "\(list)")
+        #expect(list.dropFirst(2) == ArraySlice(HostCgroup.sandboxDevices.map(HostCgroup.v1Entry)), "\(list)")
         // QEMU's child: only what QEMU opens, also after the spec's rules are written again.
-        let vmm = try #require(try HostCgroup.vmmDevices(in: made))
+        let vmm = try #require(try HostCgroup.vmmCgroups(in: made).devices)
         resources.devices = kept
         HostCgroup.limit(resources, in: made) { warnings.append($0) }
-        #expect(try Linux.readFile(vmm + "/devices.list").split(separator: "\n").map(String.init) == HostCgroup.sandboxDevices)
+        #expect(
+            try Linux.readFile(vmm + "/devices.list").split(separator: "\n").map(String.init)
+                == HostCgroup.sandboxDevices.map(HostCgroup.v1Entry))
         #expect(warnings.isEmpty, "\(warnings)")
         guard let disk else { return }
         let open = { (cgroup: String) in
@@ -484,9 +486,49 @@ struct HostSpecCheckTests {
         HostCgroup.limit(resources, in: made) { warnings.append($0) }
         #expect(warnings.isEmpty, "\(warnings)")
         let updated = try Linux.readFile(devices + "/devices.list").split(separator: "\n").map(String.init)
-        #expect(updated == ["c 10:229 rwm"] + HostCgroup.sandboxDevices, "\(updated)")
+        #expect(updated == ["c 10:229 rwm"] + HostCgroup.sandboxDevices.map(HostCgroup.v1Entry), "\(updated)")
         #expect(try open(devices) != 0, "the update took \(disk.0) away")
-        #expect(try Linux.readFile(vmm + "/devices.list").split(separator: "\n").map(String.init) == HostCgroup.sandboxDevices)
+        #expect(
+            try Linux.readFile(vmm + "/devices.list").split(separator: "\n").map(String.init)
+                == HostCgroup.sandboxDevices.map(HostCgroup.v1Entry))
+    }
+
+    /// The same on cgroup v2 (this host's cgroup2 mount alone, as on a v2-only host), where rules
+    /// are a device program: the sandbox gets the spec's, never a privileged container's "all";
+    /// QEMU's child only its own; `update` replaces the program instead of adding one.
+    @Test(.enabled(if: HostCgroup.hierarchies().contains(where: HostCgroup.isUnified), "no cgroup2 hierarchy"))
+    func deviceRulesReachTheHostsCgroupV2() throws {
+        let root = try #require(HostCgroup.hierarchies().first(where: HostCgroup.isUnified))
+        let made = [root + "/vessel-devices2-test-\(getpid())"]
+        try Linux.mkdirAll(made[0])
+        defer { HostCgroup.remove(made) }
+        let readKmsg = OCISpec.DeviceCgroup(allow: true, type: "c", major: 1, minor: 11, access: "r")
+        var resources = OCISpec.Resources()
+        resources.devices = [
+            OCISpec.DeviceCgroup(allow: false, type: nil, major: nil, minor: nil, access: "rwm"), readKmsg,
+            OCISpec.DeviceCgroup(allow: true, type: "a", major: nil, minor: nil, access: "rwm"),
+        ]
+        var warnings: [String] = []
+        HostCgroup.limit(resources, in: made) { warnings.append($0) }
+        let vmm = try #require(try HostCgroup.vmmCgroups(in: made).unified)
+        #expect(warnings.isEmpty, "\(warnings)")
+        let opens = { (cgroup: String, device: String, mode: String) in
+            try command(["/bin/sh", "-c", "echo $$ > \(cgroup)/cgroup.procs && (exec 3\(mode)\(device)) 2>/dev/null"], timeout: 30)
+                .status == 0
+        }
+        #expect(try opens(made[0], "/dev/null", ">") && opens(vmm, "/dev/null", ">"), "both allow what QEMU opens")
+        #expect(try opens(made[0], "/dev/kmsg", "<"), "the sandbox's cgroup allows the spec's device")
+        #expect(try !opens(made[0], "/dev/kmsg", ">"), "for reading only")
+        #expect(try !opens(vmm, "/dev/kmsg", "<"), "QEMU's cgroup must not open the spec's device")
+        if Linux.exists("/dev/loop-control") {
+            #expect(try !opens(made[0], "/dev/loop-control", "<"), "a privileged container's \"all\" is its guest's devices")
+        }
+        resources.devices = [OCISpec.DeviceCgroup(allow: true, type: "c", major: 10, minor: 229, access: "rwm")]
+        HostCgroup.limit(resources, in: made) { warnings.append($0) }
+        #expect(warnings.isEmpty, "\(warnings)")
+        #expect(try !opens(made[0], "/dev/kmsg", "<"), "the update took the device away")
+        #expect(try DeviceProgram.attachedCount(cgroup: made[0]) == 1, "an update replaces the program")
+        #expect(try DeviceProgram.attachedCount(cgroup: vmm) == 1)
     }
 
     @Test func theGuestNeverGetsHostCPUNumbers() throws {

@@ -78,6 +78,10 @@ int vessel_set_no_new_privs(void);
 int vessel_bpf_load_device_program(const uint64_t *insns, uint32_t count, char *log, uint32_t log_size);
 /// Attaches (attach=1) or detaches (attach=0) a device program to a cgroup v2 directory fd.
 int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach);
+/// The ids of the device programs attached to the cgroup itself; *count: room in `ids`, then how many. 0 or -errno.
+int vessel_bpf_device_query(int cgroup_fd, uint32_t *ids, uint32_t *count);
+/// An fd of the loaded program `id`, or -errno.
+int vessel_bpf_prog_fd_by_id(uint32_t id);
 
 /// Sends `fd` over a Unix socket with SCM_RIGHTS, `name` as the payload (runc's console-socket protocol).
 int vessel_send_fd(int sock, const char *name, int fd);

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import VesselAgentClient
 import VesselCore
@@ -9,20 +10,6 @@ import VesselVsock
 
 // Developer tool: `demo` runs a busybox container through a host-mode agent; `bench` measures the
 // agent next to crun and runc in one run (the numbers `make bench` prints).
-
-let usage = """
-    usage: vessel-dev demo [--agent PATH]
-           vessel-dev bench [--agent PATH] [--count N]
-           vessel-dev boot-bench --kernel K --initrd I --baseline-initrd B [--count N]
-           vessel-dev run-bench --vessel PATH --kernel K --initrd I --baseline-initrd B [--count N]
-           vessel-dev bundle DIR [--tty] -- COMMAND...   (an OCI bundle with a busybox rootfs)
-    """
-
-func option(_ name: String, default value: String) -> String {
-    let args = CommandLine.arguments
-    guard let i = args.firstIndex(of: name), i + 1 < args.count else { return value }
-    return args[i + 1]
-}
 
 let defaultAgent = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("vessel-agent").path
 
@@ -41,8 +28,8 @@ func milliseconds(_ body: () async throws -> Void) async rethrows -> Double {
 
 func format(_ ms: Double) -> String { String(format: "%.2f ms", ms) }
 
-func demo() async throws {
-    let status = try await LocalAgent.with(binary: option("--agent", default: defaultAgent)) { agent in
+func demo(agent binary: String) async throws {
+    let status = try await LocalAgent.with(binary: binary) { agent in
         try await agent.client.createContainer("demo", spec: agent.spec(["sh", "-c", "echo hello from a vessel container on $(hostname)"]))
         try await agent.client.startContainer("demo")
         FileHandle.standardOutput.write(Data(try await agent.client.readAll("demo")))
@@ -158,9 +145,8 @@ func measureAgent(_ agent: LocalAgent, count: Int) async throws -> AgentNumbers 
     return numbers
 }
 
-func bench() async throws {
-    let count = Int(option("--count", default: "50")) ?? 50
-    let numbers = try await LocalAgent.with(binary: option("--agent", default: defaultAgent)) { try await measureAgent($0, count: count) }
+func bench(agent binary: String, count: Int) async throws {
+    let numbers = try await LocalAgent.with(binary: binary) { try await measureAgent($0, count: count) }
     let agentMedian = median(numbers.spawn)
     print("agent create+start+wait+remove of /bin/true: \(format(agentMedian)) (median of \(count))")
     for (name, value) in [("crun", numbers.crun), ("runc", numbers.runc)] {
@@ -178,7 +164,7 @@ func bench() async throws {
     let socket = "/tmp/vessel-bench-stdio-\(getpid()).sock"
     defer { unlink(socket) }
     let (rpc, stream) = try await LocalAgent.with(
-        binary: option("--agent", default: defaultAgent),
+        binary: binary,
         arguments: ["--stdio-addr", "unix://\(socket)"]
     ) { try await measureStdio($0, socket: socket) }
     print(
@@ -210,10 +196,8 @@ func measureStdio(_ agent: LocalAgent, socket: String) async throws -> (rpc: Dou
 }
 
 /// QEMU start -> "vessel-agent ready" next to QEMU start -> exit of an init that only powers off.
-func bootBench() throws {
-    let count = Int(option("--count", default: "5")) ?? 5
-    let kernel = option("--kernel", default: "out/bzImage"), initrd = option("--initrd", default: "out/initrd.img")
-    let baseline = option("--baseline-initrd", default: "out/poweroff-initrd.img")
+func bootBench(_ guest: GuestFiles, count: Int) throws {
+    let kernel = guest.kernel, initrd = guest.initrd, baseline = guest.baselineInitrd
     var ready: [Double] = [], lowerBound: [Double] = [], rss: [Int] = []
     var accelerator = VMConfig.Accelerator.tcg
     for _ in 0..<count {
@@ -271,15 +255,13 @@ func pssKiB(_ pid: Int32) -> Int {
 
 /// Cold `vessel run BUNDLE` of /bin/true next to the same QEMU command booting a power-off init;
 /// then `vessel exec true` latency and the host PSS of one idle sandbox.
-func runBench() throws {
-    let count = Int(option("--count", default: "10")) ?? 10
-    let vessel = option("--vessel", default: "out/vessel")
+func runBench(vessel: String, _ guest: GuestFiles, count: Int) throws {
     let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-run-bench-\(getpid())").path
     try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(atPath: dir) }
     var config = RuntimeConfig()
-    config.hypervisor.kernel = option("--kernel", default: "out/bzImage")
-    config.hypervisor.initrd = option("--initrd", default: "out/initrd.img")
+    config.hypervisor.kernel = guest.kernel
+    config.hypervisor.initrd = guest.initrd
     try config.toml().write(toFile: dir + "/config.toml", atomically: true, encoding: .utf8)
     let cli = [vessel, "--root", dir + "/root", "--config", dir + "/config.toml"]
     try OCIBundle.make(at: dir + "/true", args: ["true"])
@@ -300,7 +282,7 @@ func runBench() throws {
             options: options)
         let thread = backend.start()
         var vmConfig = SandboxVMConfig.make(config, paths: paths)
-        vmConfig.initrd = option("--baseline-initrd", default: "out/poweroff-initrd.img")
+        vmConfig.initrd = guest.baselineInitrd
         let vm = try GuestVM(vmConfig)
         _ = try vm.waitForExit(timeout: 120)
         lower.append(Date().timeIntervalSince(vm.startedAt) * 1000)
@@ -351,29 +333,67 @@ func runBench() throws {
             + "process monitor \(monitor) KiB)")
 }
 
-let command = CommandLine.arguments.dropFirst().first ?? ""
-do {
-    switch command {
-    case "demo": try await demo()
-    case "bundle":
-        let args = Array(CommandLine.arguments.dropFirst(2))
-        guard let dir = args.first, let dash = args.firstIndex(of: "--"), dash + 1 < args.count else {
-            print(usage)
-            exit(2)
-        }
-        try? FileManager.default.removeItem(atPath: dir)
-        try OCIBundle.make(at: dir, args: Array(args[(dash + 1)...]), terminal: args.contains("--tty"))
-    case "bench": try await bench()
-    case "boot-bench": try bootBench()
-    case "run-bench": try runBench()
-    case "oci-bench":
-        let args = CommandLine.arguments
-        try ociBench(runtime: args[2], bundle: args[3], count: Int(args[4]) ?? 10)
-    default:
-        print(usage)
-        exit(2)
+/// The guest files a boot benchmark compares: the real initrd next to one that only powers off.
+struct GuestFiles: ParsableArguments {
+    @Option var kernel = "out/bzImage"
+    @Option var initrd = "out/initrd.img"
+    @Option(name: .customLong("baseline-initrd")) var baselineInitrd = "out/poweroff-initrd.img"
+}
+
+@main
+struct VesselDev: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vessel-dev",
+        abstract: "Developer tool: the demo, the benchmarks `make bench` prints, OCI bundles.",
+        subcommands: [Demo.self, Bench.self, BootBench.self, RunBench.self, MakeBundle.self, OCIBench.self])
+
+    struct Demo: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Runs a busybox container through a host-mode agent.")
+        @Option var agent = defaultAgent
+        func run() async throws { try await demo(agent: agent) }
     }
-} catch {
-    FileHandle.standardError.write(Data("vessel-dev: \(error)\n".utf8))
-    exit(1)
+
+    struct Bench: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The host-mode agent next to crun and runc, in one run.")
+        @Option var agent = defaultAgent
+        @Option var count = 50
+        func run() async throws { try await bench(agent: agent, count: count) }
+    }
+
+    struct BootBench: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "QEMU start to agent ready, next to a power-off init.")
+        @OptionGroup var guest: GuestFiles
+        @Option var count = 5
+        func run() throws { try bootBench(guest, count: count) }
+    }
+
+    struct RunBench: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cold `vessel run`, exec latency, stdio rates and an idle pod's PSS.")
+        @Option var vessel = "out/vessel"
+        @OptionGroup var guest: GuestFiles
+        @Option var count = 10
+        func run() throws { try runBench(vessel: vessel, guest, count: count) }
+    }
+
+    struct MakeBundle: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "bundle", abstract: "An OCI bundle with a busybox rootfs running COMMAND.")
+        @Argument var directory: String
+        @Flag var tty = false
+        @Argument(parsing: .postTerminator) var command: [String]
+        func validate() throws { if command.isEmpty { throw ValidationError("a COMMAND after -- is required") } }
+        func run() throws {
+            try? FileManager.default.removeItem(atPath: directory)
+            try OCIBundle.make(at: directory, args: command, terminal: tty)
+        }
+    }
+
+    /// Started by `bench` inside `unshare -m` (see `ociBench`).
+    struct OCIBench: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "oci-bench", shouldDisplay: false)
+        @Argument var runtime: String
+        @Argument var bundle: String
+        @Argument var count = 10
+        func run() throws { try ociBench(runtime: runtime, bundle: bundle, count: count) }
+    }
 }
