@@ -73,11 +73,14 @@ final class ProcessSession: Sendable {
                 opened.append(channel)
                 return channel
             }
+            // All streams at once: each dial is a round trip into the guest, on an exec's critical path.
+            var dialed = try await dialAll(count: (paths.stdin.isEmpty ? 0 : 1) + (paths.terminal ? 1 : 2), dial)
+            defer { for stream in dialed { Linux.close(stream.fd) } }
             func stream<Output: Sendable>(
                 _ initializer: @escaping @Sendable (any Channel) -> EventLoopFuture<Output>,
                 channel: (Output) -> any Channel
             ) async throws -> (Output, UInt32) {
-                let dialed = try await dial()
+                let dialed = dialed.removeFirst()
                 let output = try await ClientBootstrap(group: group).withConnectedSocket(dialed.fd, channelInitializer: initializer)
                 opened.append(channel(output))
                 return (output, dialed.id)
@@ -105,6 +108,33 @@ final class ProcessSession: Sendable {
             if let error = error as? RuntimeError { throw error }
             throw RuntimeError("open the stdio of \(execID.isEmpty ? containerID : execID): \(error)", kind: .invalidArgument)
         }
+    }
+
+    /// `count` streams dialed in parallel; on a failure, the ones that were dialed are closed.
+    private static func dialAll(
+        count: Int, _ dial: @escaping @Sendable () async throws(RuntimeError) -> StdioStream
+    ) async throws(RuntimeError) -> [StdioStream] {
+        let results = await withTaskGroup(of: Result<StdioStream, RuntimeError>.self) { group in
+            for _ in 0..<count {
+                group.addTask {
+                    do throws(RuntimeError) { return .success(try await dial()) } catch { return .failure(error) }
+                }
+            }
+            return await group.reduce(into: []) { $0.append($1) }
+        }
+        var streams: [StdioStream] = []
+        var failure: RuntimeError?
+        for result in results {
+            switch result {
+            case .success(let stream): streams.append(stream)
+            case .failure(let error): failure = failure ?? error
+            }
+        }
+        if let failure {
+            for stream in streams { Linux.close(stream.fd) }
+            throw failure
+        }
+        return streams
     }
 
     private init(
