@@ -33,8 +33,8 @@ final class ProcessSession: Sendable {
     let paths: StdioPaths
     /// What CreateContainer/ExecProcess names as stdin_port, stdout_port, stderr_port.
     let ports: StdioPorts
-    private let input: (fifo: NIOAsyncChannel<ByteBuffer, ByteBuffer>, stream: any Channel)?
-    private let outputs: [(stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, fifo: (any Channel)?)]
+    private let input: (fifo: NIOAsyncChannel<ByteBuffer, Never>, stream: any Channel)?
+    private let outputs: [(stream: NIOAsyncChannel<ByteBuffer, Never>, fifo: (any Channel)?)]
     private let pumps = PumpGroup()
     private let stdin = Mutex(InputState())
 
@@ -56,11 +56,13 @@ final class ProcessSession: Sendable {
         let group = MultiThreadedEventLoopGroup.singleton
         var opened: [any Channel] = []
         do {
-            let wrap: @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, ByteBuffer>> = { channel in
+            // Read-only wrappers (Never: their writers finish at once). One with an unfinished writer
+            // traps when dropped, as a failed open drops it: that took the owner, and the sandbox, down.
+            let wrap: @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<ByteBuffer, Never>> = { channel in
                 channel.eventLoop.makeCompletedFuture { try NIOAsyncChannel(wrappingChannelSynchronously: channel) }
             }
             // Wrapped as they are made: a read before a handler is there would be lost.
-            func readable(fifo path: String) async throws -> NIOAsyncChannel<ByteBuffer, ByteBuffer> {
+            func readable(fifo path: String) async throws -> NIOAsyncChannel<ByteBuffer, Never> {
                 let fd = try Fifo.open(path, forReading: true)
                 let channel = try await NIOPipeBootstrap(group: group).takingOwnershipOfDescriptor(input: fd, channelInitializer: wrap)
                 opened.append(channel.channel)
@@ -86,14 +88,14 @@ final class ProcessSession: Sendable {
                 return (output, dialed.id)
             }
             var ports = StdioPorts()
-            var input: (fifo: NIOAsyncChannel<ByteBuffer, ByteBuffer>, stream: any Channel)?
+            var input: (fifo: NIOAsyncChannel<ByteBuffer, Never>, stream: any Channel)?
             if !paths.stdin.isEmpty {
                 let fifo = try await readable(fifo: paths.stdin)
                 let (channel, id) = try await stream({ $0.eventLoop.makeSucceededFuture($0) }, channel: { $0 })
                 input = (fifo, channel)
                 ports.stdin = id
             }
-            var outputs: [(stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, fifo: (any Channel)?)] = []
+            var outputs: [(stream: NIOAsyncChannel<ByteBuffer, Never>, fifo: (any Channel)?)] = []
             for stderr in paths.terminal ? [false] : [false, true] {
                 let fifo = try await writable(fifo: stderr ? paths.stderr : paths.stdout)
                 let (channel, id) = try await stream(wrap, channel: \.channel)
@@ -139,8 +141,8 @@ final class ProcessSession: Sendable {
 
     private init(
         agent: AgentClient, containerID: String, execID: String, paths: StdioPaths, ports: StdioPorts,
-        input: (fifo: NIOAsyncChannel<ByteBuffer, ByteBuffer>, stream: any Channel)?,
-        outputs: [(stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, fifo: (any Channel)?)]
+        input: (fifo: NIOAsyncChannel<ByteBuffer, Never>, stream: any Channel)?,
+        outputs: [(stream: NIOAsyncChannel<ByteBuffer, Never>, fifo: (any Channel)?)]
     ) {
         self.agent = agent
         self.containerID = containerID
@@ -175,7 +177,7 @@ final class ProcessSession: Sendable {
     }
 
     /// A reader that went away must not stall the container: the output keeps draining.
-    private static func copy(from stream: NIOAsyncChannel<ByteBuffer, ByteBuffer>, to sink: ChannelSink?) async {
+    private static func copy(from stream: NIOAsyncChannel<ByteBuffer, Never>, to sink: ChannelSink?) async {
         try? await stream.executeThenClose { inbound, _ in
             do {
                 for try await buffer in inbound { await sink?.write(buffer) }

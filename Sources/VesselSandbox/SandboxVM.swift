@@ -82,11 +82,41 @@ extension SandboxVM {
 
     var qemuPid: Int32 { vm.pid }
 
-    /// Until the agent announces itself on the console (no polling of the socket).
+    /// Until the agent announces itself on the console (no polling of the socket). The error is
+    /// the one line the CLI prints: the console's raw tail (escape sequences that reset the
+    /// caller's terminal included) stays out of it, its last line of text is kept.
     func waitReady() async throws(RuntimeError) {
         let (vm, timeout) = (vm, TimeInterval(config.hypervisor.bootTimeout))
         let result = await Linux.blocking { Result { try vm.waitFor(Self.readyLine, timeout: timeout) } }
-        if case .failure(let error) = result { throw RuntimeError("start the sandbox: \(error)", kind: .unavailable) }
+        guard case .failure = result else { return }
+        let last = Self.lastLine(of: vm.consoleTail())
+        let what =
+            vm.exitStatus.map { "QEMU exited (status \($0)) before the agent was ready" }
+            ?? "the agent was not ready within boot_timeout (\(config.hypervisor.bootTimeout) s)"
+        throw RuntimeError("start the sandbox: \(what); last console line: \(last.isEmpty ? "none" : last)", kind: .unavailable)
+    }
+
+    /// The last line with text in `console`, without its escape sequences and control characters.
+    static func lastLine(of console: String) -> String {
+        var lines: [String] = []
+        var line = ""
+        var scalars = console.unicodeScalars.makeIterator()
+        while let scalar = scalars.next() {
+            switch scalar {
+            case "\n", "\r":
+                lines.append(line)
+                line = ""
+            case "\u{1B}":
+                // CSI: parameters up to a final byte in @...~; any other escape is one character.
+                if scalars.next() == "[" {
+                    while let next = scalars.next(), !("@"..."~").contains(next) {}
+                }
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F: break
+            default: line.unicodeScalars.append(scalar)
+            }
+        }
+        lines.append(line)
+        return lines.last { !$0.trimmingCharacters(in: .whitespaces).isEmpty }?.trimmingCharacters(in: .whitespaces) ?? ""
     }
 
     /// A ttrpc connection to the agent through the backend's CONNECT handshake.
@@ -149,12 +179,15 @@ extension SandboxVM {
 
     /// DestroySandbox powers the guest off; QEMU is asked to quit, then killed, if it does not.
     func shutdown(agent: AgentClient?) async {
-        if let agent, vm.isRunning {
+        let asked = agent != nil && vm.isRunning
+        if let agent, asked {
             _ = try? await agent.call(AgentAPI.destroySandbox, Grpc_DestroySandboxRequest())
         }
         let (vm, paths, backend, backendThread) = (vm, paths, backend, backendThread)
         await Linux.blocking {
-            if (try? vm.waitForExit(timeout: 10)) == nil {
+            // Only a guest that was asked to power off is given time to (one without an agent,
+            // its boot failed, would only make the failing create wait).
+            if (try? vm.waitForExit(timeout: asked ? 10 : 0)) == nil {
                 if let qmp = try? QMPClient(socketPath: paths.qmpSocket) {
                     try? qmp.quit()
                     qmp.close()

@@ -15,16 +15,17 @@ struct VesselCLI {
     var root: String { directory + "/root" }
     var config: String { directory + "/configuration.toml" }
 
-    /// `agent` is appended to the configuration's [agent] table (e.g. "request_timeout = 2").
-    init(agent: String = "") throws {
+    /// `agent` and `hypervisor` are appended to those tables (e.g. "request_timeout = 2").
+    init(agent: String = "", hypervisor: String = "", initrd: String = VesselCLI.initrd) throws {
         directory = try temporaryDirectory("vessel-cli")
         let accelerator = ProcessInfo.processInfo.environment["VESSEL_ACCEL"] ?? "auto"
         try """
         [hypervisor]
         kernel = "\(Self.kernel)"
-        initrd = "\(Self.initrd)"
+        initrd = "\(initrd)"
         accelerator = "\(accelerator)"
         memory_mib = 256
+        \(hypervisor)
         [agent]
         \(agent)
         """.write(toFile: config, atomically: true, encoding: .utf8)
