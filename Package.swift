@@ -117,7 +117,7 @@ let package = Package(
         .target(
             name: "VesselSandbox",
             dependencies: [
-                "VesselCore", "VesselLinux", "VesselProtocol", "VesselAgentClient", "VesselVM", "VesselVsock",
+                "VesselCore", "VesselLinux", "VesselProtocol", "VesselSpec", "VesselAgentClient", "VesselVM", "VesselVsock",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]
@@ -126,7 +126,7 @@ let package = Package(
         .target(
             name: "VesselOCI",
             dependencies: [
-                "VesselCore", "VesselLinux", "VesselProtocol", "VesselSandbox", "VesselVM",
+                "VesselCore", "VesselLinux", "VesselProtocol", "VesselSandbox", "VesselSpec", "VesselVM",
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
             ]

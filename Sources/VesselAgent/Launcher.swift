@@ -96,7 +96,7 @@ struct Launcher {
             try await blocking { try send(config, agentEnd) }
             var report = try await blocking { [logger] in try receiveReport(agentEnd, logger) }
             if report.message?.kind == .createRuntime {
-                let state = Hooks.State(spec: spec, id: id, status: "creating", pid: pid)
+                let state = Hooks.state(spec: spec, id: id, status: "creating", pid: pid)
                 try await Hooks.run(spec.hooks.createRuntime, kind: "createRuntime", state: state)
                 report = try await blocking { [logger] in
                     try Linux.sendMessage(agentEnd, [])

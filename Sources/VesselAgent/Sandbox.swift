@@ -265,7 +265,7 @@ public actor Sandbox {
         do {
             try await Hooks.run(
                 container.spec.hooks.poststart, kind: "poststart",
-                state: Hooks.State(spec: container.spec, id: id, status: "running", pid: container.initProcess.pid))
+                state: Hooks.state(spec: container.spec, id: id, status: "running", pid: container.initProcess.pid))
         } catch {
             logger.warning("container \(id): \(error)")
         }
@@ -319,7 +319,7 @@ public actor Sandbox {
         do {
             try await Hooks.run(
                 container.spec.hooks.poststop, kind: "poststop",
-                state: Hooks.State(spec: container.spec, id: id, status: "stopped", pid: 0))
+                state: Hooks.state(spec: container.spec, id: id, status: "stopped", pid: 0))
         } catch {
             logger.warning("container \(id): \(error)")
         }

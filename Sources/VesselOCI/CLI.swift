@@ -3,6 +3,7 @@ import VesselCore
 import VesselLinux
 import VesselProtocol
 import VesselSandbox
+import VesselSpec
 
 /// `vessel`: runc's commands and flags, as docker and podman call them. Every command is a client
 /// of a sandbox owner (containerd's Task API on the owner's socket); the CLI itself writes no status.
@@ -118,7 +119,7 @@ public struct CLI {
             return try await runContainer(tokens, signals: signals)
         case "state":
             let context = try context()
-            try printJSON(OCIState.object(try context.store.load(try Arguments(tokens).id(command))))
+            printJSON(OCIState.object(try context.store.load(try Arguments(tokens).id(command))))
         case "kill":
             let a = try Arguments(tokens, flags: ["a|all"])
             let signal = try Signals.parse(a.positionals.dropFirst().first ?? "SIGTERM")
@@ -131,7 +132,11 @@ public struct CLI {
         case "ps":
             let a = try Arguments(tokens, options: ["f|format"])
             let pids = try await context().pids(id: try a.id(command))
-            if a.option("format") == "json" { try printJSON(pids) } else { print("PID\n" + pids.map(String.init).joined(separator: "\n")) }
+            if a.option("format") == "json" {
+                printJSON(.array(pids.map { .int(Int($0)) }))
+            } else {
+                print("PID\n" + pids.map(String.init).joined(separator: "\n"))
+            }
         case "list", "ls":
             try list(try Arguments(tokens, flags: ["q|quiet"], options: ["f|format"]))
         case "pause", "resume":
@@ -253,7 +258,7 @@ public struct CLI {
             return
         }
         if a.option("format") == "json" {
-            try printJSON(records.map { OCIState.object($0) })
+            printJSON(.array(records.map { OCIState.object($0) }))
             return
         }
         print("ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER")
@@ -267,7 +272,7 @@ public struct CLI {
         let id = try a.id("events")
         let interval = Double(a.option("interval")?.replacingOccurrences(of: "s", with: "") ?? "5") ?? 5
         while true {
-            try printJSON(Stats.event(id: id, try await context.stats(id: id)))
+            printJSON(try Stats.event(id: id, try await context.stats(id: id)))
             if a.flag("stats") { return }
             try? await Task.sleep(for: .seconds(interval))
             if try context.store.load(id).status == .stopped { return }
@@ -315,8 +320,7 @@ public struct CLI {
         }
     }
 
-    func printJSON(_ value: Any) throws(RuntimeError) {
-        guard JSONSerialization.isValidJSONObject(value) else { throw RuntimeError("cannot encode JSON output") }
-        print(String(decoding: OCIState.json(value, pretty: true), as: UTF8.self))
+    func printJSON(_ value: JSON) {
+        print(value.encoded(pretty: true))
     }
 }

@@ -7,7 +7,7 @@ public enum Features {
         {
           "ociVersionMin": "1.0.0",
           "ociVersionMax": "1.1.0",
-          "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+          "hooks": ["prestart", "createRuntime", "poststart", "poststop"],
           "mountOptions": ["bind", "rbind", "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",
                            "noatime", "atime", "nodiratime", "diratime", "relatime", "norelatime", "strictatime",
                            "private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable", "remount"],

@@ -2,39 +2,41 @@ import Foundation
 import SwiftProtobuf
 import VesselCore
 import VesselProtocol
+import VesselSpec
 
 /// runc's `events` JSON and `update` flags.
 enum Stats {
     /// containerd's cgroup v2 metrics (what the owner's Stats returns) in runc's events shape.
-    static func event(id: String, _ any: Google_Protobuf_Any) throws(RuntimeError) -> [String: Any] {
+    static func event(id: String, _ any: Google_Protobuf_Any) throws(RuntimeError) -> JSON {
         guard any.typeURL == Io_Containerd_Cgroups_V2_Metrics.protoMessageName,
             let metrics = try? Io_Containerd_Cgroups_V2_Metrics(serializedBytes: any.value)
         else {
             throw RuntimeError("stats of \(id): unexpected metrics type \(any.typeURL)")
         }
-        let data: [String: Any] = [
+        let n = { (value: UInt64) in JSON.int(Int(clamping: value)) }
+        let data: JSON = [
             "cpu": [
                 "usage": [
-                    "total": metrics.cpu.usageUsec * 1000, "kernel": metrics.cpu.systemUsec * 1000,
-                    "user": metrics.cpu.userUsec * 1000,
+                    "total": n(metrics.cpu.usageUsec * 1000), "kernel": n(metrics.cpu.systemUsec * 1000),
+                    "user": n(metrics.cpu.userUsec * 1000),
                 ],
                 "throttling": [
-                    "periods": metrics.cpu.nrPeriods, "throttledPeriods": metrics.cpu.nrThrottled,
-                    "throttledTime": metrics.cpu.throttledUsec * 1000,
+                    "periods": n(metrics.cpu.nrPeriods), "throttledPeriods": n(metrics.cpu.nrThrottled),
+                    "throttledTime": n(metrics.cpu.throttledUsec * 1000),
                 ],
             ],
             "memory": [
-                "cache": metrics.memory.file,
-                "usage": ["usage": metrics.memory.usage, "limit": metrics.memory.usageLimit],
+                "cache": n(metrics.memory.file),
+                "usage": ["usage": n(metrics.memory.usage), "limit": n(metrics.memory.usageLimit)],
                 "raw": [
-                    "anon": metrics.memory.anon, "file": metrics.memory.file, "inactive_file": metrics.memory.inactiveFile,
-                    "active_file": metrics.memory.activeFile, "pgfault": metrics.memory.pgfault,
-                    "pgmajfault": metrics.memory.pgmajfault,
+                    "anon": n(metrics.memory.anon), "file": n(metrics.memory.file), "inactive_file": n(metrics.memory.inactiveFile),
+                    "active_file": n(metrics.memory.activeFile), "pgfault": n(metrics.memory.pgfault),
+                    "pgmajfault": n(metrics.memory.pgmajfault),
                 ],
             ],
-            "pids": ["current": metrics.pids.current, "limit": metrics.pids.limit],
+            "pids": ["current": n(metrics.pids.current), "limit": n(metrics.pids.limit)],
         ]
-        return ["type": "stats", "id": id, "data": data]
+        return ["type": "stats", "id": .string(id), "data": data]
     }
 
     /// "512m", "1g", "4096" -> bytes.

@@ -4,6 +4,7 @@ import VesselAgentClient
 import VesselCore
 import VesselLinux
 import VesselProtocol
+import VesselSpec
 
 /// What a Create needs, from either front door.
 struct CreateRequest: Sendable {
@@ -33,6 +34,9 @@ extension SandboxOwner {
         do {
             rootfsMounts = try RootfsMounts.mount(request.rootfs, bundle: request.bundle)
             let bundle = try GuestBundle(bundle: request.bundle, container: id)
+            for hooks in bundle.hooksNotRun {
+                log.warning("container \(id): \(hooks) not run: they belong in the container's namespaces, inside its VM")
+            }
             try checkRole(bundle, id: id)
             return try await create(request, bundle: bundle, rootfsMounts: rootfsMounts)
         } catch {
@@ -75,12 +79,12 @@ extension SandboxOwner {
             // it from its prestart hook, through the pid the hooks get); QEMU boots after them.
             let holder = vm == nil ? try NamespaceHolder.make(for: bundle, monitor: request.monitorPid) : nil
             var state = OCIState.object(container.record, status: .creating)
-            if let holder { state["pid"] = Int(holder.pid) }
+            if let holder { state["pid"] = .int(Int(holder.pid)) }
             do throws(RuntimeError) {
                 try HostHooks.run(bundle.oci.hooks?.createRuntime, state: state, name: "createRuntime")
                 // Prestart hooks see the container created, as crun and runtime-tools' hooks_stdin
                 // have it (runc says creating).
-                state["status"] = Lifecycle.Status.created.rawValue
+                state["status"] = .string(Lifecycle.Status.created.rawValue)
                 try HostHooks.run(bundle.oci.hooks?.prestart, state: state, name: "prestart")
                 if vm == nil { try await boot(for: bundle, namespace: holder?.namespace) }
             } catch {

@@ -3,6 +3,7 @@ import SwiftProtobuf
 import VesselAgentClient
 import VesselCore
 import VesselProtocol
+import VesselSpec
 
 /// The Task API's operations on the owner's state (the ttrpc handlers in TaskService stay thin).
 extension SandboxOwner {

@@ -86,8 +86,13 @@ struct ParserTests {
     }
 
     @Test func hookStateIsJSON() {
-        let state = Hooks.State(ociVersion: "1.0.2", id: "a\"b", status: "created", pid: 7, bundle: "/b", annotations: ["k": "v\n"])
-        #expect(state.json == #"{"ociVersion":"1.0.2","id":"a\"b","status":"created","pid":7,"bundle":"/b","annotations":{"k":"v\n"}}"#)
+        let state = OCIState.object(ociVersion: "1.0.2", id: "a\"b", status: "created", pid: 7, bundle: "/b", annotations: ["k": "v\n"])
+        #expect(
+            state.encoded() == #"{"annotations":{"k":"v\n"},"bundle":"/b","id":"a\"b","ociVersion":"1.0.2","pid":7,"status":"created"}"#)
+        let list: JSON = [state, ["empty": [:], "none": []]]
+        #expect(list.encoded(pretty: true).hasPrefix("[\n  {\n    \"annotations\": {\n      \"k\": \"v\\n\"\n    },\n"))
+        #expect(JSON.object(["empty": [:], "none": []]).encoded(pretty: true) == "{\n  \"empty\": {},\n  \"none\": []\n}")
+        #expect(JSON.quote("\u{1}é") == "\"\\u0001é\"")
     }
 
     @Test func serverAddresses() throws {

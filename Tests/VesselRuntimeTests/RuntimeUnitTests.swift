@@ -531,6 +531,15 @@ struct HostSpecCheckTests {
         #expect(try DeviceProgram.attachedCount(cgroup: vmm) == 1)
     }
 
+    /// Hooks meant for the container's namespaces cannot run in the guest: named, not silently dropped.
+    @Test func hooksForTheContainersNamespacesAreNamed() throws {
+        let hook: [String: Any] = ["path": "/bin/true"]
+        let bundle = try BundleTests().bundle(["hooks": ["createContainer": [hook], "prestart": [hook], "startContainer": [hook]]])
+        defer { try? FileManager.default.removeItem(atPath: bundle) }
+        #expect(try GuestBundle(bundle: bundle, container: "c").hooksNotRun == ["hooks.createContainer", "hooks.startContainer"])
+        #expect(!Features.json.contains("createContainer"), "vessel features lists only the hooks it runs")
+    }
+
     @Test func theGuestNeverGetsHostCPUNumbers() throws {
         let bundle = try BundleTests().bundle(["linux": ["resources": ["cpu": ["cpus": "0-63", "mems": "1", "quota": 1000]]]])
         defer { try? FileManager.default.removeItem(atPath: bundle) }

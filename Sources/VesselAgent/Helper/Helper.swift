@@ -1,6 +1,7 @@
 import SwiftProtobuf
 import VesselLinux
 import VesselProtocol
+import VesselSpec
 
 #if canImport(Glibc)
     import Glibc
@@ -167,8 +168,8 @@ public enum Helper {
 
     static func log(_ line: String) { report(.log(line)) }
 
-    private static func state(_ config: Vessel_HelperConfig, _ status: String) -> Hooks.State {
-        Hooks.State(
+    private static func state(_ config: Vessel_HelperConfig, _ status: String) -> JSON {
+        OCIState.object(
             ociVersion: config.spec.version, id: config.containerID, status: status, pid: config.hostPid,
             bundle: config.bundle, annotations: config.spec.annotations)
     }
