@@ -121,26 +121,30 @@ extension SandboxVM {
 
     /// A ttrpc connection to the agent through the backend's CONNECT handshake.
     func connectAgent() async throws(RuntimeError) -> TTRPCClient {
-        let socket = paths.hybridSocket
+        let (socket, timeout) = (paths.hybridSocket, dialMilliseconds)
         return try await during("reach the agent") {
             let fd = try await Linux.blocking {
-                Result { try HybridDialer.connect(socketPath: socket, port: Self.agentPort, timeoutMilliseconds: 10_000) }
+                Result { try HybridDialer.connect(socketPath: socket, port: Self.agentPort, timeoutMilliseconds: timeout) }
             }
             .get()
             return try await TTRPCClient.connect(connectedSocket: fd, group: MultiThreadedEventLoopGroup.singleton)
         }
     }
 
+    /// How long a dial into the guest may take: 10 s, less when requests may take less (a stopped
+    /// guest then fails an exec as soon as it fails a kill).
+    var dialMilliseconds: Int32 { Int32(clamping: min(10, max(1, config.agent.requestTimeout)) * 1000) }
+
     /// A stdio stream to the agent (its `StdioStreams` on vsock 1025) and the id it was given.
     func dialStdio() async throws(RuntimeError) -> StdioStream {
-        let socket = paths.hybridSocket
+        let (socket, timeout) = (paths.hybridSocket, dialMilliseconds)
         return try await during("open a stdio stream to the agent") {
             try await Linux.blocking {
                 Result { () throws -> StdioStream in
-                    let fd = try HybridDialer.connect(socketPath: socket, port: Self.stdioPort, timeoutMilliseconds: 10_000)
+                    let fd = try HybridDialer.connect(socketPath: socket, port: Self.stdioPort, timeoutMilliseconds: timeout)
                     do {
                         let length = StdioStreamGreeting.length
-                        guard let bytes = try Linux.readExactly(fd, length, timeoutMilliseconds: 10_000) else {
+                        guard let bytes = try Linux.readExactly(fd, length, timeoutMilliseconds: timeout) else {
                             throw RuntimeError("the agent closed a stdio stream before naming it", kind: .unavailable)
                         }
                         guard let id = StdioStreamGreeting.id(bytes) else {
