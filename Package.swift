@@ -142,7 +142,7 @@ let package = Package(
             name: "VesselRuntimeTests",
             dependencies: [
                 "VesselCore", "VesselSandbox", "VesselOCI", "VesselContainerd", "VesselDevSupport", "VesselProtocol",
-                "VesselLinux", "VesselVM", "CVessel",
+                "VesselLinux", "VesselVM",
             ]
         ),
         // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.

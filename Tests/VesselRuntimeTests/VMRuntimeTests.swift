@@ -1,8 +1,8 @@
-import CVessel
 import Foundation
 import Testing
 import VesselCore
 import VesselDevSupport
+import VesselLinux
 import VesselVM
 
 /// `vessel` driving real QEMU guests (TCG here): the built kernel and initrd, a busybox bundle.
@@ -105,10 +105,8 @@ struct VMRuntimeTests {
         defer { close(listener) }
         let received = Background { () -> Int32 in
             let connection = accept(listener, nil, nil)
-            var name = [CChar](repeating: 0, count: 256)
-            let fd = vessel_recv_fd(connection, &name, name.count)
-            close(connection)
-            return fd
+            defer { close(connection) }
+            return (try? Linux.receiveFD(connection, nameLength: 255)) ?? -1
         }
         let pidFile = cli.directory + "/pid"
         var result = try cli.run(["create", "--bundle", bundle, "--console-socket", socketPath, "--pid-file", pidFile, "t1"])
@@ -119,7 +117,7 @@ struct VMRuntimeTests {
         #expect(master >= 0)
         guard master >= 0 else { return }
         defer { close(master) }
-        _ = vessel_set_winsize(master, 33, 101)
+        try Linux.setWindowSize(master, rows: 33, columns: 101)
         result = try cli.run(["start", "t1"])
         #expect(result.status == 0, "\(result.stderr)")
         var seen = try readUntil(master, "33 101", timeout: 60)
