@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Arrows point one way (a module imports only what its arrows come from):
-//   CVessel, CSeccomp -> VesselLinux (syscalls, mounts, rtnetlink, spawn, seccomp) -> VesselVM (QEMU), VesselVsock (+ CVesselVsock)
+//   CVessel, CSeccomp -> VesselLinux (syscalls, mounts, rtnetlink, spawn, seccomp, epoll) -> VesselVM (QEMU), VesselVsock
+//   (VesselLinux is the only module that imports C)
 //   VesselProtocol (ttrpc, generated protobuf, method tables) -> VesselAgentClient
 //   VesselLinux + VesselProtocol -> VesselSpec (OCI spec rules, guest and host)
 //   guest: VesselSpec -> VesselAgent -> vessel-agent (C only through VesselLinux, libseccomp too)
@@ -34,7 +35,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
     ],
     targets: [
-        // Syscalls Swift cannot call cleanly: clone with namespace flags, fork+exec, ioctls, PID-1 early setup.
+        // Syscalls Swift cannot call cleanly: clone with namespace flags, fork+exec, ioctls, epoll,
+        // SCM_RIGHTS, ring atomics, PID-1 early setup. Each returns -errno on failure.
         .target(name: "CVessel"),
         // libseccomp (Debian ships libseccomp.a, so the static agent links it in).
         .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
@@ -83,18 +85,18 @@ let package = Package(
             ]
         ),
         // Hybrid vsock: a vhost-user-vsock device backend bridging guest AF_VSOCK to host Unix sockets.
-        .target(name: "CVesselVsock"),
         .target(
             name: "VesselVsock",
             dependencies: [
-                "CVesselVsock", "VesselLinux",
+                "VesselLinux",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(name: "vessel-vsock", dependencies: ["VesselVsock"]),
         // hostile-guest.c: the attacking guest's /init, compiled by its test with gcc -static.
-        .testTarget(name: "VesselVsockTests", dependencies: ["VesselVsock"], exclude: ["guest-init.c", "hostile-guest.c"]),
+        .testTarget(
+            name: "VesselVsockTests", dependencies: ["VesselVsock", "VesselLinux"], exclude: ["guest-init.c", "hostile-guest.c"]),
         // QEMU guests: command line, accelerator probe, console capture (host side).
         .target(name: "VesselVM", dependencies: ["VesselLinux"]),
         .testTarget(

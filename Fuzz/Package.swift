@@ -30,6 +30,7 @@ let package = Package(
             name: "fuzz-vhost-user",
             dependencies: [
                 "FuzzSupport",
+                .product(name: "VesselLinux", package: "Vessel"),
                 .product(name: "VesselVsock", package: "Vessel"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -42,6 +43,7 @@ let package = Package(
             name: "fuzz-vsock-device",
             dependencies: [
                 "FuzzSupport",
+                .product(name: "VesselLinux", package: "Vessel"),
                 .product(name: "VesselVsock", package: "Vessel"),
                 .product(name: "Logging", package: "swift-log"),
             ]

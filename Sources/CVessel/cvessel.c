@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
-#include <grp.h>
 #include <linux/bpf.h>
 #include <linux/capability.h>
 #include <linux/sched.h>
@@ -19,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/reboot.h>
@@ -36,6 +38,9 @@
 #ifndef TIOCGPTPEER
 #define TIOCGPTPEER _IO('T', 0x41)
 #endif
+
+// A system call's -1 and errno as the one return this module has: -errno.
+static long or_errno(long rc) { return rc < 0 ? -errno : rc; }
 
 #define NEW_ROOT "/.vessel-root"
 #define SWITCHED_MARK "/.vessel-switched"
@@ -167,8 +172,8 @@ static pid_t raw_clone3(uint64_t flags, uint64_t exit_signal, int cgroup_fd) {
     }
     long rc = syscall(SYS_clone3, &args, sizeof(args));
     if (rc < 0 && errno == ENOSYS && flags == 0 && cgroup_fd < 0)
-        return fork();
-    return (pid_t)rc;
+        rc = fork();
+    return (pid_t)or_errno(rc);
 }
 
 void vessel_cloexec_from(int from) {
@@ -262,11 +267,10 @@ pid_t vessel_spawn(int exe_fd, const char *path, char *const argv[], char *const
         spawn_child(exe_fd, path, argv, envp, fds, nfds, pipefd[1], pdeathsig, parent, new_session, keep_caps,
                     cgroup_procs_fd);
     }
-    int saved = errno;
     close(pipefd[1]);
     if (pid < 0) {
         close(pipefd[0]);
-        return -saved;
+        return pid;
     }
     int err = 0;
     ssize_t n;
@@ -285,24 +289,20 @@ pid_t vessel_clone_parent(void) {
 }
 
 int vessel_pivot_root(const char *new_root, const char *put_old) {
-    return (int)syscall(SYS_pivot_root, new_root, put_old);
+    return (int)or_errno(syscall(SYS_pivot_root, new_root, put_old));
 }
 
-int vessel_setns(int fd, int nstype) { return setns(fd, nstype); }
-int vessel_ns_type(int fd) { return ioctl(fd, NS_GET_NSTYPE); }
-int vessel_unshare(int flags) { return unshare(flags); }
-int vessel_sethostname(const char *name, size_t len) { return sethostname(name, len); }
-int vessel_setgroups(size_t n, const gid_t *groups) { return setgroups(n, groups); }
-int vessel_set_ctty(int fd) { return ioctl(fd, TIOCSCTTY, 0); }
+int vessel_setns(int fd, int nstype) { return (int)or_errno(setns(fd, nstype)); }
+int vessel_ns_type(int fd) { return (int)or_errno(ioctl(fd, NS_GET_NSTYPE)); }
+int vessel_unshare(int flags) { return (int)or_errno(unshare(flags)); }
+int vessel_set_ctty(int fd) { return (int)or_errno(ioctl(fd, TIOCSCTTY, 0)); }
 
 int vessel_set_winsize(int fd, uint16_t rows, uint16_t cols) {
     struct winsize ws = {.ws_row = rows, .ws_col = cols};
-    return ioctl(fd, TIOCSWINSZ, &ws);
+    return (int)or_errno(ioctl(fd, TIOCSWINSZ, &ws));
 }
 
-int vessel_set_child_subreaper(void) { return prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); }
-int vessel_set_pdeathsig(int sig) { return prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0); }
-int vessel_set_dumpable(int on) { return prctl(PR_SET_DUMPABLE, on, 0, 0, 0); }
+int vessel_set_dumpable(int on) { return (int)or_errno(prctl(PR_SET_DUMPABLE, on, 0, 0, 0)); }
 
 int vessel_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, uint64_t resolve) {
     struct open_how how;
@@ -310,7 +310,7 @@ int vessel_openat2(int dirfd, const char *path, uint64_t flags, uint64_t mode, u
     how.flags = flags;
     how.mode = mode;
     how.resolve = resolve;
-    return (int)syscall(SYS_openat2, dirfd, path, &how, sizeof(how));
+    return (int)or_errno(syscall(SYS_openat2, dirfd, path, &how, sizeof(how)));
 }
 
 int vessel_mount_setattr(int dirfd, const char *path, unsigned int flags, uint64_t attr_set, uint64_t attr_clr) {
@@ -318,7 +318,7 @@ int vessel_mount_setattr(int dirfd, const char *path, unsigned int flags, uint64
     memset(&attr, 0, sizeof(attr));
     attr.attr_set = attr_set;
     attr.attr_clr = attr_clr;
-    return (int)syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof(attr));
+    return (int)or_errno(syscall(SYS_mount_setattr, dirfd, path, flags, &attr, sizeof(attr)));
 }
 
 int vessel_openpty(int *master, int *slave) {
@@ -346,10 +346,6 @@ fail:;
     return -err;
 }
 
-int vessel_execveat(int fd, char *const argv[], char *const envp[]) {
-    return (int)syscall(SYS_execveat, fd, "", argv, envp, AT_EMPTY_PATH);
-}
-
 pid_t vessel_reap_one(int nohang, int *status) {
     siginfo_t info;
     memset(&info, 0, sizeof(info));
@@ -367,10 +363,10 @@ pid_t vessel_reap_one(int nohang, int *status) {
 
 int vessel_reboot_poweroff(void) {
     sync();
-    return reboot(RB_POWER_OFF);
+    return (int)or_errno(reboot(RB_POWER_OFF));
 }
 
-int vessel_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+int vessel_pipe2(int fds[2], int flags) { return (int)or_errno(pipe2(fds, flags)); }
 
 int vessel_vsock_connect(uint32_t cid, uint32_t port) {
     int fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -396,7 +392,7 @@ int vessel_vsock_connect(uint32_t cid, uint32_t port) {
 long vessel_fs_type(const char *path) {
     struct statfs fs;
     if (statfs(path, &fs) < 0)
-        return -1;
+        return -errno;
     return (long)fs.f_type;
 }
 
@@ -409,14 +405,14 @@ int vessel_capset(uint64_t effective, uint64_t permitted, uint64_t inheritable) 
     data[1].permitted = (uint32_t)(permitted >> 32);
     data[0].inheritable = (uint32_t)inheritable;
     data[1].inheritable = (uint32_t)(inheritable >> 32);
-    return (int)syscall(SYS_capset, &header, data);
+    return (int)or_errno(syscall(SYS_capset, &header, data));
 }
 
-int vessel_capbset_drop(int cap) { return prctl(PR_CAPBSET_DROP, cap, 0, 0, 0); }
-int vessel_cap_ambient_clear(void) { return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); }
-int vessel_cap_ambient_raise(int cap) { return prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0); }
-int vessel_set_keepcaps(int on) { return prctl(PR_SET_KEEPCAPS, on, 0, 0, 0); }
-int vessel_set_no_new_privs(void) { return prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); }
+int vessel_capbset_drop(int cap) { return (int)or_errno(prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)); }
+int vessel_cap_ambient_clear(void) { return (int)or_errno(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)); }
+int vessel_cap_ambient_raise(int cap) { return (int)or_errno(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0)); }
+int vessel_set_keepcaps(int on) { return (int)or_errno(prctl(PR_SET_KEEPCAPS, on, 0, 0, 0)); }
+int vessel_set_no_new_privs(void) { return (int)or_errno(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)); }
 
 int vessel_bpf_load_device_program(const uint64_t *insns, uint32_t count, char *log, uint32_t log_size) {
     union bpf_attr attr;
@@ -431,8 +427,7 @@ int vessel_bpf_load_device_program(const uint64_t *insns, uint32_t count, char *
         attr.log_size = log_size;
         attr.log_level = 1;
     }
-    int fd = (int)syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof(attr));
-    return fd < 0 ? -errno : fd;
+    return (int)or_errno(syscall(SYS_bpf, BPF_PROG_LOAD, &attr, sizeof(attr)));
 }
 
 int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach) {
@@ -442,8 +437,7 @@ int vessel_bpf_device_attach(int cgroup_fd, int prog_fd, int attach) {
     attr.attach_bpf_fd = prog_fd;
     attr.attach_type = BPF_CGROUP_DEVICE;
     attr.attach_flags = attach ? BPF_F_ALLOW_MULTI : 0;
-    int rc = (int)syscall(SYS_bpf, attach ? BPF_PROG_ATTACH : BPF_PROG_DETACH, &attr, sizeof(attr));
-    return rc < 0 ? -errno : rc;
+    return (int)or_errno(syscall(SYS_bpf, attach ? BPF_PROG_ATTACH : BPF_PROG_DETACH, &attr, sizeof(attr)));
 }
 
 int vessel_bpf_device_query(int cgroup_fd, uint32_t *ids, uint32_t *count) {
@@ -453,8 +447,7 @@ int vessel_bpf_device_query(int cgroup_fd, uint32_t *ids, uint32_t *count) {
     attr.query.attach_type = BPF_CGROUP_DEVICE;
     attr.query.prog_ids = (uint64_t)(uintptr_t)ids;
     attr.query.prog_cnt = *count;
-    int rc = (int)syscall(SYS_bpf, BPF_PROG_QUERY, &attr, sizeof(attr));
-    if (rc < 0) return -errno;
+    if (syscall(SYS_bpf, BPF_PROG_QUERY, &attr, sizeof(attr)) < 0) return -errno;
     *count = attr.query.prog_cnt;
     return 0;
 }
@@ -463,57 +456,90 @@ int vessel_bpf_prog_fd_by_id(uint32_t id) {
     union bpf_attr attr;
     memset(&attr, 0, sizeof(attr));
     attr.prog_id = id;
-    int fd = (int)syscall(SYS_bpf, BPF_PROG_GET_FD_BY_ID, &attr, sizeof(attr));
-    return fd < 0 ? -errno : fd;
+    return (int)or_errno(syscall(SYS_bpf, BPF_PROG_GET_FD_BY_ID, &attr, sizeof(attr)));
 }
 
-int vessel_send_fd(int sock, const char *name, int fd) {
-    char control[CMSG_SPACE(sizeof(int))];
-    memset(control, 0, sizeof(control));
-    struct iovec iov = {.iov_base = (void *)name, .iov_len = strlen(name)};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    cmsg->cmsg_level = SOL_SOCKET;
-    cmsg->cmsg_type = SCM_RIGHTS;
-    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+#define MAX_PASSED_FDS 32
+
+ssize_t vessel_send_fds(int sock, const void *buf, size_t len, const int *fds, int nfds) {
+    union {
+        char buf[CMSG_SPACE(MAX_PASSED_FDS * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    if (nfds < 0 || nfds > MAX_PASSED_FDS)
+        return -EINVAL;
+    struct iovec iov = {.iov_base = (void *)buf, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    if (nfds > 0) {
+        memset(&control, 0, sizeof(control));
+        msg.msg_control = control.buf;
+        msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
+        struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+        cmsg->cmsg_level = SOL_SOCKET;
+        cmsg->cmsg_type = SCM_RIGHTS;
+        cmsg->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+        memcpy(CMSG_DATA(cmsg), fds, nfds * sizeof(int));
+    }
     ssize_t n;
     do {
         n = sendmsg(sock, &msg, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
-    return n < 0 ? -errno : 0;
+    return or_errno(n);
 }
 
-int vessel_recv_fd(int sock, char *name, size_t name_size) {
-    char control[CMSG_SPACE(sizeof(int))];
-    struct iovec iov = {.iov_base = name, .iov_len = name_size > 0 ? name_size - 1 : 0};
-    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control, .msg_controllen = sizeof(control)};
+ssize_t vessel_recv_fds(int sock, void *buf, size_t len, int flags, int *fds, int maxfds, int *nfds, int *ctrunc) {
+    union {
+        char buf[CMSG_SPACE(MAX_PASSED_FDS * sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    memset(&control, 0, sizeof(control));
+    struct iovec iov = {.iov_base = buf, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof(control.buf)};
+    *nfds = 0;
+    *ctrunc = 0;
     ssize_t n;
     do {
-        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+        n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | flags);
     } while (n < 0 && errno == EINTR);
     if (n < 0)
         return -errno;
-    if (name_size > 0)
-        name[n] = 0;
-    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
-    if (!cmsg || cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
-        return -EBADMSG;
+    *ctrunc = (msg.msg_flags & MSG_CTRUNC) != 0;
+    for (struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+        if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
+            continue;
+        int count = (int)((cmsg->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        for (int i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+            // Beyond what the caller takes, nobody would ever close them.
+            if (*nfds < maxfds)
+                fds[*nfds] = fd;
+            else
+                close(fd);
+            (*nfds)++;
+        }
+    }
+    return n;
+}
+
+int vessel_accept(int listener) {
     int fd;
-    memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
-    return fd;
+    do {
+        fd = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    return (int)or_errno(fd);
 }
 
 int vessel_get_winsize(int fd, uint16_t *rows, uint16_t *cols) {
     struct winsize ws;
     if (ioctl(fd, TIOCGWINSZ, &ws) < 0)
-        return -1;
+        return -errno;
     *rows = ws.ws_row;
     *cols = ws.ws_col;
     return 0;
 }
 
-int vessel_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+int vessel_pidfd_open(pid_t pid) { return (int)or_errno(syscall(SYS_pidfd_open, pid, 0)); }
 
 int vessel_loopback_up(void) {
     int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -546,6 +572,39 @@ int vessel_tap_open(const char *name, int flags) {
     strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
     ifr.ifr_flags = (short)flags;
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+int vessel_epoll_create(void) { return (int)or_errno(epoll_create1(EPOLL_CLOEXEC)); }
+
+int vessel_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event event = {.events = events, .data.u64 = data};
+    return (int)or_errno(epoll_ctl(epfd, op, fd, &event));
+}
+
+int vessel_epoll_wait(int epfd, struct vessel_epoll_event *out, int max, int timeout_ms) {
+    struct epoll_event events[64];
+    int n = epoll_wait(epfd, events, max < 64 ? max : 64, timeout_ms);
+    if (n < 0)
+        return -errno;
+    for (int i = 0; i < n; i++) {
+        out[i].events = events[i].events;
+        out[i].data = events[i].data.u64;
+    }
+    return n;
+}
+
+int vessel_eventfd(void) { return (int)or_errno(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)); }
+
+int vessel_memfd(const char *name, uint64_t size) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    if (ftruncate(fd, (off_t)size) < 0) {
         int err = errno;
         close(fd);
         return -err;

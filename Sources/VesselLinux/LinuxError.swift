@@ -34,3 +34,29 @@ public func sys<T: BinaryInteger>(_ stage: String, _ detail: @autoclosure () -> 
         throw LinuxError(stage: stage, errno: err, detail: detail())
     }
 }
+
+/// Runs a CVessel call, which returns -errno on failure (errno itself is never read), retrying on
+/// EINTR.
+@discardableResult
+func cvessel<T: SignedInteger>(_ stage: String, _ detail: @autoclosure () -> String = "", _ call: () -> T) throws(LinuxError) -> T {
+    while true {
+        let rc = call()
+        if rc >= 0 { return rc }
+        let err = Int32(truncatingIfNeeded: -rc)
+        if err == EINTR { continue }
+        throw LinuxError(stage: stage, errno: err, detail: detail())
+    }
+}
+
+/// A call on a non-blocking fd, retrying on EINTR: nil when it would block (EAGAIN), which is an
+/// answer, so no error is made for it. `returnsErrno`: a CVessel call's -errno, else Glibc's -1 and
+/// errno. Not generic, and no thrown EAGAIN: it runs for every packet, debug builds too.
+func nonBlocking(_ stage: String, returnsErrno: Bool = false, _ call: () -> Int) throws(LinuxError) -> Int? {
+    while true {
+        let rc = call()
+        if rc >= 0 { return rc }
+        let err = returnsErrno ? Int32(truncatingIfNeeded: -rc) : Glibc.errno
+        if err == EAGAIN { return nil }
+        if err != EINTR { throw LinuxError(stage: stage, errno: err) }
+    }
+}

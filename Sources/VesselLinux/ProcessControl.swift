@@ -12,26 +12,25 @@ extension Linux {
     public static let openPath: Int32 = VESSEL_O_PATH
 
     public static func setns(_ fd: Int32, name: String) throws(LinuxError) {
-        try sys("setns", name) { vessel_setns(fd, 0) }
+        try cvessel("setns", name) { vessel_setns(fd, 0) }
     }
 
     public static func unshare(_ flags: UInt64, name: String) throws(LinuxError) {
-        try sys("unshare", name) { vessel_unshare(Int32(truncatingIfNeeded: flags)) }
+        try cvessel("unshare", name) { vessel_unshare(Int32(truncatingIfNeeded: flags)) }
     }
 
     /// fork() whose child is our parent's child (CLONE_PARENT); returns like fork.
     public static func forkAsSibling() throws(LinuxError) -> pid_t {
-        try sys("clone") { vessel_clone_parent() }
+        try cvessel("clone") { vessel_clone_parent() }
     }
 
     /// pivot_root(".", "."): the caller is in the new root and unmounts the old one after.
     public static func pivotRootHere(detail: String) throws(LinuxError) {
-        try sys("pivot_root", detail) { vessel_pivot_root(".", ".") }
+        try cvessel("pivot_root", detail) { vessel_pivot_root(".", ".") }
     }
 
     public static func setHostname(_ name: String) throws(LinuxError) {
-        let bytes = Array(name.utf8)
-        try sys("sethostname", name) { bytes.withUnsafeBufferPointer { vessel_sethostname($0.baseAddress, $0.count) } }
+        try sys("sethostname", name) { Glibc.sethostname(name, name.utf8.count) }
     }
 
     /// Every fd from `fd` on is closed at exec.
@@ -40,32 +39,32 @@ extension Linux {
     public static func setDumpable(_ dumpable: Bool) { _ = vessel_set_dumpable(dumpable ? 1 : 0) }
 
     public static func setNoNewPrivileges() throws(LinuxError) {
-        try sys("prctl(PR_SET_NO_NEW_PRIVS)") { vessel_set_no_new_privs() }
+        try cvessel("prctl(PR_SET_NO_NEW_PRIVS)") { vessel_set_no_new_privs() }
     }
 
     public static func setKeepCapabilities(_ keep: Bool) throws(LinuxError) {
-        try sys("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(keep ? 1 : 0) }
+        try cvessel("prctl(PR_SET_KEEPCAPS)") { vessel_set_keepcaps(keep ? 1 : 0) }
     }
 
     public static func dropBoundingCapability(_ cap: Int, name: String) throws(LinuxError) {
-        try sys("prctl(PR_CAPBSET_DROP)", name) { vessel_capbset_drop(Int32(cap)) }
+        try cvessel("prctl(PR_CAPBSET_DROP)", name) { vessel_capbset_drop(Int32(cap)) }
     }
 
     /// Masks with bit n for capability n (capset version 3).
     public static func setCapabilities(effective: UInt64, permitted: UInt64, inheritable: UInt64) throws(LinuxError) {
-        try sys("capset") { vessel_capset(effective, permitted, inheritable) }
+        try cvessel("capset") { vessel_capset(effective, permitted, inheritable) }
     }
 
     public static func clearAmbientCapabilities() throws(LinuxError) {
-        try sys("prctl(PR_CAP_AMBIENT_CLEAR_ALL)") { vessel_cap_ambient_clear() }
+        try cvessel("prctl(PR_CAP_AMBIENT_CLEAR_ALL)") { vessel_cap_ambient_clear() }
     }
 
     public static func raiseAmbientCapability(_ cap: Int, name: String) throws(LinuxError) {
-        try sys("prctl(PR_CAP_AMBIENT_RAISE)", name) { vessel_cap_ambient_raise(Int32(cap)) }
+        try cvessel("prctl(PR_CAP_AMBIENT_RAISE)", name) { vessel_cap_ambient_raise(Int32(cap)) }
     }
 
     public static func setGroups(_ gids: [UInt32]) throws(LinuxError) {
-        try sys("setgroups") { gids.withUnsafeBufferPointer { vessel_setgroups($0.count, $0.baseAddress) } }
+        try sys("setgroups") { gids.withUnsafeBufferPointer { Glibc.setgroups($0.count, $0.baseAddress) } }
     }
 
     /// One exited child of any kind (waitid P_ALL), blocking: its pid and shell-style status
@@ -82,20 +81,17 @@ extension Linux {
 
     /// statfs(2)'s f_type of the file system holding `path`.
     public static func fileSystemType(_ path: String) throws(LinuxError) -> Int {
-        try sys("statfs", path) { vessel_fs_type(path) }
+        try cvessel("statfs", path) { vessel_fs_type(path) }
     }
 
     /// reboot(RB_POWER_OFF); returns only when it failed.
     public static func powerOff() -> LinuxError {
-        _ = vessel_reboot_poweroff()
-        return LinuxError(stage: "reboot")
+        LinuxError(stage: "reboot", errno: -vessel_reboot_poweroff())
     }
 
     /// A blocking AF_VSOCK stream to `cid`:`port`. Guest side only: the host's vsock is not ours.
     public static func vsockConnect(cid: UInt32, port: UInt32) throws(LinuxError) -> Int32 {
-        let fd = vessel_vsock_connect(cid, port)
-        if fd < 0 { throw LinuxError(stage: "connect", errno: -fd, detail: "vsock \(cid):\(port)") }
-        return fd
+        try cvessel("connect", "vsock \(cid):\(port)") { vessel_vsock_connect(cid, port) }
     }
 
     /// A cgroup device program (BPF_PROG_TYPE_CGROUP_DEVICE) from 8-byte instructions; on a
@@ -119,9 +115,8 @@ extension Linux {
 
     /// Attaches or detaches a device program on a cgroup v2 directory fd.
     public static func setDeviceProgram(_ programFD: Int32, cgroup directoryFD: Int32, attached: Bool, detail: String) throws(LinuxError) {
-        let rc = vessel_bpf_device_attach(directoryFD, programFD, attached ? 1 : 0)
-        if rc < 0 {
-            throw LinuxError(stage: attached ? "bpf(BPF_PROG_ATTACH) device filter" : "bpf(BPF_PROG_DETACH)", errno: -rc, detail: detail)
+        try cvessel(attached ? "bpf(BPF_PROG_ATTACH) device filter" : "bpf(BPF_PROG_DETACH)", detail) {
+            vessel_bpf_device_attach(directoryFD, programFD, attached ? 1 : 0)
         }
     }
 

@@ -38,7 +38,7 @@ public struct RootedPath {
 
     public func open(_ components: [String], flags: Int32 = VESSEL_O_PATH) throws(LinuxError) -> Int32 {
         let rel = components.isEmpty ? "." : components.joined(separator: "/")
-        return try sys("openat2", rel) {
+        return try cvessel("openat2", rel) {
             vessel_openat2(rootFD, rel, UInt64(flags | O_CLOEXEC), 0, resolve)
         }
     }
@@ -53,7 +53,7 @@ public struct RootedPath {
                 Linux.close(fd)
                 continue
             }
-            if errno != ENOENT { throw LinuxError(stage: "openat2", detail: prefix.joined(separator: "/")) }
+            if fd != -ENOENT { throw LinuxError(stage: "openat2", errno: -fd, detail: prefix.joined(separator: "/")) }
             let parent = try open(Array(components[0..<depth]), flags: VESSEL_O_PATH | O_DIRECTORY)
             defer { Linux.close(parent) }
             let name = components[depth]

@@ -369,9 +369,7 @@ extension Linux {
     /// A tap device (no packet info, with virtio-net headers) in this thread's network namespace;
     /// it lives as long as an fd to it does. Returns the fd.
     public static func openTap(_ name: String) throws(LinuxError) -> Int32 {
-        let fd = vessel_tap_open(name, 0x0002 | 0x1000 | 0x4000)
-        if fd < 0 { throw LinuxError(stage: "open tap", errno: -fd, detail: name) }
-        return fd
+        try cvessel("open tap", name) { vessel_tap_open(name, 0x0002 | 0x1000 | 0x4000) }
     }
 }
 
@@ -388,7 +386,7 @@ private final class NamespaceJob<T: Sendable>: @unchecked Sendable {
 
     func run() {
         do throws(LinuxError) {
-            try sys("setns(CLONE_NEWNET)") { vessel_setns(namespace, 0x4000_0000) }
+            try cvessel("setns(CLONE_NEWNET)") { vessel_setns(namespace, 0x4000_0000) }
             result = .success(try body())
         } catch {
             result = .failure(error)

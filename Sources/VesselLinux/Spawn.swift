@@ -48,13 +48,13 @@ public enum Namespace: String, CaseIterable, Sendable {
     public static func of(path: String) throws(LinuxError) -> Namespace {
         // statfs first: opening whatever a config names (a watchdog, a tape) could have effects.
         // Callers name the path in their message: the stages here do not repeat it.
-        let fileSystem = try sys("statfs") { vessel_fs_type(path) }
+        let fileSystem = try cvessel("statfs") { vessel_fs_type(path) }
         guard fileSystem == 0x6e73_6673 else {  // NSFS_MAGIC
             throw LinuxError(stage: "not a namespace file (nsfs)", errno: 0)
         }
         let fd = try sys("open") { Glibc.open(path, O_RDONLY | O_CLOEXEC) }
         defer { Linux.close(fd) }
-        let type = try sys("ioctl(NS_GET_NSTYPE)") { vessel_ns_type(fd) }
+        let type = try cvessel("ioctl(NS_GET_NSTYPE)") { vessel_ns_type(fd) }
         guard let namespace = allCases.first(where: { $0.cloneFlag == UInt64(type) }) else {
             throw LinuxError(stage: "a namespace of a type Vessel does not know (\(type))", errno: 0)
         }

@@ -17,7 +17,7 @@ public enum Linux {
     /// A pipe whose both ends are close-on-exec; the spawn routine decides what the child keeps.
     public static func pipe() throws(LinuxError) -> (read: Int32, write: Int32) {
         var fds: [Int32] = [-1, -1]
-        try sys("pipe2") { vessel_pipe2(&fds, O_CLOEXEC) }
+        try cvessel("pipe2") { vessel_pipe2(&fds, O_CLOEXEC) }
         return (fds[0], fds[1])
     }
 
@@ -68,14 +68,20 @@ public enum Linux {
         return address
     }
 
-    /// A listening, close-on-exec Unix stream socket at `path` (mode 0600).
-    public static func listenUnix(_ path: String) throws(LinuxError) -> Int32 {
+    private static func unixSocket(nonBlocking: Bool) throws(LinuxError) -> Int32 {
+        let type = Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0)
+        return try sys("socket") { socket(AF_UNIX, type, 0) }
+    }
+
+    /// A listening, close-on-exec Unix stream socket at `path` (mode 0600). `nonBlocking` for a
+    /// listener on an event loop, which accepts until none is waiting.
+    public static func listenUnix(_ path: String, backlog: Int32 = 128, nonBlocking: Bool = false) throws(LinuxError) -> Int32 {
         var address = try unixAddress(path, stage: "bind")
-        let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let fd = try unixSocket(nonBlocking: nonBlocking)
         let rc = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        if rc != 0 || listen(fd, 128) != 0 || chmod(path, 0o600) != 0 {
+        if rc != 0 || listen(fd, backlog) != 0 || chmod(path, 0o600) != 0 {
             let error = LinuxError(stage: rc != 0 ? "bind" : "listen", detail: path)
             Glibc.close(fd)
             throw error
@@ -83,10 +89,11 @@ public enum Linux {
         return fd
     }
 
-    /// A connected, close-on-exec Unix stream socket.
-    public static func connectUnix(_ path: String) throws(LinuxError) -> Int32 {
+    /// A connected, close-on-exec Unix stream socket. `nonBlocking` connects without waiting: a
+    /// listener whose backlog is full refuses with EAGAIN.
+    public static func connectUnix(_ path: String, nonBlocking: Bool = false) throws(LinuxError) -> Int32 {
         var address = try unixAddress(path, stage: "connect")
-        let fd = try sys("socket") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let fd = try unixSocket(nonBlocking: nonBlocking)
         let rc = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
@@ -100,8 +107,7 @@ public enum Linux {
 
     public static func openPTY() throws(LinuxError) -> (master: Int32, slave: Int32) {
         var master: Int32 = -1, slave: Int32 = -1
-        let rc = vessel_openpty(&master, &slave)
-        if rc < 0 { throw LinuxError(stage: "openpty", errno: -rc) }
+        try cvessel("openpty") { vessel_openpty(&master, &slave) }
         return (master, slave)
     }
 
@@ -200,7 +206,7 @@ public enum Linux {
     /// Sets `attributes` on the mount at `path` and, with `recursive`, on every mount below it.
     public static func setMountAttributes(_ path: String, _ attributes: MountAttributes, recursive: Bool) throws(LinuxError) {
         let atRecursive: UInt32 = 0x8000
-        try sys("mount_setattr", path) {
+        try cvessel("mount_setattr", path) {
             vessel_mount_setattr(AT_FDCWD, path, recursive ? atRecursive : 0, attributes.rawValue, 0)
         }
     }
@@ -242,7 +248,7 @@ public enum Linux {
 
     /// A pidfd (close-on-exec): readable once the process has exited, whoever reaps it.
     public static func pidfdOpen(_ pid: pid_t) throws(LinuxError) -> Int32 {
-        try sys("pidfd_open", "\(pid)") { vessel_pidfd_open(pid) }
+        try cvessel("pidfd_open", "\(pid)") { vessel_pidfd_open(pid) }
     }
 
     /// Waits (without polling) until `pid` has exited, up to `timeout` seconds (`.infinity`: no

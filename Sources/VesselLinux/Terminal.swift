@@ -13,39 +13,38 @@ extension Linux {
     }
 
     public static func setWindowSize(_ fd: Int32, rows: UInt16, columns: UInt16) throws(LinuxError) {
-        try sys("TIOCSWINSZ") { vessel_set_winsize(fd, rows, columns) }
+        try cvessel("TIOCSWINSZ") { vessel_set_winsize(fd, rows, columns) }
     }
 
     /// Makes `fd` the calling session leader's controlling terminal.
     public static func setControllingTerminal(_ fd: Int32) throws(LinuxError) {
-        try sys("TIOCSCTTY") { vessel_set_ctty(fd) }
+        try cvessel("TIOCSCTTY") { vessel_set_ctty(fd) }
     }
 
     /// Sends `fd` over a Unix socket (one SCM_RIGHTS message carrying `name`, runc's console protocol).
     public static func sendFD(_ socket: Int32, name: String, _ fd: Int32) throws(LinuxError) {
-        let rc = vessel_send_fd(socket, name, fd)
-        if rc < 0 { throw LinuxError(stage: "sendmsg SCM_RIGHTS", errno: -rc) }
+        _ = try send(socket, Array(name.utf8), fds: [fd])
     }
 
     /// Receives one fd sent by `sendFD` whose name has `nameLength` bytes: no more is read, so
     /// the messages after it stay in the socket.
     public static func receiveFD(_ socket: Int32, nameLength: Int) throws(LinuxError) -> Int32 {
-        var name = [CChar](repeating: 0, count: nameLength + 1)
-        let fd = vessel_recv_fd(socket, &name, name.count)
-        if fd < 0 { throw LinuxError(stage: "recvmsg SCM_RIGHTS", errno: -fd) }
+        var name = [UInt8](repeating: 0, count: nameLength)
+        let message = name.withUnsafeMutableBytes { buffer in
+            Result { () throws(LinuxError) in try receive(socket, into: buffer, maxFDs: 1, blocking: true) }
+        }
+        guard let fd = try message.get()?.fds.first else { throw LinuxError(stage: "recvmsg SCM_RIGHTS", errno: EBADMSG) }
         return fd
     }
 
     /// "/dev/pts/N", as the namespace that opened `master` names its slave.
     public static func ptyName(_ master: Int32) throws(LinuxError) -> String {
         var name = [CChar](repeating: 0, count: 128)
-        let rc = vessel_ptsname(master, &name, name.count)
-        if rc < 0 { throw LinuxError(stage: "ptsname", errno: -rc) }
+        try cvessel("ptsname") { vessel_ptsname(master, &name, name.count) }
         return String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     public static func loopbackUp() throws(LinuxError) {
-        let rc = vessel_loopback_up()
-        if rc < 0 { throw LinuxError(stage: "set lo up", errno: -rc) }
+        try cvessel("set lo up") { vessel_loopback_up() }
     }
 }

@@ -1,4 +1,4 @@
-import CVesselVsock
+import VesselLinux
 
 #if canImport(Glibc)
     import Glibc
@@ -27,7 +27,7 @@ final class GuestMemory {
         var base: UnsafeMutableRawPointer
     }
     private(set) var regions: [Region]
-    private var mappings: [(UnsafeMutableRawPointer, UInt64)] = []
+    private var mappings: [(address: UnsafeMutableRawPointer, length: Int)] = []
 
     /// Regions over memory the caller owns (tests).
     init(regions: [(info: MemoryRegionInfo, base: UnsafeMutableRawPointer)]) {
@@ -38,7 +38,7 @@ final class GuestMemory {
     init(mapping infos: [MemoryRegionInfo], fds: [Int32]) throws(VhostUserError) {
         precondition(infos.count == fds.count)
         regions = []
-        defer { for fd in fds { closeFd(fd) } }
+        defer { for fd in fds { Linux.close(fd) } }
         for (info, fd) in zip(infos, fds) {
             let (total, overflow) = info.size.addingReportingOverflow(info.mmapOffset)
             guard info.size > 0, !overflow, total < (1 << 48),
@@ -54,18 +54,20 @@ final class GuestMemory {
                 unmapAll()
                 throw .invalid("memory region \(info) extends past the end of its fd")
             }
-            guard let p = cvv_mmap_shared(fd, total) else {
-                let e = cvv_errno()
+            let mapped: UnsafeMutableRawPointer
+            do {
+                mapped = try Linux.mapShared(fd, length: Int(total))
+            } catch {
                 unmapAll()
-                throw .invalid("mmap of guest memory failed: errno \(e)")
+                throw .invalid("guest memory: \(error)")
             }
-            mappings.append((p, total))
-            regions.append(Region(info: info, base: p + Int(info.mmapOffset)))
+            mappings.append((mapped, Int(total)))
+            regions.append(Region(info: info, base: mapped + Int(info.mmapOffset)))
         }
     }
 
     private func unmapAll() {
-        for (p, len) in mappings { _ = cvv_munmap(p, len) }
+        for mapping in mappings { Linux.unmap(mapping.address, length: mapping.length) }
         mappings = []
         regions = []
     }

@@ -1,4 +1,4 @@
-import CVesselVsock
+import VesselLinux
 
 #if canImport(Glibc)
     import Glibc
@@ -13,8 +13,12 @@ public enum HybridDialer {
 
     /// Returns a connected, blocking fd; the caller owns it.
     public static func connect(socketPath: String, port: UInt32, timeoutMilliseconds: Int32 = 20_000) throws -> Int32 {
-        let fd = socketPath.withCString { cvv_unix_connect_blocking($0) }
-        guard fd >= 0 else { throw Failure(description: "hybrid vsock \(socketPath): cannot connect (errno \(errno))") }
+        let fd: Int32
+        do {
+            fd = try Linux.connectUnix(socketPath)
+        } catch {
+            throw Failure(description: "hybrid vsock \(socketPath): \(error)")
+        }
         let request = Array("CONNECT \(port)\n".utf8)
         var line: [UInt8] = []
         // MSG_NOSIGNAL: a backend that closes at once (its connection cap) must not SIGPIPE the caller.

@@ -1,5 +1,5 @@
-import CVesselVsock
 import Logging
+import VesselLinux
 
 #if canImport(Glibc)
     import Glibc
@@ -20,14 +20,14 @@ final class VhostUserSession {
     }
 
     let device: VsockDevice
-    let loop: EventLoop
+    let loop: EpollLoop
     let logger: Logger
     private(set) var ackedFeatures: UInt64 = 0
     private(set) var protocolFeatures: UInt64 = 0
     private(set) var memory: GuestMemory?
     private(set) var vrings = [Vring(), Vring()]
 
-    init(device: VsockDevice, loop: EventLoop, logger: Logger) {
+    init(device: VsockDevice, loop: EpollLoop, logger: Logger) {
         self.device = device
         self.loop = loop
         self.logger = logger
@@ -40,8 +40,8 @@ final class VhostUserSession {
         stopDevice()
         for i in vrings.indices {
             setKick(i, nil)
-            closeFd(vrings[i].callFd)
-            closeFd(vrings[i].errFd)
+            Linux.close(vrings[i].callFd)
+            Linux.close(vrings[i].errFd)
             vrings[i] = Vring()
         }
         memory = nil
@@ -51,23 +51,23 @@ final class VhostUserSession {
 
     private func stopDevice() {
         guard device.active else { return }
-        if let rx = device.rxq { vrings[0].base = rx.lastAvail }
-        if let tx = device.txq { vrings[1].base = tx.lastAvail }
+        if let rx = device.rxQueue { vrings[0].base = rx.lastAvailable }
+        if let tx = device.txQueue { vrings[1].base = tx.lastAvailable }
         device.deactivate()
     }
 
     private func setKick(_ i: Int, _ fd: Int32?) {
         if vrings[i].kickFd >= 0 {
             loop.unregister(fd: vrings[i].kickFd, token: vrings[i].kickToken)
-            closeFd(vrings[i].kickFd)
+            Linux.close(vrings[i].kickFd)
             vrings[i].kickFd = -1
         }
         guard let fd else { return }
         vrings[i].kickFd = fd
         let queue = i
         do {
-            vrings[i].kickToken = try loop.register(fd: fd, events: CVV_EV_IN) { [unowned self] _ in
-                cvv_eventfd_drain(fd)
+            vrings[i].kickToken = try loop.register(fd: fd, events: .readable) { [unowned self] _ in
+                Linux.drain(eventFD: fd)
                 if queue == 1 { self.device.kickTx() } else { self.device.kickRx() }
             }
         } catch {
@@ -162,10 +162,10 @@ final class VhostUserSession {
         case .setVringCall(let i, let fd):
             let old = vrings[Int(i)].callFd
             vrings[Int(i)].callFd = fd ?? -1
-            if i == 0 { device.rxq?.callFd = fd ?? -1 } else { device.txq?.callFd = fd ?? -1 }
-            closeFd(old)
+            if i == 0 { device.rxQueue?.callFd = fd ?? -1 } else { device.txQueue?.callFd = fd ?? -1 }
+            Linux.close(old)
         case .setVringErr(let i, let fd):
-            closeFd(vrings[Int(i)].errFd)
+            Linux.close(vrings[Int(i)].errFd)
             vrings[Int(i)].errFd = fd ?? -1
         case .setVringEnable(let i, let enable):
             vrings[Int(i)].enabled = enable
@@ -208,7 +208,7 @@ final class VhostUserChannel {
     deinit { dropFds() }
 
     private func dropFds() {
-        for f in fds { closeFd(f) }
+        for f in fds { Linux.close(f) }
         fds = []
     }
 
@@ -217,36 +217,20 @@ final class VhostUserChannel {
     /// Reads and handles every complete message available. Throws on protocol errors (close the connection).
     func readable() throws(VhostUserError) -> ReadResult {
         while true {
-            var n: Int
-            var got = [Int32](repeating: -1, count: VhostUserHeader.maxFds)
-            var nfds: Int32 = 0
-            var ctrunc: Int32 = 0
-            if headHave < VhostUserHeader.size {
-                n = head.withUnsafeMutableBytes { b in
-                    got.withUnsafeMutableBufferPointer {
-                        cvv_recv_with_fds(
-                            fd, b.baseAddress! + headHave, VhostUserHeader.size - headHave, $0.baseAddress,
-                            Int32(VhostUserHeader.maxFds), &nfds, &ctrunc)
-                    }
-                }
-            } else {
-                let want = payload.count - payloadHave
-                n = payload.withUnsafeMutableBytes { b in
-                    got.withUnsafeMutableBufferPointer {
-                        cvv_recv_with_fds(
-                            fd, b.baseAddress! + payloadHave, want, $0.baseAddress,
-                            Int32(VhostUserHeader.maxFds), &nfds, &ctrunc)
-                    }
-                }
+            let message: Linux.ReceivedMessage?
+            do {
+                message = try receive()
+            } catch {
+                throw .invalid("\(error)")
             }
-            fds += got.prefix(min(Int(nfds), VhostUserHeader.maxFds))
-            if ctrunc != 0 { throw .truncatedControl }
-            if fds.count > VhostUserHeader.maxFds || Int(nfds) > VhostUserHeader.maxFds {
-                throw .tooManyFds(max(fds.count, Int(nfds)))
+            guard let message else { return .more }
+            let n = message.count
+            fds += message.fds
+            if message.controlTruncated { throw .truncatedControl }
+            if fds.count > VhostUserHeader.maxFds || message.fdsPassed > VhostUserHeader.maxFds {
+                throw .tooManyFds(max(fds.count, message.fdsPassed))
             }
-            if n == -Int(EAGAIN) { return .more }
             if n == 0 { return .closed }
-            if n < 0 { throw .invalid("recvmsg: errno \(-n)") }
             if headHave < VhostUserHeader.size {
                 headHave += n
                 if headHave == VhostUserHeader.size {
@@ -266,9 +250,28 @@ final class VhostUserChannel {
             header = nil
             payload = []
             if let reply = try session.handle(msg, request: h.request) {
-                let sent = reply.withUnsafeBytes { cvv_send_with_fds(fd, $0.baseAddress, reply.count, nil, 0) }
-                guard sent == reply.count else { throw .invalid("cannot send reply (\(sent))") }
+                let sent: Int
+                do {
+                    sent = try Linux.send(fd, reply)
+                } catch {
+                    throw .invalid("cannot send reply: \(error)")
+                }
+                guard sent == reply.count else { throw .invalid("cannot send reply (\(sent) of \(reply.count) bytes)") }
             }
         }
+    }
+
+    /// The rest of the header, or of the payload once the header is whole.
+    private func receive() throws(LinuxError) -> Linux.ReceivedMessage? {
+        func into(_ buffer: UnsafeMutableRawBufferPointer, from offset: Int) -> Result<Linux.ReceivedMessage?, LinuxError> {
+            Result { () throws(LinuxError) in
+                try Linux.receive(fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[offset...]), maxFDs: VhostUserHeader.maxFds)
+            }
+        }
+        let received =
+            headHave < VhostUserHeader.size
+            ? head.withUnsafeMutableBytes { into($0, from: headHave) }
+            : payload.withUnsafeMutableBytes { into($0, from: payloadHave) }
+        return try received.get()
     }
 }

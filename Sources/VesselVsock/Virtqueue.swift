@@ -1,4 +1,4 @@
-import CVesselVsock
+import VesselLinux
 
 #if canImport(Glibc)
     import Glibc
@@ -97,8 +97,8 @@ final class SplitVirtqueue {
     let avail: UnsafeMutableRawPointer
     let used: UnsafeMutableRawPointer
     let memory: GuestMemory
-    private(set) var lastAvail: UInt16
-    private(set) var usedIdx: UInt16
+    private(set) var lastAvailable: UInt16
+    private(set) var usedIndex: UInt16
     /// The eventfd to signal the driver (-1: none). Not owned.
     var callFd: Int32 = -1
     private var pendingNotify = false
@@ -114,36 +114,37 @@ final class SplitVirtqueue {
     ) throws(VirtqueueError) {
         guard size > 0, size <= 32768, size & (size - 1) == 0 else { throw .badSize(size) }
         let n = UInt64(size)
-        func tr(_ a: UInt64, _ len: UInt64) -> UnsafeMutableRawPointer? {
-            ringAddressesAreGuestPhysical ? memory.translateGPA(a, length: len) : memory.translateUVA(a, length: len)
+        func translate(_ address: UInt64, _ length: UInt64) -> UnsafeMutableRawPointer? {
+            ringAddressesAreGuestPhysical
+                ? memory.translateGPA(address, length: length) : memory.translateUVA(address, length: length)
         }
-        guard let d = tr(descAddr, 16 * n) else { throw .unmapped("descriptor table") }
-        guard let a = tr(availAddr, 6 + 2 * n) else { throw .unmapped("available ring") }
-        guard let u = tr(usedAddr, 6 + 8 * n) else { throw .unmapped("used ring") }
+        guard let d = translate(descAddr, 16 * n) else { throw .unmapped("descriptor table") }
+        guard let a = translate(availAddr, 6 + 2 * n) else { throw .unmapped("available ring") }
+        guard let u = translate(usedAddr, 6 + 8 * n) else { throw .unmapped("used ring") }
         self.size = UInt16(size)
         self.desc = d
         self.avail = a
         self.used = u
         self.memory = memory
-        self.lastAvail = base
-        self.usedIdx = UInt16(littleEndian: cvv_load_acquire_u16(u + 2))
+        self.lastAvailable = base
+        self.usedIndex = UInt16(littleEndian: GuestMemoryAtomics.loadAcquire(u + 2))
     }
 
-    @inline(__always) var availIdx: UInt16 { UInt16(littleEndian: cvv_load_acquire_u16(avail + 2)) }
+    @inline(__always) var availableIndex: UInt16 { UInt16(littleEndian: GuestMemoryAtomics.loadAcquire(avail + 2)) }
 
-    var hasAvailable: Bool { !broken && availIdx != lastAvail }
+    var hasAvailable: Bool { !broken && availableIndex != lastAvailable }
 
     /// Reads the chain at the next available slot without consuming it. Returns false when the ring is empty
     /// or `broken`. A malformed chain is returned with `valid == false` (consume it with length 0).
     func peek(into chain: inout DescriptorChain) -> Bool {
         guard !broken else { return false }
-        let ai = availIdx
-        if ai == lastAvail { return false }
-        if UInt16(ai &- lastAvail) > size {
+        let published = availableIndex
+        if published == lastAvailable { return false }
+        if UInt16(published &- lastAvailable) > size {
             broken = true
             return false
         }
-        let slot = Int(lastAvail % size)
+        let slot = Int(lastAvailable % size)
         let head = UInt16(littleEndian: avail.loadUnaligned(fromByteOffset: 4 + 2 * slot, as: UInt16.self))
         chain.reset(head: head)
         var idx = head
@@ -189,12 +190,12 @@ final class SplitVirtqueue {
     /// Consumes the peeked chain and publishes it as used with `len` bytes written.
     func commit(_ chain: DescriptorChain, written len: UInt32) {
         if !chain.valid { brokenChains += 1 }
-        let slot = Int(usedIdx % size)
+        let slot = Int(usedIndex % size)
         used.storeBytes(of: UInt32(chain.head).littleEndian, toByteOffset: 4 + 8 * slot, as: UInt32.self)
         used.storeBytes(of: len.littleEndian, toByteOffset: 8 + 8 * slot, as: UInt32.self)
-        usedIdx &+= 1
-        cvv_store_release_u16(used + 2, usedIdx.littleEndian)
-        lastAvail &+= 1
+        usedIndex &+= 1
+        GuestMemoryAtomics.storeRelease(used + 2, usedIndex.littleEndian)
+        lastAvailable &+= 1
         pendingNotify = true
     }
 
@@ -203,10 +204,10 @@ final class SplitVirtqueue {
     func notifyIfNeeded() {
         guard pendingNotify else { return }
         pendingNotify = false
-        cvv_fence_seq_cst()
-        let flags = UInt16(littleEndian: cvv_load_relaxed_u16(avail))
+        GuestMemoryAtomics.fullFence()
+        let flags = UInt16(littleEndian: GuestMemoryAtomics.loadRelaxed(avail))
         if flags & SplitVirtqueue.availFNoInterrupt == 0, callFd >= 0 {
-            _ = cvv_eventfd_signal(callFd)
+            Linux.signal(eventFD: callFd)
         }
     }
 }

@@ -1,6 +1,6 @@
 // Design (issue 5, hybrid vsock for QEMU without /dev/vhost-vsock):
 //
-// One thread, one epoll loop (EventLoop in Sys.swift) serves everything: the vhost-user listener and connection,
+// One thread, one epoll loop (VesselLinux's EpollLoop) serves everything: the vhost-user listener and connection,
 // the kick eventfds of both rings, the hybrid listener `<path>`, CONNECT handshakes and every host-side Unix socket
 // (edge-triggered). After each batch of events the device fills the rx ring; timers come from the epoll timeout.
 //
@@ -20,10 +20,9 @@
 //                          unless the host reader is slow); at most a ring's worth of chains per call, since a
 //                          guest can refill a ring as fast as we drain it
 //
-// Index accesses use C11 atomics from CVesselVsock (cvv_load_acquire_u16 / cvv_store_release_u16 /
-// cvv_fence_seq_cst): Synchronization.Atomic cannot be placed on memory it does not own (the rings live in guest RAM).
+// Index accesses use VesselLinux's GuestMemoryAtomics (C11 atomics, inlined): Synchronization.Atomic cannot be
+// placed on memory it does not own (the rings live in guest RAM).
 
-import CVesselVsock
 import Logging
 import VesselLinux
 
@@ -59,42 +58,47 @@ public final class VsockBackend: Sendable {
     public init(
         vhostUserSocketPath: String, hybridSocketPath: String, guestCID: UInt64, options: Options = Options()
     )
-        throws
+        throws(LinuxError)
     {
         guard guestCID > 2, guestCID < 0xffff_ffff else { throw LinuxError(stage: "guest CID \(guestCID)", errno: EINVAL) }
         self.vhostUserSocketPath = vhostUserSocketPath
         self.hybridSocketPath = hybridSocketPath
         self.guestCID = guestCID
         self.options = options
-        let stop = cvv_eventfd()
-        if stop < 0 { throw LinuxError(stage: "eventfd", errno: -stop) }
+        let stop = try Linux.eventFD()
         stopFd = stop
         do {
-            vhostListener = try unixListen(vhostUserSocketPath, backlog: 4)
+            vhostListener = try Self.listen(vhostUserSocketPath, backlog: 4)
         } catch {
-            closeFd(stop)
+            Linux.close(stop)
             throw error
         }
         do {
-            hybridListener = try unixListen(hybridSocketPath)
+            hybridListener = try Self.listen(hybridSocketPath, backlog: 128)
         } catch {
-            closeFd(stop)
-            closeFd(vhostListener)
+            Linux.close(stop)
+            Linux.close(vhostListener)
             unlink(vhostUserSocketPath)
             throw error
         }
     }
 
+    /// A socket file left by a backend that died would make bind fail.
+    private static func listen(_ path: String, backlog: Int32) throws(LinuxError) -> Int32 {
+        unlink(path)
+        return try Linux.listenUnix(path, backlog: backlog, nonBlocking: true)
+    }
+
     deinit {
-        closeFd(vhostListener)
-        closeFd(hybridListener)
-        closeFd(stopFd)
+        Linux.close(vhostListener)
+        Linux.close(hybridListener)
+        Linux.close(stopFd)
         unlink(vhostUserSocketPath)
         unlink(hybridSocketPath)
     }
 
     /// Asks `run()` to return (thread-safe).
-    public func stop() { _ = cvv_eventfd_signal(stopFd) }
+    public func stop() { Linux.signal(eventFD: stopFd) }
 
     public enum Exit: Sendable, Equatable {
         case stopped
@@ -104,10 +108,10 @@ public final class VsockBackend: Sendable {
 
     /// Serves until stopped; call once.
     @discardableResult
-    public func run() throws -> Exit {
+    public func run() throws(LinuxError) -> Exit {
         var logger = options.logger
         logger[metadataKey: "cid"] = "\(guestCID)"
-        let loop = try EventLoop()
+        let loop = try EpollLoop()
         let device = VsockDevice(
             guestCID: guestCID, hybridPath: hybridSocketPath, options: options.device, loop: loop,
             logger: logger)
@@ -116,47 +120,45 @@ public final class VsockBackend: Sendable {
         var channelToken: UInt64 = 0
 
         func closeChannel(error: String?) {
-            guard let ch = channel else { return }
+            guard let open = channel else { return }
             if let error {
                 logger.error("vhost-user connection closed: \(error)")
             } else {
                 logger.info("vhost-user front-end disconnected")
             }
-            loop.unregister(fd: ch.fd, token: channelToken)
-            ch.session.close()
+            loop.unregister(fd: open.fd, token: channelToken)
+            open.session.close()
             device.teardown()
-            closeFd(ch.fd)
+            Linux.close(open.fd)
             channel = nil
             if options.exitOnDisconnect { exit = .frontEndGone(error: error) }
         }
 
-        try loop.register(fd: stopFd, events: CVV_EV_IN) { _ in exit = .stopped }
-        try loop.register(fd: hybridListener, events: CVV_EV_IN) { [hybridListener] _ in
+        try loop.register(fd: stopFd, events: .readable) { _ in exit = .stopped }
+        try loop.register(fd: hybridListener, events: .readable) { [hybridListener] _ in
             device.acceptHost(listener: hybridListener)
         }
-        try loop.register(fd: vhostListener, events: CVV_EV_IN) { [vhostListener] _ in
-            while true {
-                let fd = cvv_accept(vhostListener)
-                if fd < 0 { return }
+        try loop.register(fd: vhostListener, events: .readable) { [vhostListener] _ in
+            while let fd = try? Linux.accept(vhostListener) {
                 if channel != nil {
                     logger.warning("second vhost-user front-end rejected")
-                    closeFd(fd)
+                    Linux.close(fd)
                     continue
                 }
-                let ch = VhostUserChannel(fd: fd, session: VhostUserSession(device: device, loop: loop, logger: logger))
+                let accepted = VhostUserChannel(fd: fd, session: VhostUserSession(device: device, loop: loop, logger: logger))
                 do {
-                    channelToken = try loop.register(fd: fd, events: CVV_EV_IN | CVV_EV_RDHUP) { _ in
-                        guard let ch = channel else { return }
+                    channelToken = try loop.register(fd: fd, events: [.readable, .readHangUp]) { _ in
+                        guard let open = channel else { return }
                         do {
-                            if try ch.readable() == .closed { closeChannel(error: nil) }
+                            if try open.readable() == .closed { closeChannel(error: nil) }
                         } catch {
                             closeChannel(error: "\(error)")
                         }
                     }
-                    channel = ch
+                    channel = accepted
                     logger.info("vhost-user front-end connected")
                 } catch {
-                    closeFd(fd)
+                    Linux.close(fd)
                 }
             }
         }
@@ -164,28 +166,28 @@ public final class VsockBackend: Sendable {
             channel.map {
                 loop.unregister(fd: $0.fd, token: channelToken)
                 $0.session.close()
-                closeFd($0.fd)
+                Linux.close($0.fd)
             }
             device.teardown()
         }
         while exit == nil {
             // Ring work left by a call that used up its budget resumes at once, after the other events.
-            loop.runOnce(timeoutMs: device.hasPendingWork ? 0 : device.nextTimeoutMs())
+            loop.runOnce(timeoutMilliseconds: device.hasPendingWork ? 0 : device.nextTimeoutMilliseconds())
             device.handleTimers()
             if device.txPending { device.processTx() }
             device.processRx()
         }
-        cvv_eventfd_drain(stopFd)
+        Linux.drain(eventFD: stopFd)
         return exit!
     }
 
     /// Runs `run()` on a new thread; `join()` waits for it.
     public func start() -> BackendThread {
         BackendThread { [self] in
-            do {
+            do throws(LinuxError) {
                 return .success(try self.run())
             } catch {
-                return .failure(error as? LinuxError ?? LinuxError(stage: "\(error)", errno: 0))
+                return .failure(error)
             }
         }
     }

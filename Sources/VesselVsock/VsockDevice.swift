@@ -1,6 +1,6 @@
-import CVesselVsock
 import Logging
 import NIOCore
+import VesselLinux
 
 #if canImport(Glibc)
     import Glibc
@@ -26,7 +26,7 @@ public struct VsockDeviceOptions: Sendable {
     public init() {}
 }
 
-struct ConnKey: Hashable {
+struct ConnectionKey: Hashable {
     /// Host-side port (our `<path>_P` port for guest-initiated connections, the allocated port otherwise).
     var local: UInt32
     /// Guest-side port.
@@ -90,13 +90,13 @@ struct ByteRing {
 final class Connection {
     enum State { case connecting, requestSent, established }
 
-    let key: ConnKey
+    let key: ConnectionKey
     let hostInitiated: Bool
     var fd: Int32
     var token: UInt64 = 0
     var state: State
     var dead = false
-    var inRR = false
+    var inRoundRobin = false
 
     var pendingRequest = false
     var pendingResponse = false
@@ -107,33 +107,33 @@ final class Connection {
 
     /// Host socket flags (edge-triggered epoll: set by events, cleared on EAGAIN).
     var readable = false
-    var hup = false
+    var hungUp = false
     var localEOF = false
-    var shutWr = false
+    var writeShutDown = false
 
     /// Host to guest: bytes sent, and the guest's advertised buffer.
-    var rxCnt: UInt32 = 0
-    var peerBufAlloc: UInt32 = 0
-    var peerFwdCnt: UInt32 = 0
+    var bytesSent: UInt32 = 0
+    var peerBufferSize: UInt32 = 0
+    var peerForwardedBytes: UInt32 = 0
     /// Guest to host: bytes forwarded to the host socket, last value reported to the guest.
-    var fwdCnt: UInt32 = 0
-    var lastReportedFwd: UInt32 = 0
-    var buf: ByteRing
+    var forwardedBytes: UInt32 = 0
+    var lastReportedForwarded: UInt32 = 0
+    var buffer: ByteRing
     var deadline: UInt64?
 
-    init(key: ConnKey, fd: Int32, hostInitiated: Bool, state: State, bufferSize: Int) {
+    init(key: ConnectionKey, fd: Int32, hostInitiated: Bool, state: State, bufferSize: Int) {
         self.key = key
         self.fd = fd
         self.hostInitiated = hostInitiated
         self.state = state
-        self.buf = ByteRing(capacity: bufferSize)
+        self.buffer = ByteRing(capacity: bufferSize)
     }
 
-    deinit { buf.release() }
+    deinit { buffer.release() }
 
     var peerCredit: UInt32 {
-        let inFlight = rxCnt &- peerFwdCnt
-        return inFlight >= peerBufAlloc ? 0 : peerBufAlloc - inFlight
+        let inFlight = bytesSent &- peerForwardedBytes
+        return inFlight >= peerBufferSize ? 0 : peerBufferSize - inFlight
     }
 }
 
@@ -143,17 +143,17 @@ final class VsockDevice {
     let guestCID: UInt64
     let hybridPath: String
     let options: VsockDeviceOptions
-    let loop: EventLoop
+    let loop: EpollLoop
     var logger: Logger
 
-    private(set) var rxq: SplitVirtqueue?
-    private(set) var txq: SplitVirtqueue?
-    var active: Bool { rxq != nil && txq != nil }
+    private(set) var rxQueue: SplitVirtqueue?
+    private(set) var txQueue: SplitVirtqueue?
+    var active: Bool { rxQueue != nil && txQueue != nil }
 
-    private(set) var conns: [ConnKey: Connection] = [:]
-    private var rr = CircularBuffer<Connection>(initialCapacity: 64)
+    private(set) var connections: [ConnectionKey: Connection] = [:]
+    private var roundRobin = CircularBuffer<Connection>(initialCapacity: 64)
     private var control = CircularBuffer<VsockHeader>(initialCapacity: 16)
-    private var timed: Set<ConnKey> = []
+    private var timed: Set<ConnectionKey> = []
     private var handshakes: [UInt64: Int32] = [:]
     private var nextLocalPort: UInt32 = 1 << 30
     private var chain = DescriptorChain()
@@ -175,7 +175,7 @@ final class VsockDevice {
     /// The guest broke a ring (`SplitVirtqueue.broken`): nothing is done until the device is started again.
     private(set) var broken = false
 
-    init(guestCID: UInt64, hybridPath: String, options: VsockDeviceOptions, loop: EventLoop, logger: Logger) {
+    init(guestCID: UInt64, hybridPath: String, options: VsockDeviceOptions, loop: EpollLoop, logger: Logger) {
         self.guestCID = guestCID
         self.hybridPath = hybridPath
         self.options = options
@@ -192,11 +192,11 @@ final class VsockDevice {
     // MARK: Lifecycle
 
     func activate(rx: SplitVirtqueue, tx: SplitVirtqueue) {
-        rxq = rx
-        txq = tx
+        rxQueue = rx
+        txQueue = tx
         broken = false
         logger.debug("vsock device started", metadata: ["rx": "\(rx.size)", "tx": "\(tx.size)"])
-        for c in conns.values { schedule(c) }
+        for c in connections.values { schedule(c) }
         processTx()
     }
 
@@ -204,11 +204,11 @@ final class VsockDevice {
     /// REQUEST was not sent yet keep waiting for the next start.
     func deactivate() {
         guard active else { return }
-        rxq = nil
-        txq = nil
+        rxQueue = nil
+        txQueue = nil
         txPending = false
         rxPending = false
-        for c in Array(conns.values) where !(c.hostInitiated && c.state == .connecting) {
+        for c in Array(connections.values) where !(c.hostInitiated && c.state == .connecting) {
             kill(c, rst: false)
         }
         control.removeAll()
@@ -225,7 +225,7 @@ final class VsockDevice {
         logger.error(
             "guest published an avail index more than a ring ahead: vsock device stopped until it resets it",
             metadata: ["queue": "\(name)"])
-        for c in Array(conns.values) where !(c.hostInitiated && c.state == .connecting) {
+        for c in Array(connections.values) where !(c.hostInitiated && c.state == .connecting) {
             kill(c, rst: false)
         }
         control.removeAll()
@@ -233,36 +233,34 @@ final class VsockDevice {
 
     /// Closes every host socket.
     func teardown() {
-        rxq = nil
-        txq = nil
-        for c in Array(conns.values) { kill(c, rst: false) }
+        rxQueue = nil
+        txQueue = nil
+        for c in Array(connections.values) { kill(c, rst: false) }
         for (token, fd) in handshakes {
             loop.unregister(fd: fd, token: token)
-            closeFd(fd)
+            Linux.close(fd)
         }
         handshakes = [:]
         control.removeAll()
     }
 
-    var connectionCount: Int { conns.count }
+    var connectionCount: Int { connections.count }
 
     // MARK: Host side: CONNECT handshake on <path>
 
     func acceptHost(listener: Int32) {
-        while true {
-            let fd = cvv_accept(listener)
-            if fd < 0 { return }
-            if handshakes.count + conns.count >= options.maxConnections {
-                closeFd(fd)
+        while let fd = try? Linux.accept(listener) {
+            if handshakes.count + connections.count >= options.maxConnections {
+                Linux.close(fd)
                 continue
             }
             var token: UInt64 = 0
             do {
-                token = try loop.register(fd: fd, events: CVV_EV_IN | CVV_EV_RDHUP | CVV_EV_ET) { [unowned self] _ in
+                token = try loop.register(fd: fd, events: [.readable, .readHangUp, .edgeTriggered]) { [unowned self] _ in
                     self.handshakeReadable(fd: fd, token: token)
                 }
             } catch {
-                closeFd(fd)
+                Linux.close(fd)
                 continue
             }
             handshakes[token] = fd
@@ -273,31 +271,36 @@ final class VsockDevice {
     private func dropHandshake(fd: Int32, token: UInt64) {
         loop.unregister(fd: fd, token: token)
         handshakes[token] = nil
-        closeFd(fd)
+        Linux.close(fd)
     }
 
     private func handshakeReadable(fd: Int32, token: UInt64) {
         guard handshakes[token] == fd else { return }
-        var line = [UInt8](repeating: 0, count: 64)
-        let n = line.withUnsafeMutableBytes { cvv_peek(fd, $0.baseAddress, 64) }
-        if n == -Int(EAGAIN) { return }
-        if n <= 0 {
+        let line: [UInt8]
+        do {
+            guard let peeked = try Linux.peek(fd, upTo: 64) else { return }
+            line = peeked
+        } catch {
+            line = []
+        }
+        if line.isEmpty {
             dropHandshake(fd: fd, token: token)
             return
         }
-        guard let nl = line[0..<n].firstIndex(of: UInt8(ascii: "\n")) else {
-            if n >= 64 { dropHandshake(fd: fd, token: token) }
+        guard let newline = line.firstIndex(of: UInt8(ascii: "\n")) else {
+            if line.count >= 64 { dropHandshake(fd: fd, token: token) }
             return
         }
-        _ = line.withUnsafeMutableBytes { cvv_read(fd, $0.baseAddress, nl + 1) }
-        guard let (port, timeout) = VsockDevice.parseConnect(line[0..<nl]) else {
+        // Only the line: what follows it is the stream's.
+        _ = try? Linux.readExactly(fd, newline + 1)
+        guard let (port, timeout) = VsockDevice.parseConnect(line[0..<newline]) else {
             logger.debug("bad hybrid vsock handshake")
             dropHandshake(fd: fd, token: token)
             return
         }
         loop.unregister(fd: fd, token: token)
         handshakes[token] = nil
-        hostConnect(fd: fd, port: port, timeoutMs: timeout ?? options.connectTimeoutMs)
+        hostConnect(fd: fd, port: port, timeoutMilliseconds: timeout ?? options.connectTimeoutMs)
     }
 
     /// `CONNECT <port>` with an optional third field: a timeout in milliseconds (a Vessel extension).
@@ -317,48 +320,52 @@ final class VsockDevice {
         for _ in 0..<1024 {
             let p = nextLocalPort
             nextLocalPort = nextLocalPort == UInt32.max ? 1 << 30 : nextLocalPort + 1
-            if !conns.keys.contains(where: { $0.local == p }) { return p }
+            if !connections.keys.contains(where: { $0.local == p }) { return p }
         }
         return nil
     }
 
     /// A host client asked for guest port `port`; `fd` is its socket.
-    func hostConnect(fd: Int32, port: UInt32, timeoutMs: UInt64) {
-        guard conns.count < options.maxConnections, let local = allocateLocalPort() else {
-            closeFd(fd)
+    func hostConnect(fd: Int32, port: UInt32, timeoutMilliseconds: UInt64) {
+        guard connections.count < options.maxConnections, let local = allocateLocalPort() else {
+            Linux.close(fd)
             return
         }
         let c = Connection(
-            key: ConnKey(local: local, peer: port), fd: fd, hostInitiated: true, state: .connecting,
+            key: ConnectionKey(local: local, peer: port), fd: fd, hostInitiated: true, state: .connecting,
             bufferSize: Int(options.bufferSize))
         c.pendingRequest = true
-        c.deadline = nowMs() + timeoutMs
+        c.deadline = nowMilliseconds() + timeoutMilliseconds
         guard register(c) else { return }
-        conns[c.key] = c
+        connections[c.key] = c
         timed.insert(c.key)
         schedule(c)
     }
 
     private func register(_ c: Connection) -> Bool {
         do {
-            c.token = try loop.register(fd: c.fd, events: CVV_EV_IN | CVV_EV_OUT | CVV_EV_RDHUP | CVV_EV_ET) {
-                [unowned self, c] ev in
-                self.hostEvent(c, ev)
+            c.token = try loop.register(fd: c.fd, events: [.readable, .writable, .readHangUp, .edgeTriggered]) {
+                [unowned self, c] events in
+                self.hostEvent(c, events)
             }
             return true
         } catch {
-            closeFd(c.fd)
+            Linux.close(c.fd)
             c.fd = -1
             c.dead = true
             return false
         }
     }
 
-    private func hostEvent(_ c: Connection, _ ev: UInt32) {
+    /// Once, not per event: a set from an array literal is an allocation in a debug build.
+    private static let readableEvents: EpollEvents = [.readable, .readHangUp, .hangUp, .error]
+    private static let goneEvents: EpollEvents = [.hangUp, .error]
+
+    private func hostEvent(_ c: Connection, _ events: EpollEvents) {
         guard !c.dead else { return }
-        if ev & (CVV_EV_IN | CVV_EV_RDHUP | CVV_EV_HUP | CVV_EV_ERR) != 0 { c.readable = true }
-        if ev & (CVV_EV_HUP | CVV_EV_ERR) != 0 {
-            c.hup = true
+        if !events.isDisjoint(with: Self.readableEvents) { c.readable = true }
+        if !events.isDisjoint(with: Self.goneEvents) {
+            c.hungUp = true
             if c.state != .established {
                 kill(c, rst: c.state == .requestSent)
                 return
@@ -369,7 +376,7 @@ final class VsockDevice {
                 c.pendingShutdown = 3
             }
         }
-        if ev & CVV_EV_OUT != 0 && !c.buf.isEmpty {
+        if events.contains(.writable) && !c.buffer.isEmpty {
             flush(c)
             if c.dead { return }
         }
@@ -378,22 +385,22 @@ final class VsockDevice {
 
     // MARK: Timers
 
-    func nextTimeoutMs() -> Int32 {
+    func nextTimeoutMilliseconds() -> Int32 {
         var earliest: UInt64?
         for k in timed {
-            guard let c = conns[k], let d = c.deadline else { continue }
+            guard let c = connections[k], let d = c.deadline else { continue }
             earliest = min(earliest ?? d, d)
         }
         guard let e = earliest else { return -1 }
-        let now = nowMs()
+        let now = nowMilliseconds()
         return e <= now ? 0 : Int32(min(e - now, 60_000))
     }
 
     func handleTimers() {
         guard !timed.isEmpty else { return }
-        let now = nowMs()
+        let now = nowMilliseconds()
         for k in Array(timed) {
-            guard let c = conns[k] else {
+            guard let c = connections[k] else {
                 timed.remove(k)
                 continue
             }
@@ -408,9 +415,9 @@ final class VsockDevice {
         }
     }
 
-    private func setDeadline(_ c: Connection, _ ms: UInt64?) {
-        c.deadline = ms.map { nowMs() + $0 }
-        if ms != nil { timed.insert(c.key) } else { timed.remove(c.key) }
+    private func setDeadline(_ c: Connection, _ milliseconds: UInt64?) {
+        c.deadline = milliseconds.map { nowMilliseconds() + $0 }
+        if milliseconds != nil { timed.insert(c.key) } else { timed.remove(c.key) }
     }
 
     // MARK: Connections
@@ -420,11 +427,11 @@ final class VsockDevice {
         c.dead = true
         if c.fd >= 0 {
             loop.unregister(fd: c.fd, token: c.token)
-            closeFd(c.fd)
+            Linux.close(c.fd)
             c.fd = -1
         }
         releaseBuffer(c)
-        conns[c.key] = nil
+        connections[c.key] = nil
         timed.remove(c.key)
         if rst { enqueueControl(header(for: c, op: .rst)) }
     }
@@ -440,13 +447,13 @@ final class VsockDevice {
     private func header(for c: Connection, op: VsockHeader.Op) -> VsockHeader {
         VsockHeader(
             srcCID: VsockHeader.hostCID, dstCID: guestCID, srcPort: c.key.local, dstPort: c.key.peer,
-            op: op, bufAlloc: options.bufferSize, fwdCnt: c.fwdCnt)
+            op: op, bufAlloc: options.bufferSize, fwdCnt: c.forwardedBytes)
     }
 
     private func schedule(_ c: Connection) {
-        guard !c.dead, !c.inRR, wantsRx(c) else { return }
-        c.inRR = true
-        rr.append(c)
+        guard !c.dead, !c.inRoundRobin, wantsRx(c) else { return }
+        c.inRoundRobin = true
+        roundRobin.append(c)
     }
 
     private func wantsRx(_ c: Connection) -> Bool {
@@ -465,9 +472,9 @@ final class VsockDevice {
 
     func processTx() {
         txPending = false
-        guard let txq, active, !broken else { return }
-        var budget = Int(txq.size)
-        while txq.peek(into: &chain) {
+        guard let txQueue, active, !broken else { return }
+        var budget = Int(txQueue.size)
+        while txQueue.peek(into: &chain) {
             guard budget > 0 else {
                 txPending = true
                 break
@@ -485,10 +492,10 @@ final class VsockDevice {
             } else {
                 droppedPackets += 1
             }
-            txq.commit(chain, written: 0)
+            txQueue.commit(chain, written: 0)
         }
-        txq.notifyIfNeeded()
-        if txq.broken { ringBroken("tx") }
+        txQueue.notifyIfNeeded()
+        if txQueue.broken { ringBroken("tx") }
     }
 
     private func rstReply(_ h: VsockHeader) {
@@ -509,8 +516,8 @@ final class VsockDevice {
             if op != .rst { rstReply(h) }
             return
         }
-        let key = ConnKey(local: h.dstPort, peer: h.srcPort)
-        guard let c = conns[key] else {
+        let key = ConnectionKey(local: h.dstPort, peer: h.srcPort)
+        guard let c = connections[key] else {
             switch op {
             case .request: guestConnect(h)
             case .rst: break
@@ -518,8 +525,8 @@ final class VsockDevice {
             }
             return
         }
-        c.peerBufAlloc = h.bufAlloc
-        c.peerFwdCnt = h.fwdCnt
+        c.peerBufferSize = h.bufAlloc
+        c.peerForwardedBytes = h.fwdCnt
         switch op {
         case .request:
             kill(c, rst: true)
@@ -531,14 +538,14 @@ final class VsockDevice {
             c.state = .established
             setDeadline(c, nil)
             let ok = Array("OK \(c.key.local)\n".utf8)
-            let sent = ok.withUnsafeBytes { cvv_send_with_fds(c.fd, $0.baseAddress, ok.count, nil, 0) }
+            let sent = try? Linux.send(c.fd, ok)
             if sent != ok.count {
                 kill(c, rst: true)
                 return
             }
             schedule(c)
         case .rw:
-            guard c.state == .established, c.peerShutdown & VsockHeader.shutdownSend == 0, !c.shutWr else {
+            guard c.state == .established, c.peerShutdown & VsockHeader.shutdownSend == 0, !c.writeShutDown else {
                 kill(c, rst: true)
                 return
             }
@@ -555,7 +562,7 @@ final class VsockDevice {
                 kill(c, rst: true)
                 return
             }
-            if c.peerShutdown & VsockHeader.shutdownRcv != 0 && c.hup && !c.localEOF {
+            if c.peerShutdown & VsockHeader.shutdownRcv != 0 && c.hungUp && !c.localEOF {
                 c.localEOF = true
             }
             checkPeerShutdown(c)
@@ -568,53 +575,54 @@ final class VsockDevice {
     }
 
     private func guestConnect(_ h: VsockHeader) {
-        guard active, conns.count < options.maxConnections else {
+        guard active, connections.count < options.maxConnections else {
             rstReply(h)
             return
         }
-        let fd = unixConnect("\(hybridPath)_\(h.dstPort)")
-        guard fd >= 0 else {
-            logger.debug("guest connect refused", metadata: ["port": "\(h.dstPort)", "errno": "\(-fd)"])
+        let fd: Int32
+        do {
+            fd = try Linux.connectUnix("\(hybridPath)_\(h.dstPort)", nonBlocking: true)
+        } catch {
+            logger.debug("guest connect refused", metadata: ["port": "\(h.dstPort)", "errno": "\(error.errno)"])
             rstReply(h)
             return
         }
         let c = Connection(
-            key: ConnKey(local: h.dstPort, peer: h.srcPort), fd: fd, hostInitiated: false,
+            key: ConnectionKey(local: h.dstPort, peer: h.srcPort), fd: fd, hostInitiated: false,
             state: .established, bufferSize: Int(options.bufferSize))
-        c.peerBufAlloc = h.bufAlloc
-        c.peerFwdCnt = h.fwdCnt
+        c.peerBufferSize = h.bufAlloc
+        c.peerForwardedBytes = h.fwdCnt
         c.pendingResponse = true
         guard register(c) else {
             rstReply(h)
             return
         }
-        conns[c.key] = c
+        connections[c.key] = c
         schedule(c)
     }
 
     /// Forwards `count` payload bytes of the current tx chain to the host socket, buffering what does not fit.
     private func writeToHost(_ c: Connection, count: Int) {
         var written = 0
-        if c.buf.isEmpty {
+        if c.buffer.isEmpty {
             DescriptorChain.iovecs(chain.readable, offset: VsockHeader.size, count: count, into: &iov)
-            let n = iov.withUnsafeBufferPointer { cvv_sendv(c.fd, $0.baseAddress, Int32($0.count)) }
-            if n >= 0 {
-                written = n
-            } else if n != -Int(EAGAIN) {
+            do {
+                written = try Linux.send(c.fd, vectors: iov) ?? 0
+            } catch {
                 kill(c, rst: true)
                 return
             }
         }
-        c.fwdCnt &+= UInt32(written)
+        c.forwardedBytes &+= UInt32(written)
         let rest = count - written
         if rest > 0 {
-            guard rest <= c.buf.free else {
+            guard rest <= c.buffer.free else {
                 logger.warning("guest exceeded its credit", metadata: ["local": "\(c.key.local)"])
                 kill(c, rst: true)
                 return
             }
-            if c.buf.storage == nil {  // append allocates it
-                guard bufferedBytes + c.buf.capacity <= options.maxBufferedBytes else {
+            if c.buffer.storage == nil {  // append allocates it
+                guard bufferedBytes + c.buffer.capacity <= options.maxBufferedBytes else {
                     // A guest can cause one per connection: the log grows with the logarithm of that.
                     bufferResets += 1
                     if bufferResets & (bufferResets - 1) == 0 {
@@ -625,39 +633,39 @@ final class VsockDevice {
                     kill(c, rst: true)
                     return
                 }
-                bufferedBytes += c.buf.capacity
+                bufferedBytes += c.buffer.capacity
             }
-            c.buf.append(from: chain.readable, offset: VsockHeader.size + written, count: rest)
+            c.buffer.append(from: chain.readable, offset: VsockHeader.size + written, count: rest)
         }
         maybeCreditUpdate(c)
     }
 
     private func flush(_ c: Connection) {
-        while !c.buf.isEmpty {
-            c.buf.readable(into: &iov)
-            let n = iov.withUnsafeBufferPointer { cvv_sendv(c.fd, $0.baseAddress, Int32($0.count)) }
-            if n > 0 {
-                c.buf.consume(n)
-                c.fwdCnt &+= UInt32(n)
-            } else if n == -Int(EAGAIN) {
-                break
-            } else {
+        while !c.buffer.isEmpty {
+            c.buffer.readable(into: &iov)
+            let sent: Int?
+            do {
+                sent = try Linux.send(c.fd, vectors: iov)
+            } catch {
                 kill(c, rst: true)
                 return
             }
+            guard let sent, sent > 0 else { break }
+            c.buffer.consume(sent)
+            c.forwardedBytes &+= UInt32(sent)
         }
-        if c.buf.isEmpty { releaseBuffer(c) }  // back to the shared bound while the reader keeps up
+        if c.buffer.isEmpty { releaseBuffer(c) }  // back to the shared bound while the reader keeps up
         maybeCreditUpdate(c)
         checkPeerShutdown(c)
     }
 
     private func releaseBuffer(_ c: Connection) {
-        if c.buf.storage != nil { bufferedBytes -= c.buf.capacity }
-        c.buf.release()
+        if c.buffer.storage != nil { bufferedBytes -= c.buffer.capacity }
+        c.buffer.release()
     }
 
     private func maybeCreditUpdate(_ c: Connection) {
-        if c.fwdCnt &- c.lastReportedFwd >= options.creditUpdateThreshold {
+        if c.forwardedBytes &- c.lastReportedForwarded >= options.creditUpdateThreshold {
             c.pendingCredit = true
         }
     }
@@ -665,13 +673,13 @@ final class VsockDevice {
     /// Acts on the guest's SHUTDOWN once everything it sent reached the host socket.
     private func checkPeerShutdown(_ c: Connection) {
         guard !c.dead, c.peerShutdown != 0 else { return }
-        guard c.buf.isEmpty else {
+        guard c.buffer.isEmpty else {
             if c.peerShutdown == 3, c.deadline == nil { setDeadline(c, options.closeTimeoutMs) }
             return
         }
-        if c.peerShutdown & VsockHeader.shutdownSend != 0 && !c.shutWr {
-            c.shutWr = true
-            _ = cvv_shutdown_write(c.fd)
+        if c.peerShutdown & VsockHeader.shutdownSend != 0 && !c.writeShutDown {
+            c.writeShutDown = true
+            shutdown(c.fd, Int32(SHUT_WR))
         }
         if c.peerShutdown == 3 { kill(c, rst: true) }
     }
@@ -681,8 +689,8 @@ final class VsockDevice {
     func kickRx() {}
 
     private func nextReady() -> Connection? {
-        while let c = rr.popFirst() {
-            c.inRR = false
+        while let c = roundRobin.popFirst() {
+            c.inRoundRobin = false
             if !c.dead && wantsRx(c) { return c }
         }
         return nil
@@ -691,35 +699,35 @@ final class VsockDevice {
     /// Fills rx buffers round-robin: control packets first, then one packet per ready connection in turn.
     func processRx() {
         rxPending = false
-        guard let rxq, active, !broken else { return }
-        var budget = Int(rxq.size)
-        while !control.isEmpty || !rr.isEmpty {
-            guard rxq.peek(into: &chain) else { break }
+        guard let rxQueue, active, !broken else { return }
+        var budget = Int(rxQueue.size)
+        while !control.isEmpty || !roundRobin.isEmpty {
+            guard rxQueue.peek(into: &chain) else { break }
             guard budget > 0 else {
                 rxPending = true
                 break
             }
             budget -= 1
             if !chain.valid || chain.writableLength <= VsockHeader.size {
-                rxq.commit(chain, written: 0)
+                rxQueue.commit(chain, written: 0)
                 continue
             }
             if let h = control.popFirst() {
                 h.encode(to: scratch)
                 _ = chain.copyToWritable(offset: 0, count: VsockHeader.size, from: scratch)
-                rxq.commit(chain, written: UInt32(VsockHeader.size))
+                rxQueue.commit(chain, written: UInt32(VsockHeader.size))
                 continue
             }
             guard let c = nextReady() else { break }
-            fill(c, rxq)
+            fill(c, rxQueue)
             schedule(c)
         }
-        rxq.notifyIfNeeded()
-        if rxq.broken { ringBroken("rx") }
+        rxQueue.notifyIfNeeded()
+        if rxQueue.broken { ringBroken("rx") }
     }
 
     /// Builds one packet for `c` in the peeked chain (consuming it), or leaves the chain when there is nothing.
-    private func fill(_ c: Connection, _ rxq: SplitVirtqueue) {
+    private func fill(_ c: Connection, _ rxQueue: SplitVirtqueue) {
         var h = header(for: c, op: .invalid)
         var payload = 0
         if c.state == .connecting && c.pendingRequest {
@@ -736,13 +744,20 @@ final class VsockDevice {
         } else if c.readable && !c.localEOF && c.peerShutdown & VsockHeader.shutdownRcv == 0 && c.peerCredit > 0 {
             let room = min(chain.writableLength - VsockHeader.size, Int(c.peerCredit), 64 * 1024)
             DescriptorChain.iovecs(chain.writable, offset: VsockHeader.size, count: room, into: &iov)
-            let n = iov.withUnsafeBufferPointer { cvv_readv(c.fd, $0.baseAddress, Int32($0.count)) }
-            if n > 0 {
+            let received: Int?
+            var reset = false
+            do {
+                received = try Linux.read(c.fd, vectors: iov)
+            } catch {
+                received = 0
+                reset = true
+            }
+            if let n = received, n > 0 {
                 h.op = VsockHeader.Op.rw.rawValue
                 h.len = UInt32(n)
                 payload = n
-                c.rxCnt &+= UInt32(n)
-            } else if n == -Int(EAGAIN) {
+                c.bytesSent &+= UInt32(n)
+            } else if received == nil {
                 c.readable = false
                 guard c.pendingCredit else { return }
                 h.op = VsockHeader.Op.creditUpdate.rawValue
@@ -750,7 +765,7 @@ final class VsockDevice {
                 // EOF (or a reset): no more data from the host; a full close when the peer is gone.
                 c.localEOF = true
                 h.op = VsockHeader.Op.shutdown.rawValue
-                h.flags = (c.hup || n < 0) ? 3 : VsockHeader.shutdownSend
+                h.flags = (c.hungUp || reset) ? 3 : VsockHeader.shutdownSend
                 sentShutdown(c, h.flags)
             }
         } else if c.pendingCredit {
@@ -759,10 +774,10 @@ final class VsockDevice {
             return
         }
         c.pendingCredit = false
-        c.lastReportedFwd = c.fwdCnt
+        c.lastReportedForwarded = c.forwardedBytes
         h.encode(to: scratch)
         _ = chain.copyToWritable(offset: 0, count: VsockHeader.size, from: scratch)
-        rxq.commit(chain, written: UInt32(VsockHeader.size + payload))
+        rxQueue.commit(chain, written: UInt32(VsockHeader.size + payload))
     }
 
     private func sentShutdown(_ c: Connection, _ flags: UInt32) {

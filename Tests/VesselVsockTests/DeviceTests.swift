@@ -1,6 +1,6 @@
-import CVesselVsock
 import Logging
 import Testing
+import VesselLinux
 
 @testable import VesselVsock
 
@@ -11,7 +11,7 @@ import Testing
 /// The device against a fake driver in memory, single-threaded: the test pumps the event loop.
 final class DeviceHarness {
     let dir = TempDir()
-    let loop: EventLoop
+    let loop: EpollLoop
     let device: VsockDevice
     let driver = FakeDriver()
     let hybridPath: String
@@ -20,27 +20,27 @@ final class DeviceHarness {
     private var listeners: [Int32] = []
 
     init(options: VsockDeviceOptions = VsockDeviceOptions()) throws {
-        loop = try EventLoop()
+        loop = try EpollLoop()
         hybridPath = dir.path + "/v.sock"
         device = VsockDevice(
             guestCID: 3, hybridPath: hybridPath, options: options, loop: loop,
             logger: Logger(label: "test"))
         let (rq, tq) = try driver.makeQueues(memory: driver.memory)
         device.activate(rx: rq, tx: tq)
-        let l = try unixListen(hybridPath)
+        let l = try Linux.listenUnix(hybridPath, nonBlocking: true)
         hybridListener = l
-        try loop.register(fd: l, events: CVV_EV_IN) { [device] _ in device.acceptHost(listener: l) }
+        try loop.register(fd: l, events: .readable) { [device] _ in device.acceptHost(listener: l) }
     }
 
     deinit {
         device.teardown()
-        closeFd(hybridListener)
-        for l in listeners { closeFd(l) }
+        Linux.close(hybridListener)
+        for l in listeners { Linux.close(l) }
     }
 
     /// A host listener at `<path>_port`.
     func listen(port: UInt32) throws -> Int32 {
-        let fd = try unixListen("\(hybridPath)_\(port)")
+        let fd = try Linux.listenUnix("\(hybridPath)_\(port)", nonBlocking: true)
         listeners.append(fd)
         return fd
     }
@@ -48,7 +48,7 @@ final class DeviceHarness {
     /// Lets the device run: events, "kicks" of both queues, timers.
     func pump(_ rounds: Int = 3) {
         for _ in 0..<rounds {
-            loop.runOnce(timeoutMs: 5)
+            loop.runOnce(timeoutMilliseconds: 5)
             device.handleTimers()
             device.processTx()
             device.processRx()
@@ -76,8 +76,7 @@ final class DeviceHarness {
         #expect(pkts.first?.0.operation == .response)
         #expect(pkts.first?.0.srcPort == port)
         #expect(pkts.first?.0.dstPort == src)
-        let fd = cvv_accept(l)
-        #expect(fd >= 0)
+        let fd = try #require(try Linux.accept(l))
         let flags = fcntl(fd, F_GETFL)
         _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK)
         return fd
@@ -85,8 +84,7 @@ final class DeviceHarness {
 
     /// A host-initiated connection to guest port `port`, the guest answering from memory. Returns (client, localPort).
     func hostConnect(port: UInt32, bufAlloc: UInt32 = 256 * 1024) throws -> (Int32, UInt32) {
-        let client = hybridPath.withCString { cvv_unix_connect_blocking($0) }
-        #expect(client >= 0)
+        let client = try Linux.connectUnix(hybridPath)
         writeAll(client, Array("CONNECT \(port)\n".utf8))
         driver.postRx(8)
         pump()
@@ -258,7 +256,7 @@ final class DeviceHarness {
 
     @Test func guestRefusesHostConnect() throws {
         let t = try DeviceHarness()
-        let client = t.hybridPath.withCString { cvv_unix_connect_blocking($0) }
+        let client = try Linux.connectUnix(t.hybridPath)
         defer { close(client) }
         writeAll(client, Array("CONNECT 77\n".utf8))
         t.driver.postRx(4)
@@ -273,19 +271,19 @@ final class DeviceHarness {
 
     @Test func connectTimesOutWithRst() throws {
         let t = try DeviceHarness()
-        let client = t.hybridPath.withCString { cvv_unix_connect_blocking($0) }
+        let client = try Linux.connectUnix(t.hybridPath)
         defer { close(client) }
         // Pumped until the RST comes, however slowly this host runs the pumps; only then is the
         // time checked: not before the timeout, one request, then the RST.
-        let start = nowMs()
+        let start = nowMilliseconds()
         writeAll(client, Array("CONNECT 78 100\n".utf8))
         t.driver.postRx(4)
         var operations: [VsockHeader.Op] = []
-        while !operations.contains(.rst) && nowMs() - start < 10_000 {
+        while !operations.contains(.rst) && nowMilliseconds() - start < 10_000 {
             t.pump(1)
             operations += t.driver.receive().map(\.0.operation)
         }
-        let elapsed = nowMs() - start
+        let elapsed = nowMilliseconds() - start
         #expect(operations == [.request, .rst])
         #expect(elapsed >= 100, "RST after \(elapsed) ms, before the 100 ms timeout")
         t.pump()
@@ -294,7 +292,7 @@ final class DeviceHarness {
 
     @Test func badHandshakeCloses() throws {
         let t = try DeviceHarness()
-        let client = t.hybridPath.withCString { cvv_unix_connect_blocking($0) }
+        let client = try Linux.connectUnix(t.hybridPath)
         defer { close(client) }
         writeAll(client, Array("HELLO 1\n".utf8))
         t.pump()
@@ -444,11 +442,11 @@ final class DeviceHarness {
         let t = try DeviceHarness()
         let host = try t.guestConnect(src: 1000, port: 5000)
         defer { close(host) }
-        let rxBase = t.device.rxq!.lastAvail
-        let txBase = t.device.txq!.lastAvail
+        let rxBase = t.device.rxQueue!.lastAvailable
+        let txBase = t.device.txQueue!.lastAvailable
         t.device.deactivate()
         #expect(readSome(host) == nil)
-        let client = t.hybridPath.withCString { cvv_unix_connect_blocking($0) }
+        let client = try Linux.connectUnix(t.hybridPath)
         defer { close(client) }
         writeAll(client, Array("CONNECT 1024\n".utf8))
         t.pump()
@@ -468,21 +466,21 @@ final class DeviceHarness {
         let t = try DeviceHarness()
         let host = try t.guestConnect(src: 1000, port: 5000)
         defer { close(host) }
-        let txq = try #require(t.device.txq)
-        let before = txq.lastAvail
+        let txq = try #require(t.device.txQueue)
+        let before = txq.lastAvailable
         t.driver.forceAvailIdx(rx: false, t.driver.tx.availIdx &+ 5000)
         t.pump()
-        #expect(txq.lastAvail == before, "the device walked \(txq.lastAvail &- before) bogus entries")
+        #expect(txq.lastAvailable == before, "the device walked \(txq.lastAvailable &- before) bogus entries")
         #expect(t.device.connectionCount == 0)
         #expect(readSome(host) == nil)
         // Until the guest resets the device, nothing more is taken from its rings.
         t.driver.forceAvailIdx(rx: false, before)
         t.driver.sendTx(t.g(.request, src: 1001, dst: 5000))
         t.pump()
-        #expect(txq.lastAvail == before)
+        #expect(txq.lastAvailable == before)
         // A device start (new rings) works again.
         let (rq, tq) = try t.driver.makeQueues(
-            memory: t.driver.memory, rxBase: t.device.rxq!.lastAvail,
+            memory: t.driver.memory, rxBase: t.device.rxQueue!.lastAvailable,
             txBase: before)
         t.device.deactivate()
         t.device.activate(rx: rq, tx: tq)
@@ -503,8 +501,8 @@ final class DeviceHarness {
         let stop = Flag()
         let producer = t.driver.refillForever(rx: false, head: 0, stop: stop, limit: 300_000)
         var most = 0
-        let t0 = nowMs()
-        while nowMs() - t0 < 1500 {
+        let t0 = nowMilliseconds()
+        while nowMilliseconds() - t0 < 1500 {
             let before = t.device.droppedPackets
             t.device.processTx()
             most = max(most, t.device.droppedPackets - before)
@@ -525,12 +523,12 @@ final class DeviceHarness {
         d.storeBytes(of: UInt64(0x10).littleEndian, toByteOffset: 0, as: UInt64.self)
         d.storeBytes(of: UInt32(4096).littleEndian, toByteOffset: 8, as: UInt32.self)
         d.storeBytes(of: UInt16(2).littleEndian, toByteOffset: 12, as: UInt16.self)
-        let rxq = try #require(t.device.rxq)
+        let rxq = try #require(t.device.rxQueue)
         let stop = Flag()
         let producer = t.driver.refillForever(rx: true, head: head, stop: stop, limit: 300_000)
         var most = 0
-        let t0 = nowMs()
-        while nowMs() - t0 < 1500 {
+        let t0 = nowMilliseconds()
+        while nowMilliseconds() - t0 < 1500 {
             let before = rxq.brokenChains
             t.device.processRx()
             most = max(most, rxq.brokenChains - before)
@@ -551,7 +549,7 @@ final class DeviceHarness {
         defer { for fd in hostFds { close(fd) } }
         let payload = [UInt8](repeating: 0x42, count: 60_000)
         func buffered() -> Int {
-            t.device.conns.values.reduce(0) { $0 + ($1.buf.storage == nil ? 0 : $1.buf.capacity) }
+            t.device.connections.values.reduce(0) { $0 + ($1.buffer.storage == nil ? 0 : $1.buffer.capacity) }
         }
         var most = 0
         for i in 0..<160 {
@@ -561,8 +559,7 @@ final class DeviceHarness {
             t.device.processTx()
             t.device.processRx()
             _ = t.driver.receive()
-            let fd = cvv_accept(l)
-            if fd >= 0 { hostFds.append(fd) }
+            if let fd = try? Linux.accept(l) { hostFds.append(fd) }
             // ~400 KB within the stream's credit; the host side never reads.
             for _ in 0..<7 {
                 t.driver.reclaimTx()

@@ -1,6 +1,6 @@
-import CVesselVsock
 import Synchronization
 import Testing
+import VesselLinux
 
 @testable import VesselVsock
 
@@ -91,7 +91,7 @@ final class FakeDriver {
         let slot = Int(q.availIdx % FakeDriver.queueSize)
         avail.storeBytes(of: head.littleEndian, toByteOffset: 4 + 2 * slot, as: UInt16.self)
         q.availIdx &+= 1
-        cvv_store_release_u16(avail + 2, q.availIdx.littleEndian)
+        GuestMemoryAtomics.storeRelease(avail + 2, q.availIdx.littleEndian)
     }
 
     /// Sets the raw descriptor `i` of the tx queue and publishes it (malformed-chain tests).
@@ -104,7 +104,7 @@ final class FakeDriver {
 
     /// Publishes `idx` as the available index without posting anything (a driver lying about its ring).
     func forceAvailIdx(rx isRx: Bool, _ idx: UInt16) {
-        cvv_store_release_u16(mem + (isRx ? rx : tx).ringOffset + 0x1000 + 2, idx.littleEndian)
+        GuestMemoryAtomics.storeRelease(mem + (isRx ? rx : tx).ringOffset + 0x1000 + 2, idx.littleEndian)
         if isRx { rx.availIdx = idx } else { tx.availIdx = idx }
     }
 
@@ -123,11 +123,11 @@ final class FakeDriver {
             var avail = start
             var published = 0
             while !stop.isSet && published < limit {
-                let used = UInt16(littleEndian: cvv_load_acquire_u16(base + 0x2000 + 2))
+                let used = UInt16(littleEndian: GuestMemoryAtomics.loadAcquire(base + 0x2000 + 2))
                 if avail &- used < n {
                     avail &+= 1
                     published += 1
-                    cvv_store_release_u16(base + 0x1000 + 2, avail.littleEndian)
+                    GuestMemoryAtomics.storeRelease(base + 0x1000 + 2, avail.littleEndian)
                 }
             }
         }
@@ -183,7 +183,7 @@ final class FakeDriver {
 
     private func usedEntries(_ q: inout Queue) -> [(head: UInt16, len: UInt32)] {
         let used = mem + q.ringOffset + 0x2000
-        let idx = UInt16(littleEndian: cvv_load_acquire_u16(used + 2))
+        let idx = UInt16(littleEndian: GuestMemoryAtomics.loadAcquire(used + 2))
         var out: [(UInt16, UInt32)] = []
         while q.lastUsed != idx {
             let slot = Int(q.lastUsed % FakeDriver.queueSize)
@@ -197,7 +197,7 @@ final class FakeDriver {
 
     /// The device's published used index.
     func usedIdx(rx: Bool) -> UInt16 {
-        UInt16(littleEndian: cvv_load_acquire_u16(mem + (rx ? self.rx : tx).ringOffset + 0x2000 + 2))
+        UInt16(littleEndian: GuestMemoryAtomics.loadAcquire(mem + (rx ? self.rx : tx).ringOffset + 0x2000 + 2))
     }
 
     /// Frees used tx chains; returns how many.

@@ -1,5 +1,5 @@
-import CVesselVsock
 import Testing
+import VesselLinux
 
 @testable import VesselVsock
 
@@ -14,11 +14,10 @@ struct GuestMemoryTests {
     /// (Fuzz/Corpus/vhost-user/crash-region-past-end-of-fd).
     @Test func regionPastTheEndOfItsFdIsRefused() throws {
         for info in [region(size: 1 << 20), region(size: 1 << 16, offset: 4096)] {
-            let fd = cvv_memfd(1 << 16)
-            try #require(fd >= 0)
+            let fd = try Linux.memoryFile(name: "guest-ram", size: 1 << 16)
             #expect(throws: VhostUserError.self) { _ = try GuestMemory(mapping: [info], fds: [fd]) }
         }
-        let fd = cvv_memfd(1 << 16)
+        let fd = try Linux.memoryFile(name: "guest-ram", size: 1 << 16)
         let memory = try GuestMemory(mapping: [region(size: 1 << 15, offset: 1 << 15)], fds: [fd])
         let p = try #require(memory.translateUVA(0x7f00_0000_0000 + (1 << 15) - 2, length: 2))
         p.storeBytes(of: 7, as: UInt16.self)

@@ -1,4 +1,3 @@
-import CVesselVsock
 import Logging
 import Synchronization
 import Testing
@@ -92,69 +91,64 @@ struct CaptureLogHandler: LogHandler {
 final class HostPortListener: @unchecked Sendable {
     // @unchecked: the counters are written by the listener thread only and read after `stop()` joined it.
     private let fd: Int32
-    private let epfd: Int32
     private let stopFd: Int32
     private let drain: Bool
     private var held: [Int32] = []
+    /// One for all connections: thousands of them stay open.
+    private var buffer = [UInt8](repeating: 0, count: 65536)
     private(set) var accepted = 0
     private(set) var bytes = 0
     private(set) var closedByBackend = 0
     private var runner: ThreadRunner?
 
     init(path: String, drain: Bool) throws {
-        fd = try unixListen(path, backlog: 4096)
-        epfd = cvv_epoll_create()
-        stopFd = cvv_eventfd()
+        fd = try Linux.listenUnix(path, backlog: 4096, nonBlocking: true)
+        stopFd = try Linux.eventFD()
         self.drain = drain
-        _ = cvv_epoll_ctl(epfd, CVV_CTL_ADD, fd, CVV_EV_IN, 0)
-        _ = cvv_epoll_ctl(epfd, CVV_CTL_ADD, stopFd, CVV_EV_IN, 1)
-        runner = ThreadRunner { [self] in loop() }
+        runner = ThreadRunner { [self] in serve() }
     }
 
-    private func loop() {
-        var events = [cvv_event](repeating: cvv_event(), count: 64)
-        var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = events.withUnsafeMutableBufferPointer { cvv_epoll_wait(epfd, $0.baseAddress, 64, 500) }
-            for i in 0..<max(0, Int(n)) {
-                switch events[i].data {
-                case 0:
-                    while true {
-                        let c = cvv_accept(fd)
-                        if c < 0 { break }
-                        accepted += 1
-                        held.append(c)
-                        if drain { _ = cvv_epoll_ctl(epfd, CVV_CTL_ADD, c, CVV_EV_IN | CVV_EV_RDHUP, UInt64(c) + 2) }
-                    }
-                case 1:
-                    return
-                default:
-                    let c = Int32(events[i].data - 2)
-                    while true {
-                        let r = buf.withUnsafeMutableBytes { read(c, $0.baseAddress, 65536) }
-                        if r > 0 {
-                            bytes += r
-                            continue
-                        }
-                        if r == 0 {
-                            closedByBackend += 1
-                            _ = cvv_epoll_ctl(epfd, CVV_CTL_DEL, c, 0, 0)
-                        }
-                        break
-                    }
-                }
+    private func serve() {
+        guard let loop = try? EpollLoop() else { return }
+        var stopped = false
+        _ = try? loop.register(fd: stopFd, events: .readable) { _ in stopped = true }
+        _ = try? loop.register(fd: fd, events: .readable) { [self, unowned loop] _ in
+            while let connection = try? Linux.accept(fd) {
+                accepted += 1
+                held.append(connection)
+                if drain { watch(connection, on: loop) }
             }
         }
+        while !stopped { loop.runOnce(timeoutMilliseconds: 500) }
+    }
+
+    /// Reads whatever arrives, counting the bytes and the closes.
+    private func watch(_ connection: Int32, on loop: EpollLoop) {
+        var token: UInt64 = 0
+        token =
+            (try? loop.register(fd: connection, events: [.readable, .readHangUp]) { [self, unowned loop] _ in
+                while true {
+                    let r = buffer.withUnsafeMutableBytes { read(connection, $0.baseAddress, 65536) }
+                    if r > 0 {
+                        bytes += r
+                        continue
+                    }
+                    if r == 0 {
+                        closedByBackend += 1
+                        loop.unregister(fd: connection, token: token)
+                    }
+                    break
+                }
+            }) ?? 0
     }
 
     func stop() {
-        _ = cvv_eventfd_signal(stopFd)
+        Linux.signal(eventFD: stopFd)
         runner?.join()
         runner = nil
         for c in held { close(c) }
         held = []
         close(fd)
-        close(epfd)
         close(stopFd)
     }
 }
@@ -377,14 +371,13 @@ struct GuestPair {
         let prober = ThreadRunner {
             // Until the last phase, which may end the backend on purpose (then nobody serves the socket).
             while !counters.stop.load(ordering: .relaxed) && !readFile(guestConsole).contains("HOSTILE: PHASE 17") {
-                let fd = ghp.withCString { cvv_unix_connect_blocking($0) }
-                if fd >= 0 {
+                if let fd = try? Linux.connectUnix(ghp) {
                     // The backend may close at once (its connection cap): EPIPE is an answer too.
                     let line = Array("CONNECT 5555 1500\n".utf8)
                     _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                    let t0 = nowMs()
+                    let t0 = nowMilliseconds()
                     var answered = false
-                    while nowMs() - t0 < 10_000 {
+                    while nowMilliseconds() - t0 < 10_000 {
                         // Refused (closed) or OK: either ends the wait; a hostile guest never sends RESPONSE.
                         if readSome(fd, max: 64, timeoutMs: 500) != [] {
                             answered = true
@@ -392,7 +385,7 @@ struct GuestPair {
                         }
                     }
                     if !answered { counters.connectsHung.add(1, ordering: .relaxed) }
-                    counters.slowestConnectMs.max(Int(nowMs() - t0), ordering: .relaxed)
+                    counters.slowestConnectMs.max(Int(nowMilliseconds() - t0), ordering: .relaxed)
                     counters.connects.add(1, ordering: .relaxed)
                     close(fd)
                 }

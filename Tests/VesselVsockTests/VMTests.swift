@@ -1,4 +1,3 @@
-import CVesselVsock
 import Synchronization
 import Testing
 import VesselLinux
@@ -15,9 +14,9 @@ import VesselLinux
 func runProgram(_ argv: [String], output: String? = nil, timeoutMs: UInt64 = 300_000) -> Int32 {
     guard let pid = spawnProgram(argv, output: output) else { return -1 }
     var status: Int32 = 0
-    let deadline = nowMs() + timeoutMs
+    let deadline = nowMilliseconds() + timeoutMs
     var reaped = waitpid(pid, &status, WNOHANG)
-    while reaped == 0 && nowMs() < deadline {
+    while reaped == 0 && nowMilliseconds() < deadline {
         usleep(10_000)
         reaped = waitpid(pid, &status, WNOHANG)
     }
@@ -85,8 +84,8 @@ func join(_ thread: BackendThread, timeoutMs: UInt64) -> Result<VsockBackend.Exi
         let r = thread.join()
         box.withLock { $0 = r }
     }
-    let deadline = nowMs() + timeoutMs
-    while nowMs() < deadline {
+    let deadline = nowMilliseconds() + timeoutMs
+    while nowMilliseconds() < deadline {
         if let r = box.withLock({ $0 }) {
             waiter.join()
             return r
@@ -98,8 +97,7 @@ func join(_ thread: BackendThread, timeoutMs: UInt64) -> Result<VsockBackend.Exi
 
 /// Connects through the hybrid socket; returns the fd after `OK`, or nil.
 func hybridConnect(_ path: String, port: UInt32) -> Int32? {
-    let fd = path.withCString { cvv_unix_connect_blocking($0) }
-    guard fd >= 0 else { return nil }
+    guard let fd = try? Linux.connectUnix(path) else { return nil }
     writeAll(fd, Array("CONNECT \(port)\n".utf8))
     guard let line = readLine(fd, timeoutMs: 20000), line.hasPrefix("OK ") else {
         close(fd)
@@ -209,12 +207,11 @@ struct GuestVM {
         let hp = backend.hybridSocketPath
 
         // Guest-initiated: the guest connects to host port 2000 (retrying) and echoes.
-        let l = try unixListen(hp + "_2000")
+        let l = try Linux.listenUnix(hp + "_2000", nonBlocking: true)
         defer { close(l) }
         var pl = pollfd(fd: l, events: Int16(POLLIN), revents: 0)
         #expect(poll(&pl, 1, 20000) == 1)
-        let g = cvv_accept(l)
-        try #require(g >= 0)
+        let g = try #require(try Linux.accept(l))
         _ = fcntl(g, F_SETFL, fcntl(g, F_GETFL) & ~O_NONBLOCK)
         #expect(readLine(g) == "hello from guest")
         #expect(echoCheck(g, pattern(100_000, seed: 99)))
@@ -227,9 +224,9 @@ struct GuestVM {
         #expect(rstSeen, "no RST for a port without host listener: \(readFile(console).suffix(500))")
 
         // Host-initiated to a closed guest port: closed promptly, no OK.
-        let t0 = nowMs()
+        let t0 = nowMilliseconds()
         #expect(hybridConnect(hp, port: 4444) == nil)
-        #expect(nowMs() - t0 < 5000)
+        #expect(nowMilliseconds() - t0 < 5000)
 
         // Echo, then 8 parallel streams with byte-exact integrity both ways.
         let e = try #require(hybridConnect(hp, port: 1024))
@@ -255,11 +252,11 @@ struct GuestVM {
         let s = try #require(hybridConnect(hp, port: 1025))
         let chunk = pattern(1 << 20, seed: 5)
         writeAll(s, [UInt8(ascii: "S")])
-        var tStart = nowNs()
+        var tStart = nowNanoseconds()
         for _ in 0..<(big >> 20) { writeAll(s, chunk) }
         shutdown(s, Int32(SHUT_WR))
         let count = readExactly(s, 8, timeoutMs: 60000)
-        let upSecs = Double(nowNs() - tStart) / 1e9
+        let upSecs = Double(nowNanoseconds() - tStart) / 1e9
         close(s)
         #expect(count == le(UInt64(big)))
 
@@ -268,7 +265,7 @@ struct GuestVM {
         var stall = timeval(tv_sec: 60, tv_usec: 0)
         setsockopt(src, SOL_SOCKET, SO_RCVTIMEO, &stall, socklen_t(MemoryLayout<timeval>.size))
         writeAll(src, [UInt8(ascii: "G")] + le(UInt64(big)))
-        tStart = nowNs()
+        tStart = nowNanoseconds()
         var received = 0
         var patternOK = true
         // The guest repeats a 64 KiB block; compare with memcmp against two copies of it (debug builds are slow).
@@ -283,7 +280,7 @@ struct GuestVM {
             if !same { patternOK = false }
             received += n
         }
-        let downSecs = Double(nowNs() - tStart) / 1e9
+        let downSecs = Double(nowNanoseconds() - tStart) / 1e9
         close(src)
         #expect(received == big)
         #expect(patternOK)
@@ -295,10 +292,10 @@ struct GuestVM {
         var rtts: [Double] = []
         for i in 0..<2000 {
             let msg = pattern(64, seed: 1000 + i)
-            let a = nowNs()
+            let a = nowNanoseconds()
             writeAll(lat, msg)
             let r = readExactly(lat, 64)
-            let rtt = Double(nowNs() - a) / 1000
+            let rtt = Double(nowNanoseconds() - a) / 1000
             guard r == msg else {
                 Issue.record("round trip \(i): \(r.count) bytes back\(r.count == 64 ? ", not the ones sent" : "")")
                 break
@@ -352,7 +349,7 @@ struct GuestVM {
 @Suite(.timeLimit(.minutes(10)), .serialized) struct SocketpairCeiling {
     @Test func socketpairNumbers() throws {
         var fds: [Int32] = [0, 0]
-        #expect(fds.withUnsafeMutableBufferPointer { cvv_socketpair($0.baseAddress!) } == 0)
+        (fds[0], fds[1]) = try Linux.socketPair()
         let peer = fds[1]
         let echo = ThreadRunner {
             var buf = [UInt8](repeating: 0, count: 65536)
@@ -365,10 +362,10 @@ struct GuestVM {
         let msg = [UInt8](repeating: 0x5a, count: 64)
         var rtts: [Double] = []
         for _ in 0..<2000 {
-            let a = nowNs()
+            let a = nowNanoseconds()
             writeAll(fds[0], msg)
             _ = readExactly(fds[0], 64)
-            rtts.append(Double(nowNs() - a) / 1000)
+            rtts.append(Double(nowNanoseconds() - a) / 1000)
         }
         shutdown(fds[0], Int32(SHUT_WR))
         echo.join()
@@ -377,7 +374,7 @@ struct GuestVM {
         rtts.sort()
 
         let big = 64 << 20
-        #expect(fds.withUnsafeMutableBufferPointer { cvv_socketpair($0.baseAddress!) } == 0)
+        (fds[0], fds[1]) = try Linux.socketPair()
         let a = fds[0]
         let b = fds[1]
         let sink = ThreadRunner {
@@ -385,17 +382,17 @@ struct GuestVM {
             while buf.withUnsafeMutableBytes({ read(b, $0.baseAddress, 65536) }) > 0 {}
         }
         let chunk = [UInt8](repeating: 1, count: 1 << 20)
-        var t = nowNs()
+        var t = nowNanoseconds()
         for _ in 0..<(big >> 20) { writeAll(a, chunk) }
         shutdown(a, Int32(SHUT_WR))
         sink.join()
-        let upSecs = Double(nowNs() - t) / 1e9
+        let upSecs = Double(nowNanoseconds() - t) / 1e9
         let source = ThreadRunner {
             let c = [UInt8](repeating: 2, count: 65536)
             for _ in 0..<(big >> 16) { writeAll(b, c) }
             shutdown(b, Int32(SHUT_WR))
         }
-        t = nowNs()
+        t = nowNanoseconds()
         var buf = [UInt8](repeating: 0, count: 65536)
         var total = 0
         while true {
@@ -403,7 +400,7 @@ struct GuestVM {
             if n <= 0 { break }
             total += n
         }
-        let downSecs = Double(nowNs() - t) / 1e9
+        let downSecs = Double(nowNanoseconds() - t) / 1e9
         source.join()
         close(a)
         close(b)

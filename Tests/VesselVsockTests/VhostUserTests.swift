@@ -1,6 +1,6 @@
-import CVesselVsock
 import Logging
 import Testing
+import VesselLinux
 
 @testable import VesselVsock
 
@@ -18,17 +18,15 @@ func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] {
 final class FrontEnd {
     let fd: Int32
     init(path: String) {
-        fd = path.withCString { cvv_unix_connect_blocking($0) }
-        precondition(fd >= 0, "connect \(path): \(-fd)")
+        // A test without its backend cannot go on.
+        fd = try! Linux.connectUnix(path)
     }
     deinit { close(fd) }
 
     @discardableResult
     func send(_ req: UInt32, _ payload: [UInt8] = [], fds: [Int32] = [], flags: UInt32 = 1) -> Bool {
         let msg = VhostUserMessage.encodeRequest(req, payload: payload, flags: flags)
-        let n = msg.withUnsafeBytes { b in
-            fds.withUnsafeBufferPointer { cvv_send_with_fds(fd, b.baseAddress, msg.count, $0.baseAddress, Int32(fds.count)) }
-        }
+        let n = try? Linux.send(fd, msg, fds: fds)
         return n == msg.count
     }
 
@@ -50,8 +48,8 @@ final class FrontEnd {
 
     /// True when the back-end closed the connection (within 10 s, however much it sends first).
     func closedByPeer(timeoutMs: Int32 = 3000) -> Bool {
-        let deadline = nowMs() + 10_000
-        while nowMs() < deadline {
+        let deadline = nowMilliseconds() + 10_000
+        while nowMilliseconds() < deadline {
             guard let b = readSome(fd, timeoutMs: timeoutMs) else { return true }
             if b.isEmpty { return false }
         }
@@ -137,7 +135,7 @@ final class FrontEnd {
         let backend = try makeBackend(dir, exitOnDisconnect: false)
         let thread = backend.start()
         let path = backend.vhostUserSocketPath
-        let efds = (0..<9).map { _ in cvv_eventfd() }
+        let efds = try (0..<9).map { _ in try Linux.eventFD() }
         defer { for f in efds { close(f) } }
         let cases: [(String, (FrontEnd) -> Void)] = [
             ("bad version", { $0.send(1, [], flags: 2) }),
@@ -186,8 +184,8 @@ final class FrontEnd {
         // away, so connect again until one is served.
         var fe = FrontEnd(path: path)
         var features = fe.u64(1)
-        let deadline = nowMs() + 10_000
-        while features == nil && nowMs() < deadline {
+        let deadline = nowMilliseconds() + 10_000
+        while features == nil && nowMilliseconds() < deadline {
             usleep(20_000)
             fe = FrontEnd(path: path)
             features = fe.u64(1)
@@ -202,15 +200,14 @@ final class FrontEnd {
         let dir = TempDir()
         let backend = try makeBackend(dir, exitOnDisconnect: true)
         let thread = backend.start()
-        let memfd = cvv_memfd(UInt64(FakeDriver.memSize))
-        #expect(memfd >= 0)
-        let map = cvv_mmap_shared(memfd, UInt64(FakeDriver.memSize))!
+        let memfd = try Linux.memoryFile(name: "guest-ram", size: UInt64(FakeDriver.memSize))
+        let map = try Linux.mapShared(memfd, length: FakeDriver.memSize)
         defer {
-            _ = cvv_munmap(map, UInt64(FakeDriver.memSize))
+            Linux.unmap(map, length: FakeDriver.memSize)
             close(memfd)
         }
-        let kick = [cvv_eventfd(), cvv_eventfd()]
-        let call = [cvv_eventfd(), cvv_eventfd()]
+        let kick = [try Linux.eventFD(), try Linux.eventFD()]
+        let call = [try Linux.eventFD(), try Linux.eventFD()]
         defer { for f in kick + call { close(f) } }
 
         var driver = FakeDriver(mapping: map)
@@ -244,7 +241,7 @@ final class FrontEnd {
         func waitCall(_ q: Int) {
             var p = pollfd(fd: call[q], events: Int16(POLLIN), revents: 0)
             _ = poll(&p, 1, 500)
-            cvv_eventfd_drain(call[q])
+            Linux.drain(eventFD: call[q])
         }
         func guestReceive(until: ([(VsockHeader, [UInt8])]) -> Bool) -> [(VsockHeader, [UInt8])] {
             var all: [(VsockHeader, [UInt8])] = []
@@ -252,7 +249,7 @@ final class FrontEnd {
                 all += driver.receive()
                 if until(all) { break }
                 driver.postRx(32)
-                _ = cvv_eventfd_signal(kick[0])
+                Linux.signal(eventFD: kick[0])
                 waitCall(0)
             }
             return all
@@ -263,15 +260,15 @@ final class FrontEnd {
                 driver.reclaimTx()
             }
             driver.sendTx(h, payload)
-            _ = cvv_eventfd_signal(kick[1])
+            Linux.signal(eventFD: kick[1])
         }
 
         // Host-initiated connection through the hybrid socket.
-        let client = backend.hybridSocketPath.withCString { cvv_unix_connect_blocking($0) }
+        let client = try Linux.connectUnix(backend.hybridSocketPath)
         defer { close(client) }
         writeAll(client, Array("CONNECT 1024\n".utf8))
         driver.postRx(16)
-        _ = cvv_eventfd_signal(kick[0])
+        Linux.signal(eventFD: kick[0])
         let req = guestReceive { $0.contains { $0.0.operation == .request } }.first { $0.0.operation == .request }
         #expect(req != nil)
         let local = req?.0.srcPort ?? 0
@@ -309,11 +306,11 @@ final class FrontEnd {
         driver = FakeDriver(mapping: map)
         map.initializeMemory(as: UInt8.self, repeating: 0, count: 0x8000)
         startDevice(rxBase: 0, txBase: 0)
-        let client2 = backend.hybridSocketPath.withCString { cvv_unix_connect_blocking($0) }
+        let client2 = try Linux.connectUnix(backend.hybridSocketPath)
         defer { close(client2) }
         writeAll(client2, Array("CONNECT 1025\n".utf8))
         driver.postRx(16)
-        _ = cvv_eventfd_signal(kick[0])
+        Linux.signal(eventFD: kick[0])
         let req2 = guestReceive { $0.contains { $0.0.operation == .request } }.first { $0.0.operation == .request }
         #expect(req2?.0.dstPort == 1025)
 

@@ -1,6 +1,6 @@
-import CVesselVsock
 import FuzzSupport
 import Logging
+import VesselLinux
 
 @testable import VesselVsock
 
@@ -26,11 +26,7 @@ let guestRAM: UInt64 = 1 << 20
 let answered: Set<UInt32> = [1, 11, 15, 17, 24]
 
 func send(_ socket: Int32, _ bytes: [UInt8], fds: [Int32]) {
-    _ = bytes.withUnsafeBytes { b in
-        fds.withUnsafeBufferPointer {
-            cvv_send_with_fds(socket, b.baseAddress, bytes.count, $0.baseAddress, Int32(fds.count))
-        }
-    }
+    _ = try? Linux.send(socket, bytes, fds: fds)
 }
 
 /// Replies read off the front-end's end; each must be a whole reply to an answered request.
@@ -65,15 +61,12 @@ public func initialize(
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let openBefore = OpenFileDescriptors()
     var input = FuzzInput(data, size)
-    var pair: [Int32] = [-1, -1]
-    guard cvv_socketpair(&pair) == 0 else { fatalError("socketpair") }
-    let (frontEnd, backEnd) = (pair[0], pair[1])
+    guard let (frontEnd, backEnd) = try? Linux.socketPair() else { fatalError("socketpair") }
     _ = fcntl(backEnd, F_SETFL, fcntl(backEnd, F_GETFL) | O_NONBLOCK)
-    let memfd = cvv_memfd(guestRAM)
-    guard memfd >= 0 else { fatalError("memfd") }
+    guard let memfd = try? Linux.memoryFile(name: "guest-ram", size: guestRAM) else { fatalError("memfd") }
 
     do {
-        let loop = try EventLoop()
+        let loop = try EpollLoop()
         let device = VsockDevice(
             guestCID: 3, hybridPath: "/nonexistent/vessel-fuzz", options: VsockDeviceOptions(),
             loop: loop, logger: logger)
@@ -88,7 +81,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
                 head.count == VhostUserHeader.size
                 ? head.withUnsafeBytes { VhostUserHeader(bytes: $0.baseAddress!) } : nil
             let payload = input.take(Int(min(header?.size ?? 0, 1 << 16)))
-            let attached = (0..<Int(spec & 0x0f)).map { _ in spec & 0x10 != 0 ? cvv_eventfd() : dup(memfd) }
+            let attached = (0..<Int(spec & 0x0f)).map { _ in spec & 0x10 != 0 ? (try? Linux.eventFD()) ?? -1 : dup(memfd) }
             send(frontEnd, head + payload, fds: attached)
             for fd in attached { close(fd) }  // in flight, the socket holds its own references
             if let header, answered.contains(header.request), header.size == payload.count {
@@ -100,7 +93,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
                 channel = nil  // a protocol error closes the connection, as the backend does
             }
             // Kicks and timers as the backend's loop would run them.
-            loop.runOnce(timeoutMs: 0)
+            loop.runOnce(timeoutMilliseconds: 0)
             device.handleTimers()
             device.processRx()
             checkReplies(frontEnd, &replies, asked: &asked)

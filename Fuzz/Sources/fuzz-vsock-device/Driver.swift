@@ -1,5 +1,5 @@
-import CVesselVsock
 import FuzzSupport
+import VesselLinux
 
 @testable import VesselVsock
 
@@ -71,7 +71,7 @@ final class Driver {
         let slot = Int(q.availIdx % Driver.queueSize)
         avail.storeBytes(of: head.littleEndian, toByteOffset: 4 + 2 * slot, as: UInt16.self)
         q.availIdx &+= 1
-        cvv_store_release_u16(avail + 2, q.availIdx.littleEndian)
+        GuestMemoryAtomics.storeRelease(avail + 2, q.availIdx.littleEndian)
     }
 
     /// Header and payload in two descriptors (as Linux 6.1 posts them) or one.
@@ -118,7 +118,7 @@ final class Driver {
 
     private func used(_ q: inout Queue) -> [(head: UInt16, len: UInt32)] {
         let used = mem + q.ring + 0x2000
-        let idx = UInt16(littleEndian: cvv_load_acquire_u16(used + 2))
+        let idx = UInt16(littleEndian: GuestMemoryAtomics.loadAcquire(used + 2))
         var out: [(UInt16, UInt32)] = []
         var guardCount = 0
         while q.lastUsed != idx, guardCount < Int(Driver.queueSize) {

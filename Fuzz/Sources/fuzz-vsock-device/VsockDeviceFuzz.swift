@@ -1,6 +1,6 @@
-import CVesselVsock
 import FuzzSupport
 import Logging
+import VesselLinux
 
 @testable import VesselVsock
 
@@ -37,9 +37,11 @@ let portListeners: [UInt32: Int32] = [1024: listen(hybridPath + "_1024"), 1025: 
 nonisolated(unsafe) let driver = Driver()
 
 func listen(_ path: String) -> Int32 {
-    let fd = path.withCString { cvv_unix_listen($0, 128) }
-    guard fd >= 0 else { fatalError("listen \(path): \(-fd)") }
-    return fd
+    do {
+        return try Linux.listenUnix(path, nonBlocking: true)
+    } catch {
+        fatalError("listen \(path): \(error)")
+    }
 }
 
 /// Ports the fuzzer picks from: the listening ones, the first host-side ports the device allocates,
@@ -56,7 +58,7 @@ func port(_ input: inout FuzzInput) -> UInt32 {
 }
 
 final class Harness {
-    let loop: EventLoop
+    let loop: EpollLoop
     let device: VsockDevice
     let options: VsockDeviceOptions
     /// The host ends of connections: socketpair halves, accepted guest connections, hybrid clients.
@@ -66,7 +68,7 @@ final class Harness {
 
     init(_ options: VsockDeviceOptions) throws {
         self.options = options
-        loop = try EventLoop()
+        loop = try EpollLoop()
         device = VsockDevice(guestCID: guestCID, hybridPath: hybridPath, options: options, loop: loop, logger: logger)
         driver.reset()
         let memory = driver.memory
@@ -76,16 +78,12 @@ final class Harness {
     }
 
     func pump() {
-        loop.runOnce(timeoutMs: 0)
+        loop.runOnce(timeoutMilliseconds: 0)
         device.handleTimers()
         device.processTx()
         device.processRx()
         for l in portListeners.values {
-            while true {
-                let fd = cvv_accept(l)
-                if fd < 0 { break }
-                hostEnds.append(fd)
-            }
+            while let fd = try? Linux.accept(l) { hostEnds.append(fd) }
         }
         fuzzCheck(device.connectionCount <= options.maxConnections, "\(device.connectionCount) connections")
         guard ringsAreOurs else { return }
@@ -143,17 +141,15 @@ final class Harness {
     }
 
     func hostConnect(_ input: inout FuzzInput) {
-        var pair: [Int32] = [-1, -1]
-        guard cvv_socketpair(&pair) == 0 else { return }
-        _ = fcntl(pair[0], F_SETFL, fcntl(pair[0], F_GETFL) | O_NONBLOCK)
-        hostEnds.append(pair[1])
-        device.hostConnect(fd: pair[0], port: port(&input), timeoutMs: UInt64(input.u8()) * 1000)
+        guard let (deviceEnd, hostEnd) = try? Linux.socketPair() else { return }
+        _ = fcntl(deviceEnd, F_SETFL, fcntl(deviceEnd, F_GETFL) | O_NONBLOCK)
+        hostEnds.append(hostEnd)
+        device.hostConnect(fd: deviceEnd, port: port(&input), timeoutMilliseconds: UInt64(input.u8()) * 1000)
     }
 
     /// A hybrid client with a fuzzed first line (`CONNECT <port> [timeout]\n` when it behaves).
     func handshake(_ input: inout FuzzInput) {
-        let fd = hybridPath.withCString { cvv_unix_connect($0) }
-        guard fd >= 0 else { return }
+        guard let fd = try? Linux.connectUnix(hybridPath, nonBlocking: true) else { return }
         hostEnds.append(fd)
         let line = input.take(Int(input.u8() % 80))
         _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
@@ -193,17 +189,9 @@ final class Harness {
         hostEnds = []
         // Guest connections the device made but the test never accepted.
         for l in portListeners.values {
-            while true {
-                let fd = cvv_accept(l)
-                if fd < 0 { break }
-                close(fd)
-            }
+            while let fd = try? Linux.accept(l) { close(fd) }
         }
-        while true {
-            let fd = cvv_accept(hybridListener)
-            if fd < 0 { break }
-            close(fd)
-        }
+        while let fd = try? Linux.accept(hybridListener) { close(fd) }
     }
 }
 
