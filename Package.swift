@@ -96,7 +96,8 @@ let package = Package(
         .executableTarget(name: "vessel-vsock", dependencies: ["VesselVsock"]),
         // hostile-guest.c: the attacking guest's /init, compiled by its test with gcc -static.
         .testTarget(
-            name: "VesselVsockTests", dependencies: ["VesselVsock", "VesselLinux"], exclude: ["guest-init.c", "hostile-guest.c"]),
+            name: "VesselVsockTests", dependencies: ["VesselVsock", "VesselLinux", "VesselDevSupport"],
+            exclude: ["guest-init.c", "hostile-guest.c"]),
         // QEMU guests: command line, accelerator probe, console capture (host side).
         .target(name: "VesselVM", dependencies: ["VesselLinux"]),
         .testTarget(

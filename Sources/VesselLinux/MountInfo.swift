@@ -59,3 +59,16 @@ public struct MountInfo: Sendable, Equatable {
         mounts.contains { $0.mountPoint == "/" && $0.id == $0.parentID }
     }
 }
+
+extension Linux {
+    /// Where this host mounts cgroup2 read-write: /sys/fs/cgroup/unified on a hybrid host,
+    /// /sys/fs/cgroup on a v2-only one; nil on a v1-only host.
+    public static func cgroup2Mount() -> String? {
+        let mounts = (try? readFile("/proc/self/mounts")) ?? ""
+        for line in mounts.split(separator: "\n") {
+            let fields = line.split(separator: " ")
+            if fields.count > 3 && fields[2] == "cgroup2" && fields[3].split(separator: ",").contains("rw") { return String(fields[1]) }
+        }
+        return nil
+    }
+}

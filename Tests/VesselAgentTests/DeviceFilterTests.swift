@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VesselDevSupport
+import VesselLinux
 import VesselProtocol
 
 @testable import VesselAgent
@@ -10,15 +11,7 @@ import VesselProtocol
 @Suite(.timeLimit(.minutes(3)), .serialized)
 struct DeviceFilterTests {
     static let denyAll = rule(allow: false, "a", -1, -1, "rwm")
-    /// Where this host mounts cgroup2: /sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on a v2-only one.
-    static let cgroup2: String? = {
-        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
-        for line in mounts.split(separator: "\n") {
-            let fields = line.split(separator: " ").map(String.init)
-            if fields.count > 3 && fields[2] == "cgroup2" && fields[3].split(separator: ",").contains("rw") { return fields[1] }
-        }
-        return nil
-    }()
+    static let cgroup2 = Linux.cgroup2Mount()
 
     /// Runs `script` in a fresh cgroup2 directory with the filter for `rules` attached.
     func run(_ rules: [Grpc_LinuxDeviceCgroup], _ script: String) throws -> String {

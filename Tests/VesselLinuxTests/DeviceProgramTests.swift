@@ -5,15 +5,7 @@ import VesselLinux
 /// cgroup v2 device programs: the generated eBPF, and the real thing on this host's cgroup2 mount.
 @Suite(.timeLimit(.minutes(1)), .serialized)
 struct DeviceProgramTests {
-    /// Where this host mounts cgroup2: /sys/fs/cgroup/unified on a hybrid host, /sys/fs/cgroup on a v2-only one.
-    static let cgroup2: String? = {
-        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
-        for line in mounts.split(separator: "\n") {
-            let fields = line.split(separator: " ").map(String.init)
-            if fields.count > 3 && fields[2] == "cgroup2" && fields[3].split(separator: ",").contains("rw") { return fields[1] }
-        }
-        return nil
-    }()
+    static let cgroup2 = Linux.cgroup2Mount()
     static let readKmsg = DeviceRule(allow: true, kind: .char, major: 1, minor: 11, access: "r")
     static let null = DeviceRule(allow: true, kind: .char, major: 1, minor: 3)
 

@@ -7,8 +7,8 @@ import VesselDevSupport
 /// The `vessel` binary built next to the tests, run as docker or podman would run it.
 struct VesselCLI {
     static let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("vessel").path
-    static let kernel = ProcessInfo.processInfo.environment["VESSEL_KERNEL"] ?? ""
-    static let initrd = ProcessInfo.processInfo.environment["VESSEL_INITRD"] ?? ""
+    static let kernel = TestGuest.kernel ?? ""
+    static let initrd = TestGuest.initrd ?? ""
     static var guestAvailable: Bool { !kernel.isEmpty && !initrd.isEmpty }
 
     let directory: String

@@ -11,7 +11,7 @@ struct CommandResult {
 /// Runs a program with stdout and stderr together in a file (callers' daemons may inherit them),
 /// `input` on its stdin; one that outlives `timeout` is killed and fails the test. Spawned and
 /// reaped by us (VesselLinux's spawn, waitpid): the child starts with no signal blocked whatever
-/// the test thread blocks, and a quick exit is never missed.
+/// the test thread blocks, a quick exit is never missed, and a test run that dies takes it along.
 func command(
     _ arguments: [String], environment: [String: String]? = nil, input: String? = nil, timeout: Double = 300
 ) throws
@@ -34,7 +34,7 @@ func command(
     let environment = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
     let spawned = try spawn(
         exeFD: -1, path: arguments[0], arguments: arguments, environment: environment,
-        fds: [(stdin, 0), (out, 1), (out, 2)])
+        fds: [(stdin, 0), (out, 1), (out, 2)], parentDeathSignal: SIGKILL)
     var raw: Int32 = 0
     let deadline = Date().addingTimeInterval(timeout)
     var reaped = waitpid(spawned.pid, &raw, WNOHANG)

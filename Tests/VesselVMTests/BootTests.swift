@@ -2,6 +2,7 @@ import Foundation
 import NIOPosix
 import Testing
 import VesselAgentClient
+import VesselDevSupport
 import VesselProtocol
 import VesselVM
 import VesselVsock
@@ -9,9 +10,9 @@ import VesselVsock
 /// Boots the guest kernel + initrd that `make kernel initrd` built (paths from VESSEL_KERNEL and
 /// VESSEL_INITRD, which `make test` sets; without them these tests are skipped, so a plain
 /// `swift test` works on a machine without the guest images).
-let kernel = ProcessInfo.processInfo.environment["VESSEL_KERNEL"] ?? ""
-let initrd = ProcessInfo.processInfo.environment["VESSEL_INITRD"] ?? ""
-let debugInitrd = ProcessInfo.processInfo.environment["VESSEL_DEBUG_INITRD"] ?? ""
+let kernel = TestGuest.kernel ?? ""
+let initrd = TestGuest.initrd ?? ""
+let debugInitrd = TestGuest.debugInitrd ?? ""
 
 @Suite(
     .timeLimit(.minutes(10)), .serialized,

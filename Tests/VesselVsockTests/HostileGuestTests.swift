@@ -1,6 +1,7 @@
 import Logging
 import Synchronization
 import Testing
+import VesselDevSupport
 import VesselLinux
 
 @testable import VesselVsock
@@ -14,8 +15,8 @@ import VesselLinux
 /// stop that device with a logged reason), stay responsive and keep its memory bounded. The suite's limit is
 /// its longest test's own: where a suite's and a test's limits both apply, the shorter wins.
 @Suite(.timeLimit(.minutes(30)), .serialized) struct HostileGuestTests {
-    static let skipReason = "needs VESSEL_KERNEL (a guest kernel), qemu-system-x86_64 and gcc"
-    static var enabled: Bool { getenv("VESSEL_KERNEL") != nil && GuestVM.available }
+    static let skipReason = "needs a guest kernel (VESSEL_KERNEL or the build cache), qemu-system-x86_64 and gcc"
+    static var enabled: Bool { GuestVM.available }
 
     @Test(.enabled(if: enabled, Comment(rawValue: skipReason)), .timeLimit(.minutes(30)))
     func hostileGuestBesideAWellBehavedOne() throws {
@@ -298,7 +299,7 @@ struct GuestPair {
         // client's write then must fail with EPIPE, not kill the process hosting both backends.
         signal(SIGPIPE, SIG_IGN)
         var out = GuestPair()
-        let kernel = try #require(getenv("VESSEL_KERNEL").map { String(cString: $0) })
+        let kernel = try #require(TestGuest.kernel)
         let build = TempDir()
         let goodSource = try guestSource("guest-init.c"), hostileSource = try guestSource("hostile-guest.c")
         try #require(mkdir(build.path + "/a", 0o755) == 0 && mkdir(build.path + "/b", 0o755) == 0)

@@ -1,5 +1,6 @@
 import Synchronization
 import Testing
+import VesselDevSupport
 import VesselLinux
 
 @testable import VesselVsock
@@ -143,13 +144,7 @@ func fmt1(_ d: Double) -> String { String(Double(Int(d * 10)) / 10) }
 
 @Suite(.timeLimit(.minutes(1)))
 struct GuestVM {
-    static var kernelPath: String? {
-        if let k = getenv("VESSEL_KERNEL").map({ String(cString: $0) }), access(k, R_OK) == 0 { return k }
-        var g = glob_t()
-        defer { globfree(&g) }
-        guard glob("/var/cache/vessel/kernel/*/bzImage", 0, nil, &g) == 0, g.gl_pathc > 0 else { return nil }
-        return String(cString: g.gl_pathv[0]!)
-    }
+    static var kernelPath: String? { TestGuest.kernel }
     static var available: Bool {
         kernelPath != nil && access("/usr/bin/qemu-system-x86_64", X_OK) == 0 && access("/usr/bin/gcc", X_OK) == 0
     }
