@@ -13,8 +13,7 @@ enum DeviceFilter {
 
     /// The spec's rule; Validation refused the types and access letters it cannot mean.
     static func rule(_ rule: Grpc_LinuxDeviceCgroup) -> DeviceRule {
-        let kind: DeviceRule.Kind = rule.type == "b" ? .block : rule.type == "c" ? .char : .all
-        return DeviceRule(allow: rule.allow, kind: kind, major: rule.major, minor: rule.minor, access: rule.access)
+        DeviceRule(allow: rule.allow, kind: DeviceRule.Kind(type: rule.type), major: rule.major, minor: rule.minor, access: rule.access)
     }
 
     /// What neither the spec nor the defaults allow is refused (a spec without rules must not mean

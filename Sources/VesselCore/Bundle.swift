@@ -54,8 +54,6 @@ public struct GuestBundle: Sendable {
     }
     public var pod: PodRole { PodRole(annotations: oci.annotations ?? [:]) }
 
-    /// A new network namespace that only the hooks can configure (docker's libnetwork does it in
-    /// prestart): it must exist, in a process the hooks get the pid of, before they run.
     /// Hooks the runtime spec runs in the container's namespaces, which are in the guest, where the
     /// host's programs are not: Vessel does not run them (and `vessel features` does not list them).
     public var hooksNotRun: [String] {
@@ -63,6 +61,8 @@ public struct GuestBundle: Sendable {
             .filter { !($0.1 ?? []).isEmpty }.map { "hooks.\($0.0)" }
     }
 
+    /// A new network namespace that only the hooks can configure (docker's libnetwork does it in
+    /// prestart): it must exist, in a process the hooks get the pid of, before they run.
     public var hooksConfigureNetwork: Bool {
         let hooks = oci.hooks
         return networkNamespace == .new && (!(hooks?.prestart ?? []).isEmpty || !(hooks?.createRuntime ?? []).isEmpty)

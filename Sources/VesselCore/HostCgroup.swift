@@ -139,7 +139,7 @@ public enum HostCgroup {
     /// business, not the host's: the guest's devices are its own.
     static func hostRules(_ rules: [OCISpec.DeviceCgroup]) -> [DeviceRule] {
         let spec = rules.compactMap { rule -> DeviceRule? in
-            let kind: DeviceRule.Kind = rule.type == "c" ? .char : rule.type == "b" ? .block : .all
+            let kind = DeviceRule.Kind(type: rule.type)
             let major = rule.major.flatMap { $0 < 0 ? nil : $0 }
             if rule.allow && (kind == .all || major == nil) { return nil }
             return DeviceRule(

@@ -4,7 +4,12 @@
 
 /// One cgroup device rule, as OCI and cgroup v1 spell it: allow or deny `type major:minor access`.
 public struct DeviceRule: Equatable, Sendable {
-    public enum Kind: Sendable { case all, char, block }
+    public enum Kind: Sendable {
+        case all, char, block
+
+        /// OCI's and v1's type letter: "c", "b", else (empty, "a", absent) every device.
+        public init(type: String?) { self = type == "c" ? .char : type == "b" ? .block : .all }
+    }
     public var allow: Bool
     public var kind: Kind
     /// nil: any.

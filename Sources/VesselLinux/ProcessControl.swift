@@ -124,15 +124,14 @@ extension Linux {
     public static func attachedDevicePrograms(cgroup directoryFD: Int32) throws(LinuxError) -> [UInt32] {
         var ids = [UInt32](repeating: 0, count: 64)
         var count = UInt32(ids.count)
-        let rc = ids.withUnsafeMutableBufferPointer { vessel_bpf_device_query(directoryFD, $0.baseAddress, &count) }
-        if rc < 0 { throw LinuxError(stage: "bpf(BPF_PROG_QUERY) device programs", errno: -rc) }
+        try cvessel("bpf(BPF_PROG_QUERY) device programs") {
+            ids.withUnsafeMutableBufferPointer { vessel_bpf_device_query(directoryFD, $0.baseAddress, &count) }
+        }
         return Array(ids.prefix(Int(count)))
     }
 
     /// An fd of a loaded program, by the id `attachedDevicePrograms` names.
     public static func deviceProgram(id: UInt32) throws(LinuxError) -> Int32 {
-        let fd = vessel_bpf_prog_fd_by_id(id)
-        if fd < 0 { throw LinuxError(stage: "bpf(BPF_PROG_GET_FD_BY_ID)", errno: -fd, detail: "program \(id)") }
-        return fd
+        try cvessel("bpf(BPF_PROG_GET_FD_BY_ID)", "program \(id)") { vessel_bpf_prog_fd_by_id(id) }
     }
 }
