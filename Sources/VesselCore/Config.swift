@@ -59,9 +59,13 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
         public var debugConsole = false
         /// Seconds for one agent request (container creation under TCG can take a while).
         public var requestTimeout = 60
+        /// Seconds the agent may leave a health check unanswered before the sandbox counts as
+        /// dead (QEMU is then killed and every process reported exited, 255); 0: no checks.
+        public var healthCheckTimeout = 30
 
         enum CodingKeys: String, CodingKey {
             case logLevel = "log_level", debugConsole = "debug_console", requestTimeout = "request_timeout"
+            case healthCheckTimeout = "health_check_timeout"
         }
 
         public init() {}
@@ -71,6 +75,7 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
             logLevel = try c.decodeIfPresent(String.self, forKey: .logLevel) ?? "info"
             debugConsole = try c.decodeIfPresent(Bool.self, forKey: .debugConsole) ?? false
             requestTimeout = try c.decodeIfPresent(Int.self, forKey: .requestTimeout) ?? 60
+            healthCheckTimeout = try c.decodeIfPresent(Int.self, forKey: .healthCheckTimeout) ?? 30
         }
     }
 
@@ -236,6 +241,10 @@ public struct RuntimeConfig: Codable, Sendable, Equatable {
         }
         if !(8192...(16 << 20)).contains(hypervisor.msize9p) {
             throw RuntimeError("\(name): hypervisor.msize_9p \(hypervisor.msize9p) is not in 8192...16777216")
+        }
+        if agent.requestTimeout < 1 { throw RuntimeError("\(name): agent.request_timeout \(agent.requestTimeout) is below 1") }
+        if agent.healthCheckTimeout < 0 {
+            throw RuntimeError("\(name): agent.health_check_timeout \(agent.healthCheckTimeout) is negative")
         }
         if !["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(agent.logLevel) {
             throw RuntimeError("\(name): agent.log_level \"\(agent.logLevel)\" is not a log level")

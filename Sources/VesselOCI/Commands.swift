@@ -144,7 +144,10 @@ struct Context: Sendable {
         let monitor = ProcessMonitor(
             owner: owner, containerID: id, role: role, terminal: terminal, consoleSocket: consoleSocket,
             directory: store.directory(id) + "/" + name)
-        return try await monitor.run(signals: signals, ready: ready)
+        let status = try await monitor.run(signals: signals, ready: ready)
+        // 255 is also what a dead sandbox reports: then the caller learns why.
+        if status == 255, let failure = try? store.load(id).failure { log.error("sandbox \(sandbox) failed: \(failure)") }
+        return status
     }
 
     // MARK: lifecycle

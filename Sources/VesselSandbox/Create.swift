@@ -203,6 +203,7 @@ extension SandboxOwner {
         }
         if let network { try await configureGuest(network, agent: agent) }
         watchOOM()
+        watchAgent(vm)
     }
 
     /// The guest's side of each interface (found by MAC), then the namespace's routes and static ARP entries.

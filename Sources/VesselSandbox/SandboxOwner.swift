@@ -120,6 +120,27 @@ public actor SandboxOwner {
 
     // MARK: the sandbox
 
+    /// A guest that stops answering (QEMU stopped, its kernel hung, the agent wedged) is as dead
+    /// as one whose QEMU exited: without this, every wait and exec in flight would hang until a
+    /// forced delete. As Kata's shim: one health check at a time on the agent's connection.
+    func watchAgent(_ vm: SandboxVM) {
+        let seconds = config.agent.healthCheckTimeout
+        guard seconds > 0, let agent else { return }
+        let checks = AgentClient(agent.ttrpc, timeout: .seconds(seconds))
+        Task {
+            while true {
+                try? await Task.sleep(for: .seconds(min(5, seconds)))
+                guard await self.agent === agent else { return }
+                do { _ = try await checks.check() } catch {
+                    guard await self.agent === agent else { return }
+                    await self.sandboxFailed("the agent did not answer a health check within health_check_timeout (\(seconds) s)")
+                    await Linux.blocking { vm.kill() }
+                    return
+                }
+            }
+        }
+    }
+
     /// QEMU or the backend died: every process still running is reported stopped with status 255.
     func sandboxFailed(_ reason: String) async {
         guard !shuttingDown, sandboxFailure == nil else { return }

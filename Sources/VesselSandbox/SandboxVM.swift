@@ -82,6 +82,9 @@ extension SandboxVM {
 
     var qemuPid: Int32 { vm.pid }
 
+    /// SIGKILL to QEMU (a stopped one too), then reaped.
+    func kill() { vm.kill() }
+
     /// Until the agent announces itself on the console (no polling of the socket). The error is
     /// the one line the CLI prints: the console's raw tail (escape sequences that reset the
     /// caller's terminal included) stays out of it, its last line of text is kept.

@@ -17,7 +17,8 @@ struct FailurePathTests {
     /// cannot be dialed); delete --force then removes the sandbox, QEMU included.
     @Test func aStoppedQEMUFailsExecAndKillInBoundedTimeAndForceDeleteRemovesIt() throws {
         let requestTimeout = 3.0
-        let cli = try VesselCLI(agent: "request_timeout = \(Int(requestTimeout))")
+        // Without health checks: the requests' own bounds are what this test pins.
+        let cli = try VesselCLI(agent: "request_timeout = \(Int(requestTimeout))\nhealth_check_timeout = 0")
         defer { cli.cleanUp() }
         let bundle = try cli.bundle(["sleep", "1000"])
         let started = try cli.run(["run", "--detach", "--bundle", bundle, "stop1"])
@@ -40,6 +41,37 @@ struct FailurePathTests {
         #expect(took < requestTimeout + 15, "delete --force took \(took) s")
         #expect(ProcessIdentity.waitGone(pid: qemu, timeout: 0), "QEMU outlived delete --force")
         try cli.expectNothingLeft("stop1")
+    }
+
+    /// An exec already waiting when the guest stops answering has no request to time out: the
+    /// owner's health check ends it, with status 255 and one line naming the check, within
+    /// health_check_timeout and the 5-s interval. QEMU is killed, the container reads stopped
+    /// (the guest could resume otherwise) and a plain delete removes everything.
+    @Test func anExecWaitingWhenTheGuestStopsAnsweringEndsOnceAHealthCheckFails() throws {
+        let healthTimeout = 3.0
+        let cli = try VesselCLI(agent: "health_check_timeout = \(Int(healthTimeout))")
+        defer { cli.cleanUp() }
+        let bundle = try cli.bundle(["sleep", "1000"])
+        var result = try cli.run(["run", "--detach", "--bundle", bundle, "hc1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let exec = Background { try cli.run(["exec", "hc1", "sh", "-c", "echo started; exec sleep 2000"], timeout: 120) }
+        let running = { try cli.run(["exec", "hc1", "sh", "-c", "ps | grep -c '[s]leep 2000'"]).stdout == "1\n" }
+        let deadline = Date().addingTimeInterval(60)
+        while try !running() && Date() < deadline { usleep(200_000) }
+        let qemu = try cli.sandbox("hc1").qemuPid
+        #expect(qemu > 0 && kill(qemu, SIGSTOP) == 0)
+
+        let (waited, took) = try timed { try exec.value(timeout: 60) }
+        #expect(took < healthTimeout + 5 + 5, "the exec ended \(took) s after QEMU stopped")
+        result = try #require(waited, "the exec still waits 60 s after QEMU stopped")
+        #expect(result.status == 255 && result.stdout == "started\n", "status \(result.status), stdout \(result.stdout)")
+        let lines = result.stderr.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].contains("health_check_timeout (3 s)"), "\(result.stderr)")
+        #expect(ProcessIdentity.waitGone(pid: qemu, timeout: 10), "QEMU outlived the failed health check")
+        #expect(try cli.state("hc1")["status"] as? String == "stopped")
+        result = try cli.run(["delete", "hc1"])
+        #expect(result.status == 0, "\(result.stderr)")
+        try cli.expectNothingLeft("hc1")
     }
 
     /// A guest whose agent never announces itself fails `create` and `run` once boot_timeout is

@@ -33,12 +33,14 @@ struct ConfigTests {
             kernel_params = ["agent.log=debug"]
             [agent]
             debug_console = true
+            health_check_timeout = 0
             """)
         #expect(config.hypervisor.memoryMiB == 512)
         #expect(config.hypervisor.accelerator == "tcg")
         #expect(config.hypervisor.vcpus == 1)
         #expect(config.hypervisor.kernelParams == ["agent.log=debug"])
         #expect(config.agent.debugConsole)
+        #expect(config.agent.healthCheckTimeout == 0 && RuntimeConfig().agent.healthCheckTimeout == 30)
         #expect(try RuntimeConfig.parse("") == RuntimeConfig())
         // What `vessel env` prints reads back as the same configuration.
         #expect(try RuntimeConfig.parse(config.toml()) == config)
@@ -49,6 +51,8 @@ struct ConfigTests {
         expectError("hypervisor.accelerator \"hvf\"") { _ = try RuntimeConfig.parse("[hypervisor]\naccelerator = \"hvf\"\n") }
         expectError("hypervisor.machine_type") { _ = try RuntimeConfig.parse("[hypervisor]\nmachine_type = \"pc\"\n") }
         expectError("memory_mib") { _ = try RuntimeConfig.parse("[hypervisor]\nmemory_mib = \"lots\"\n") }
+        expectError("agent.health_check_timeout -1 is negative") { _ = try RuntimeConfig.parse("[agent]\nhealth_check_timeout = -1\n") }
+        expectError("agent.request_timeout 0 is below 1") { _ = try RuntimeConfig.parse("[agent]\nrequest_timeout = 0\n") }
         expectError("configuration") { _ = try RuntimeConfig.parse("[hypervisor\n") }
         expectError("/nonexistent/vessel.toml: cannot read") { _ = try RuntimeConfig.load(explicit: "/nonexistent/vessel.toml") }
     }
