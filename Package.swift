@@ -9,6 +9,7 @@ import PackageDescription
 //   guest: VesselSpec -> VesselAgent -> vessel-agent (C only through VesselLinux, libseccomp too)
 //   host:  VesselSpec -> VesselCore (config, bundles, records, hooks, host cgroups)
 //          -> VesselSandbox (the owner: QEMU, vsock backend, agent client) -> VesselOCI + VesselContainerd -> vessel
+//   tests: VesselLinux -> VesselTestSupport -> VesselDevSupport and every test target
 let package = Package(
     name: "Vessel",
     platforms: [.macOS(.v13)],
@@ -44,7 +45,15 @@ let package = Package(
             name: "VesselLinux",
             dependencies: ["CVessel", "CSeccomp"]
         ),
-        .testTarget(name: "VesselLinuxTests", dependencies: ["VesselLinux"]),
+        .testTarget(name: "VesselLinuxTests", dependencies: ["VesselLinux", "VesselTestSupport"]),
+        // What every test target shares: commands and daemons started through `spawn` (they die with
+        // the test run, PR_SET_PDEATHSIG) with a bound on every wait, temporary directories, bounded
+        // polls, /proc scans, Unix listeners, the guest files the VM suites boot. No Testing in it:
+        // vessel-dev links it too (through VesselDevSupport's local agent).
+        .target(name: "VesselTestSupport", dependencies: ["VesselLinux"]),
+        .testTarget(name: "VesselTestSupportTests", dependencies: ["VesselLinux", "VesselTestSupport"]),
+        // For VesselTestSupportTests: a parent to kill, whose daemon must die with it.
+        .executableTarget(name: "vessel-test-helper", dependencies: ["VesselTestSupport"], path: "Tests/VesselTestHelper"),
         .target(
             name: "VesselProtocol",
             dependencies: [
@@ -80,7 +89,7 @@ let package = Package(
         .target(
             name: "VesselDevSupport",
             dependencies: [
-                "VesselAgentClient", "VesselLinux", "VesselProtocol",
+                "VesselAgentClient", "VesselLinux", "VesselProtocol", "VesselTestSupport",
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
@@ -96,15 +105,15 @@ let package = Package(
         .executableTarget(name: "vessel-vsock", dependencies: ["VesselVsock"]),
         // hostile-guest.c: the attacking guest's /init, compiled by its test with gcc -static.
         .testTarget(
-            name: "VesselVsockTests", dependencies: ["VesselVsock", "VesselLinux", "VesselDevSupport"],
+            name: "VesselVsockTests", dependencies: ["VesselVsock", "VesselLinux", "VesselTestSupport"],
             exclude: ["guest-init.c", "hostile-guest.c"]),
         // QEMU guests: command line, accelerator probe, console capture (host side).
         .target(name: "VesselVM", dependencies: ["VesselLinux"]),
         .testTarget(
             name: "VesselVMTests",
             dependencies: [
-                "VesselVM", "VesselVsock", "VesselAgentClient", "VesselDevSupport", "VesselProtocol",
-                .product(name: "NIOPosix", package: "swift-nio"),
+                "VesselVM", "VesselVsock", "VesselAgentClient", "VesselDevSupport", "VesselProtocol", "VesselLinux",
+                "VesselTestSupport", .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
         // Host, every process: configuration, bundles -> guest spec, records, hooks, errors.
@@ -145,14 +154,14 @@ let package = Package(
             name: "VesselRuntimeTests",
             dependencies: [
                 "VesselCore", "VesselSandbox", "VesselOCI", "VesselContainerd", "VesselDevSupport", "VesselProtocol",
-                "VesselLinux", "VesselVM",
+                "VesselLinux", "VesselTestSupport", "VesselVM",
             ]
         ),
         // The initrd builder: newc cpio of rootfs/ plus the static agent as /init, compressed.
         .target(name: "VesselImage"),
         .executableTarget(
             name: "vessel-image", dependencies: ["VesselImage", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .testTarget(name: "VesselImageTests", dependencies: ["VesselImage"]),
+        .testTarget(name: "VesselImageTests", dependencies: ["VesselImage", "VesselTestSupport"]),
         .executableTarget(
             name: "vessel-dev",
             dependencies: [
@@ -162,7 +171,7 @@ let package = Package(
         .testTarget(
             name: "VesselProtocolTests",
             dependencies: [
-                "VesselProtocol",
+                "VesselLinux", "VesselProtocol", "VesselTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -173,6 +182,7 @@ let package = Package(
             name: "VesselAgentTests",
             dependencies: [
                 "VesselAgent", "VesselAgentClient", "VesselDevSupport", "VesselLinux", "VesselProtocol", "VesselSpec",
+                "VesselTestSupport",
             ]
         ),
     ],

@@ -2,9 +2,11 @@ import Foundation
 import NIOPosix
 import VesselAgentClient
 import VesselProtocol
+import VesselTestSupport
 
 /// A real `vessel-agent` process in host mode on a Unix socket in a fresh temp dir, with a busybox
-/// rootfs next to it: what the host-mode tests, `vessel-dev demo` and `make bench` drive.
+/// rootfs next to it: what the host-mode tests, `vessel-dev demo` and `make bench` drive. The
+/// agent dies with the process that started it (VesselTestSupport's `ChildProcess`).
 public final class LocalAgent: @unchecked Sendable {
     public static let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
@@ -12,39 +14,37 @@ public final class LocalAgent: @unchecked Sendable {
     public let rootfs: String
     public let runDir: String
     public let socket: String
-    public let process: Process
+    public let process: ChildProcess
     public let client: AgentClient
 
     /// `arguments` go after the usual ones (e.g. `--no-pivot`).
     public init(binary: String, logLevel: String = "warning", arguments: [String] = []) async throws {
-        directory = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-agent-\(UUID().uuidString.prefix(8))")
-        rootfs = directory.appendingPathComponent("rootfs").path
-        runDir = directory.appendingPathComponent("run").path
-        socket = directory.appendingPathComponent("agent.sock").path
-        process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--server-addr", "unix://\(socket)", "--run-dir", runDir, "--log-level", logLevel] + arguments
+        let path = try temporaryDirectory("vessel-agent")
+        directory = URL(fileURLWithPath: path)
+        rootfs = path + "/rootfs"
+        runDir = path + "/run"
+        let socket = path + "/agent.sock"
+        self.socket = socket
+        let agent: ChildProcess
         do {
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             try BusyboxRootfs.make(at: rootfs)
-            try process.run()
+            agent = try ChildProcess(
+                [binary, "--server-addr", "unix://\(socket)", "--run-dir", runDir, "--log-level", logLevel] + arguments)
         } catch {
-            try? FileManager.default.removeItem(at: directory)
+            try? FileManager.default.removeItem(atPath: path)
             throw DevSupportError("cannot start vessel-agent \(binary): \(error)")
         }
+        process = agent
         var connected: AgentClient?
-        for _ in 0..<400 where process.isRunning {
-            if FileManager.default.fileExists(atPath: socket),
-                let client = try? await AgentClient.connect(unixPath: socket, group: Self.group, timeout: .seconds(60))
-            {
-                connected = client
-                break
-            }
-            try await Task.sleep(for: .milliseconds(25))
+        await waitUntil(timeout: 10, every: 0.025) {
+            guard agent.isRunning else { return true }
+            guard FileManager.default.fileExists(atPath: socket) else { return false }
+            connected = try? await AgentClient.connect(unixPath: socket, group: Self.group, timeout: .seconds(60))
+            return connected != nil
         }
         guard let connected else {
-            if process.isRunning { process.terminate() }
-            try? FileManager.default.removeItem(at: directory)
+            agent.stop(grace: 10)
+            try? FileManager.default.removeItem(atPath: path)
             throw DevSupportError("vessel-agent (\(binary)) did not listen on \(socket)")
         }
         client = connected
@@ -75,21 +75,16 @@ public final class LocalAgent: @unchecked Sendable {
     @discardableResult
     public func stop() async -> Bool {
         await client.close()
-        if process.isRunning { process.terminate() }
-        let deadline = Date().addingTimeInterval(Self.stopGrace)
+        process.signal(SIGTERM)
         // A cancelled test (its time limit) stops waiting and kills the agent at once.
-        while process.isRunning && Date() < deadline && !Task.isCancelled { try? await Task.sleep(for: .milliseconds(20)) }
-        let exited = process.exited(within: 0)
+        let exited = await waitUntil(timeout: Self.stopGrace, every: 0.02) { !process.isRunning }
+        if !exited { process.kill() }
         try? FileManager.default.removeItem(at: directory)
         return exited
     }
 
     /// VmRSS of the agent process in KiB.
-    public var residentKiB: Int {
-        let status = (try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8)) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
-    }
+    public var residentKiB: Int { HostProcesses.statusKiB("VmRSS", pid: "\(process.pid)") }
 
     /// The busybox container spec used everywhere: new pid/mount/uts/ipc namespaces, the usual mounts.
     public func spec(_ args: [String], terminal: Bool = false, hostname: String = "vessel-test") -> Grpc_Spec {
@@ -106,26 +101,7 @@ public final class LocalAgent: @unchecked Sendable {
     }
 }
 
-extension Process {
-    /// Waits at most `seconds` for the process to exit; one still running then gets SIGKILL. False
-    /// when it had to be killed, so the caller can fail clearly instead of waiting forever
-    /// (`waitUntilExit` has no bound). Even after SIGKILL the wait is bounded: a process stuck in
-    /// the kernel (D state) is left behind rather than hanging the caller.
-    public func exited(within seconds: Double) -> Bool {
-        let deadline = Date().addingTimeInterval(seconds)
-        while isRunning && Date() < deadline { usleep(20_000) }
-        guard isRunning else { return true }
-        kill(processIdentifier, SIGKILL)
-        let killed = Date().addingTimeInterval(10)
-        while isRunning && Date() < killed { usleep(20_000) }
-        return false
-    }
-}
-
-public struct DevSupportError: Error, CustomStringConvertible {
-    public var description: String
-    public init(_ description: String) { self.description = description }
-}
+public typealias DevSupportError = TestSupportError
 
 public enum BusyboxRootfs {
     public static let applets = [

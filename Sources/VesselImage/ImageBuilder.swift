@@ -1,7 +1,7 @@
 import Foundation
 
 public enum Compression: String, CaseIterable, Sendable {
-    case zstd, gzip, none
+    case zstd, lz4, gzip, none
 
     /// The compressor's command line, reading the file named last and writing to stdout. Both are
     /// deterministic: gzip -n stores no name or timestamp, and a zstd frame depends only on the input,
@@ -12,6 +12,8 @@ public enum Compression: String, CaseIterable, Sendable {
     var command: [String]? {
         switch self {
         case .zstd: ["/usr/bin/zstd", "-19", "-T0", "-q", "--no-progress", "-c"]
+        // The kernel reads only lz4's legacy frame format (-l).
+        case .lz4: ["/usr/bin/lz4", "-l", "-12", "-q", "-c"]
         case .gzip: ["/usr/bin/gzip", "-n", "-9", "-c"]
         case .none: nil
         }

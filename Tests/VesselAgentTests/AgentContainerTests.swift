@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VesselDevSupport
 import VesselProtocol
+import VesselTestSupport
 
 /// The agent as a root process on this host, over a Unix socket, with busybox containers.
 @Suite(.timeLimit(.minutes(3)), .serialized)
@@ -139,11 +140,11 @@ struct AgentContainerTests {
             let marker = "4242\(Int.random(in: 1000...9999))"
             try await agent.run("gone", ["sleep", marker])
             try await agent.exec("gone", "also", ["sleep", marker])
-            #expect(pids(withArgument: marker).count == 2)
+            #expect(HostProcesses.pids(withArgument: marker).count == 2)
             try await agent.create("never-started", ["sleep", marker])
             try await agent.client.removeContainer("gone")
             try await agent.client.removeContainer("never-started")
-            #expect(pids(withArgument: marker).isEmpty)
+            #expect(HostProcesses.pids(withArgument: marker).isEmpty)
             #expect(agent.leftoverMounts().isEmpty, "\(agent.leftoverMounts())")
             await expectError(.notFound, containing: "gone") { try await agent.client.removeContainer("gone") }
         }

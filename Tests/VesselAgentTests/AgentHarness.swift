@@ -3,6 +3,7 @@ import Testing
 import VesselAgentClient
 import VesselDevSupport
 import VesselProtocol
+import VesselTestSupport
 
 /// The debug build of the agent, next to the test bundle in the package's build folder.
 let agentBinary: String = {
@@ -51,35 +52,7 @@ extension LocalAgent {
     }
 
     /// Every mount any process on the host sees that mentions our temp dir.
-    func leftoverMounts() -> [String] {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        var found: [String] = []
-        for pid in entries.compactMap({ Int32($0) }) {
-            guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/mountinfo") else { continue }
-            found += String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init).filter { $0.contains(directory.path) }
-        }
-        return found
-    }
-}
-
-/// Host pids whose command line has `marker` as one of its arguments.
-func pids(withArgument marker: String) -> [Int32] {
-    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-    return entries.compactMap { Int32($0) }.filter { pid in
-        guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
-        return String(decoding: data, as: UTF8.self).split(separator: "\0").contains { $0 == marker }
-    }
-}
-
-/// True once `condition` holds, checked every 50 ms for at most `seconds`: a wait for what the
-/// test needs rather than for a time a loaded host may overrun.
-func eventually(within seconds: Double = 10, _ condition: () async throws -> Bool) async throws -> Bool {
-    let deadline = ContinuousClock.now + .seconds(seconds)
-    while true {
-        if try await condition() { return true }
-        if ContinuousClock.now >= deadline { return false }
-        try await Task.sleep(for: .milliseconds(50))
-    }
+    func leftoverMounts() -> [String] { MountTable.everywhere(mentioning: directory.path) }
 }
 
 /// Expects a ttrpc error with `code` whose message contains `fragment`.

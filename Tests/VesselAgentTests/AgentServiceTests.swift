@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VesselDevSupport
 import VesselProtocol
+import VesselTestSupport
 
 /// RPCs around the containers: files, clock, details, stats, freezer.
 @Suite(.timeLimit(.minutes(3)), .serialized)
@@ -75,7 +76,7 @@ struct AgentServiceTests {
                 try await agent.client.call(AgentAPI.statsContainer, Grpc_StatsContainerRequest.with { $0.containerID = "busy" })
             }
             let cpu = { try await stats().cgroupStats.cpuStats.cpuUsage.totalUsage }
-            #expect(try await eventually { try await cpu() > 0 }, "a busy container never used CPU")
+            #expect(try await waitUntil(timeout: 10) { try await cpu() > 0 }, "a busy container never used CPU")
             let first = try await stats()
             #expect(first.cgroupStats.memoryStats.usage.usage > 0)
             #expect(first.cgroupStats.pidsStats.current >= 1)
@@ -84,7 +85,7 @@ struct AgentServiceTests {
             // Waiting for each, not for a fixed time, keeps a loaded host from failing either.
             _ = try await agent.client.call(AgentAPI.pauseContainer, Grpc_PauseContainerRequest.with { $0.containerID = "busy" })
             #expect(
-                try await eventually {
+                try await waitUntil(timeout: 10) {
                     let before = try await cpu()
                     try await Task.sleep(for: .milliseconds(200))
                     return try await cpu() == before
@@ -94,7 +95,7 @@ struct AgentServiceTests {
             }
             let frozen = try await cpu()
             _ = try await agent.client.call(AgentAPI.resumeContainer, Grpc_ResumeContainerRequest.with { $0.containerID = "busy" })
-            #expect(try await eventually { try await cpu() > frozen }, "a resumed container never ran again")
+            #expect(try await waitUntil(timeout: 10) { try await cpu() > frozen }, "a resumed container never ran again")
             try await agent.client.removeContainer("busy")
         }
     }

@@ -3,6 +3,7 @@ import Testing
 import VesselDevSupport
 import VesselLinux
 import VesselProtocol
+import VesselTestSupport
 
 @testable import VesselAgent
 
@@ -20,16 +21,12 @@ struct DeviceFilterTests {
         defer { rmdir(dir) }
         let program = try DeviceFilter.attach(rules, cgroup: dir)
         defer { DeviceFilter.detach(program, cgroup: dir) }
-        let output = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-devtest-\(UUID().uuidString.prefix(8))").path
-        FileManager.default.createFile(atPath: output, contents: nil)
-        defer { unlink(output) }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", "echo $$ > \(dir)/cgroup.procs; \(script)"]
-        process.standardOutput = FileHandle(forWritingAtPath: output)
-        try process.run()
-        #expect(process.exited(within: 30), "the probe still ran after 30 s: killed")
-        return (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        do {
+            return try runCommand(["/bin/sh", "-c", "echo $$ > \(dir)/cgroup.procs; \(script)"], timeout: 30).output
+        } catch let timedOut as CommandTimedOut {
+            Issue.record("the probe still ran after 30 s: killed")
+            return timedOut.result.output
+        }
     }
 
     @Test(.enabled(if: Self.cgroup2 != nil, "no read-write cgroup2 mount on this host"))

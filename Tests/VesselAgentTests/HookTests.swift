@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VesselDevSupport
 import VesselProtocol
+import VesselTestSupport
 
 /// OCI hooks run at their points of the lifecycle with the state on stdin.
 @Suite(.timeLimit(.minutes(3)), .serialized)
@@ -92,8 +93,8 @@ struct HookTests {
             await expectError(.deadlineExceeded, containing: "timed out after 1s") {
                 try await agent.client.createContainer("slow", spec: spec)
             }
-            #expect(pids(withArgument: "42421").isEmpty)
-            #expect(pids(withArgument: "sleep 30").isEmpty)
+            #expect(HostProcesses.pids(withArgument: "42421").isEmpty)
+            #expect(HostProcesses.pids(withArgument: "sleep 30").isEmpty)
             #expect(agent.leftoverMounts().isEmpty)
             try await agent.run("bad", ["true"])
             #expect(try await agent.client.wait("bad") == 0)

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VesselDevSupport
 import VesselProtocol
+import VesselTestSupport
 
 /// Issue 3's checks, read from inside the container: capabilities, no_new_privs, seccomp, masked
 /// and read-only paths, rlimits, sysctls, oom score, devices.
@@ -154,7 +155,7 @@ struct IsolationTests {
             let output = try await agent.output("nopivot")
             #expect(try await agent.client.wait("nopivot") == 0, "\(output)")
             let mountinfo = output.components(separatedBy: "---")[0]
-            let points = Set(mountinfo.split(separator: "\n").compactMap { $0.split(separator: " ").dropFirst(4).first.map(String.init) })
+            let points = Set(MountTable.mountPoints(mountinfo))
             // The spec's mounts and the masks of paths this kernel has: nothing of the host.
             let own: Set<String> = ["/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/tmp", "/proc/sys"]
             let masks: Set<String> = ["/proc/kcore", "/proc/timer_list", "/sys/firmware", "/proc/sysrq-trigger"]
@@ -242,7 +243,7 @@ struct IsolationTests {
                     ]
                 }
             }
-            #expect(pids(withArgument: "31337").isEmpty)
+            #expect(HostProcesses.pids(withArgument: "31337").isEmpty)
             #expect(agent.leftoverMounts().isEmpty)
             try await agent.run("alive", ["true"])
             #expect(try await agent.client.wait("alive") == 0)

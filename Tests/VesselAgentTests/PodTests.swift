@@ -3,6 +3,7 @@ import Testing
 import VesselAgentClient
 import VesselDevSupport
 import VesselProtocol
+import VesselTestSupport
 
 /// A sandbox is a pod: its containers share the pod's IPC, UTS and network namespaces (with
 /// loopback up and the pod's hostname) and keep their own pid and mount namespaces.
@@ -71,37 +72,19 @@ struct AgentTerminationTests {
         let agent = try await LocalAgent(binary: agentBinary)
         try await agent.run("s1", ["sleep", "1000"])
         try await agent.exec("s1", "e1", ["sleep", "999"])
-        let children = childPids(of: agent.process.processIdentifier)
+        let children = HostProcesses.children(of: agent.process.pid)
         #expect(children.count >= 2, "the container's init and exec are the agent's children: \(children)")
         await agent.client.close()
-        kill(agent.process.processIdentifier, SIGTERM)
-        #expect(agent.process.exited(within: 30), "the agent did not exit within 30 s of SIGTERM: killed")
-        if !agent.process.isRunning {
-            #expect(
-                agent.process.terminationReason == .exit && agent.process.terminationStatus == 0,
-                "a clean exit, not death by the signal: \(agent.process.terminationReason) \(agent.process.terminationStatus)")
+        agent.process.signal(SIGTERM)
+        let status = agent.process.wait(timeout: 30)
+        #expect(status != nil, "the agent did not exit within 30 s of SIGTERM: killed")
+        if let status {
+            #expect(status == 0, "a clean exit, not death by the signal: status \(status)")
+        } else {
+            agent.process.kill()
         }
-        let alive = children.filter { kill($0.pid, 0) == 0 && startTime($0.pid) == $0.startTime }
+        let alive = children.filter { kill($0.pid, 0) == 0 && HostProcesses.startTime($0.pid) == $0.startTime }
         #expect(alive.isEmpty, "container processes outlived the agent: \(alive)")
         await agent.stop()
-    }
-
-    func childPids(of parent: Int32) -> [(pid: Int32, startTime: String)] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }.compactMap { pid in
-            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
-                return nil
-            }
-            let fields = stat[stat.index(after: close)...].split(separator: " ")
-            guard fields.count > 19, Int32(fields[1]) == parent else { return nil }
-            return (pid, String(fields[19]))
-        }
-    }
-
-    func startTime(_ pid: Int32) -> String? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
-            return nil
-        }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        return fields.count > 19 ? String(fields[19]) : nil
     }
 }

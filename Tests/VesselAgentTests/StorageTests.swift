@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VesselDevSupport
 import VesselProtocol
+import VesselTestSupport
 
 /// Kata `Storage`s in host mode: mount points live below the agent's run directory (in the guest,
 /// below /run). 9p needs a VM (GuestContainerTests); here the bind, local and ephemeral drivers.
@@ -16,10 +17,7 @@ struct StorageTests {
         }
     }
 
-    static func mountPoints() -> [String] {
-        let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
-        return text.split(separator: "\n").compactMap { $0.split(separator: " ").dropFirst(4).first.map(String.init) }
-    }
+    static func mountPoints() -> [String] { MountTable.lines().compactMap { MountTable.mountPoint($0) } }
 
     @Test func badStoragesNameTheFieldAndMountNothing() async throws {
         try await withAgent { agent in

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VesselTestSupport
 
 @testable import VesselImage
 
@@ -227,7 +228,8 @@ struct ImageBuilderTests {
 
     @Test(
         "building twice gives identical bytes, and decompression gives the archive back",
-        .enabled(if: installed("zstd") && installed("gzip"), "needs zstd and gzip (apt-get install -y zstd gzip)"),
+        .enabled(
+            if: installed("zstd") && installed("lz4") && installed("gzip"), "needs zstd, lz4 and gzip (apt-get install -y zstd lz4 gzip)"),
         arguments: Compression.allCases)
     func reproducible(compression: Compression) throws {
         let directory = try temporaryDirectory()
@@ -248,8 +250,11 @@ struct ImageBuilderTests {
         #expect(first.uncompressedSize == archive.count)
         let decompressed: [UInt8]
         switch compression {
-        case .zstd: decompressed = try run(["/usr/bin/zstd", "-d", "-c", "-q"], stdin: directory + "/one").stdout
-        case .gzip: decompressed = try run(["/usr/bin/gzip", "-d", "-c"], stdin: directory + "/one").stdout
+        case .zstd:
+            decompressed = try runCommand(["/usr/bin/zstd", "-d", "-c", "-q"], input: .file(directory + "/one"), timeout: 120).stdout
+        case .lz4:
+            decompressed = try runCommand(["/usr/bin/lz4", "-d", "-c", "-q"], input: .file(directory + "/one"), timeout: 120).stdout
+        case .gzip: decompressed = try runCommand(["/usr/bin/gzip", "-d", "-c"], input: .file(directory + "/one"), timeout: 120).stdout
         case .none: decompressed = Array(one)
         }
         #expect(decompressed == archive)
@@ -258,23 +263,24 @@ struct ImageBuilderTests {
 
     @Test(
         "GNU cpio lists the archive",
-        .enabled(if: installed("cpio") && installed("zstd"), "needs cpio and zstd (apt-get install -y cpio zstd)"))
+        .enabled(if: installed("cpio") && installed("lz4"), "needs cpio and lz4 (apt-get install -y cpio lz4)"))
     func cpioLists() throws {
         let directory = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let builder = ImageBuilder(agent: try fakeAgent(in: directory), rootfs: repoRootfs)
-        let result = try builder.build(output: directory + "/initrd.img")
-        let unpacked = try run(["/usr/bin/zstd", "-d", "-q", directory + "/initrd.img", "-o", directory + "/initrd.cpio"])
-        #expect(unpacked.status == 0, "\(unpacked.stderr)")
+        let result = try builder.build(output: directory + "/initrd.img", compression: .lz4)
+        let unpacked = try runCommand(
+            ["/usr/bin/lz4", "-d", "-q", "-f", directory + "/initrd.img", directory + "/initrd.cpio"], timeout: 120)
+        #expect(unpacked.status == 0, "\(unpacked.errors)")
 
-        let names = try run(["/usr/bin/cpio", "-it", "--quiet"], stdin: directory + "/initrd.cpio")
-        #expect(names.status == 0, "\(names.stderr)")
+        let names = try runCommand(["/usr/bin/cpio", "-it", "--quiet"], input: .file(directory + "/initrd.cpio"), timeout: 120)
+        #expect(names.status == 0, "\(names.errors)")
         let listed = String(decoding: names.stdout, as: UTF8.self).split(separator: "\n").map(String.init)
         #expect(listed.contains("init"))
         #expect(listed.contains("etc/passwd"))
         #expect(listed.count == result.entries)
 
-        let verbose = try run(["/usr/bin/cpio", "-itv", "--quiet"], stdin: directory + "/initrd.cpio")
+        let verbose = try runCommand(["/usr/bin/cpio", "-itv", "--quiet"], input: .file(directory + "/initrd.cpio"), timeout: 120)
         let lines = String(decoding: verbose.stdout, as: UTF8.self).split(separator: "\n")
         #expect(lines.contains { $0.hasPrefix("-rwxr-xr-x") && $0.hasSuffix(" init") })
         #expect(lines.contains { $0.hasPrefix("crw-------") && $0.contains("5,   1") && $0.hasSuffix(" dev/console") })

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VesselLinux
+import VesselTestSupport
 
 /// The rtnetlink codec against the real kernel, in a network namespace of the test's own.
 @Suite(.serialized, .timeLimit(.minutes(1)))
@@ -109,26 +110,13 @@ func command(_ line: String) -> String {
     runShell(line + " 2>&1").output
 }
 
-/// `sh -c line`, stdout through a file so the wait can have a bound: a command still running
-/// after `timeout` s is killed and fails the test (status -1).
+/// `sh -c line` and its stdout; one still running after `timeout` s is killed and fails the test (status -1).
 func runShell(_ line: String, timeout: Double = 60) -> (status: Int32, output: String) {
-    let output = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-sh-\(UUID().uuidString.prefix(8))").path
-    FileManager.default.createFile(atPath: output, contents: nil)
-    defer { unlink(output) }
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: "/bin/sh")
-    process.arguments = ["-c", line]
-    process.standardOutput = FileHandle(forWritingAtPath: output)
-    do { try process.run() } catch {
+    do {
+        let result = try runCommand(["/bin/sh", "-c", line], timeout: timeout)
+        return (result.status, result.output)
+    } catch {
         Issue.record("sh -c \(line): \(error)")
         return (-1, "")
     }
-    let deadline = Date().addingTimeInterval(timeout)
-    while process.isRunning && Date() < deadline { usleep(10_000) }
-    if process.isRunning {
-        kill(process.processIdentifier, SIGKILL)
-        Issue.record("sh -c \(line): still running after \(Int(timeout)) s: killed")
-        return (-1, "")
-    }
-    return (process.terminationStatus, (try? String(contentsOfFile: output, encoding: .utf8)) ?? "")
 }

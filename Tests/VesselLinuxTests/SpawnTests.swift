@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VesselLinux
+import VesselTestSupport
 
 @Suite(.timeLimit(.minutes(1)))
 struct SpawnTests {
@@ -84,14 +85,14 @@ struct RemoveTreeTests {
     /// A sandbox directory holds bind mounts of the caller's rootfs: removing it must never
     /// delete what the mounts show.
     @Test func mountedDataSurvivesTheRemoval() throws {
-        let base = "/tmp/vessel-removetree-\(getpid())"
+        let base = try temporaryDirectory("vessel-removetree")
         let source = base + "/source", tree = base + "/tree"
         defer { _ = Linux.removeTree(base) }
         try Linux.mkdirAll(source + "/bin")
         try Linux.mkdirAll(tree + "/shared/c1/rootfs")
         try Linux.mkdirAll(tree + "/plain/sub")
-        FileManager.default.createFile(atPath: source + "/bin/sh", contents: Data("data".utf8))
-        FileManager.default.createFile(atPath: tree + "/plain/sub/file", contents: Data())
+        _ = FileManager.default.createFile(atPath: source + "/bin/sh", contents: Data("data".utf8))
+        _ = FileManager.default.createFile(atPath: tree + "/plain/sub/file", contents: Data())
         try Linux.mount(source, tree + "/shared/c1/rootfs", nil, MountFlags([.bind]).rawValue, nil)
         #expect(Linux.removeTree(tree))
         #expect(!Linux.exists(tree))

@@ -3,6 +3,8 @@ import NIOCore
 import NIOPosix
 import SwiftProtobuf
 import Testing
+import VesselLinux
+import VesselTestSupport
 
 @testable import VesselProtocol
 
@@ -28,7 +30,7 @@ struct TTRPCEndToEndTests {
     private func withFixture(_ body: (Fixture) async throws -> Void) async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let recorder = Recorder()
-        let directory = try makeTemporaryDirectory()
+        let directory = try temporaryDirectory("vessel-ttrpc")
         let socketPath = directory + "/ttrpc.sock"
         let server = TTRPCServer(services: [makeTestService(recorder)], group: group)
         try await server.bind(unixPath: socketPath)
@@ -48,17 +50,6 @@ struct TTRPCEndToEndTests {
             throw error
         }
         try await fixture.tearDown()
-    }
-
-    private func expectCode(_ code: TTRPCCode, _ body: () async throws -> Void) async {
-        do {
-            try await body()
-            Issue.record("expected \(code), call succeeded")
-        } catch let error as TTRPCError {
-            #expect(error.code == code, "\(error)")
-        } catch {
-            Issue.record("expected TTRPCError \(code), got \(error)")
-        }
     }
 
     @Test func echoRoundTrip() async throws {
@@ -116,7 +107,7 @@ struct TTRPCEndToEndTests {
         try await self.withFixture { f in
             let clock = ContinuousClock()
             let start = clock.now
-            await self.expectCode(.deadlineExceeded) {
+            await expectCode(.deadlineExceeded) {
                 let _: Google_Protobuf_StringValue = try await f.client.call(
                     service: "test.Service",
                     method: "Slow",
@@ -139,28 +130,28 @@ struct TTRPCEndToEndTests {
 
     @Test func serverErrorsArriveAsTTRPCError() async throws {
         try await self.withFixture { f in
-            await self.expectCode(.notFound) {
+            await expectCode(.notFound) {
                 let _: Google_Protobuf_Empty = try await f.client.call(
                     service: "test.Service",
                     method: "Fail",
                     request: Google_Protobuf_Empty()
                 )
             }
-            await self.expectCode(.unimplemented) {
+            await expectCode(.unimplemented) {
                 let _: Google_Protobuf_Empty = try await f.client.call(
                     service: "test.Service",
                     method: "Missing",
                     request: Google_Protobuf_Empty()
                 )
             }
-            await self.expectCode(.unimplemented) {
+            await expectCode(.unimplemented) {
                 let _: Google_Protobuf_Empty = try await f.client.call(
                     service: "other.Service",
                     method: "Echo",
                     request: Google_Protobuf_Empty()
                 )
             }
-            await self.expectCode(.resourceExhausted) {
+            await expectCode(.resourceExhausted) {
                 let _: Google_Protobuf_StringValue = try await f.client.call(
                     service: "test.Service",
                     method: "Big",
@@ -172,7 +163,7 @@ struct TTRPCEndToEndTests {
 
     @Test func tooLargeRequestFailsLocallyWithoutBreakingConnection() async throws {
         try await self.withFixture { f in
-            await self.expectCode(.resourceExhausted) {
+            await expectCode(.resourceExhausted) {
                 let _: Google_Protobuf_StringValue = try await f.client.call(
                     service: "test.Service",
                     method: "Echo",
@@ -199,7 +190,7 @@ struct TTRPCEndToEndTests {
             }
             #expect(await f.recorder.waitFor("slow started 20000"))
             call.cancel()
-            await self.expectCode(.cancelled) { try await call.value }
+            await expectCode(.cancelled) { try await call.value }
         }
     }
 
@@ -214,9 +205,9 @@ struct TTRPCEndToEndTests {
             }
             #expect(await f.recorder.waitFor("slow started 20001"))
             await f.server.close()
-            await self.expectCode(.unavailable) { try await pending.value }
+            await expectCode(.unavailable) { try await pending.value }
             #expect(await f.recorder.waitFor("slow cancelled 20001"))
-            await self.expectCode(.unavailable) {
+            await expectCode(.unavailable) {
                 let _: Google_Protobuf_Empty = try await f.client.call(
                     service: "test.Service",
                     method: "Echo",
@@ -250,21 +241,7 @@ struct TTRPCEndToEndTests {
 
     @Test func connectedSocketClient() async throws {
         try await self.withFixture { f in
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-            #expect(fd >= 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                let path = Array(f.socketPath.utf8)
-                raw.copyBytes(from: path)
-                raw[path.count] = 0
-            }
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-                }
-            }
-            #expect(rc == 0)
+            let fd = try Linux.connectUnix(f.socketPath)
             let client = try await TTRPCClient.connect(connectedSocket: fd, group: f.group)
             let reply: Google_Protobuf_StringValue = try await client.call(
                 service: "test.Service",

@@ -3,6 +3,8 @@ import NIOCore
 import NIOEmbedded
 import SwiftProtobuf
 import Synchronization
+import Testing
+import VesselTestSupport
 
 @testable import VesselProtocol
 
@@ -14,13 +16,8 @@ final class Recorder: Sendable {
     func contains(_ event: String) -> Bool { self.events.withLock { $0.contains(event) } }
 
     /// Polls because handlers run in their own Tasks and finish asynchronously.
-    func waitFor(_ event: String, timeout: Duration = .seconds(5)) async -> Bool {
-        let deadline = ContinuousClock.now + timeout
-        while ContinuousClock.now < deadline {
-            if self.contains(event) { return true }
-            try? await Task.sleep(for: .milliseconds(10))
-        }
-        return self.contains(event)
+    func waitFor(_ event: String, timeout: Double = 5) async -> Bool {
+        await waitUntil(timeout: timeout, every: 0.01) { self.contains(event) }
     }
 }
 
@@ -138,9 +135,14 @@ struct SplitMix64: RandomNumberGenerator {
     }
 }
 
-func makeTemporaryDirectory() throws -> String {
-    let path = FileManager.default.temporaryDirectory
-        .appendingPathComponent("vessel-ttrpc-\(UUID().uuidString.prefix(8))").path
-    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    return path
+/// Expects `body` to fail with a ttrpc error of `code`.
+func expectCode(_ code: TTRPCCode, sourceLocation: SourceLocation = #_sourceLocation, _ body: () async throws -> Void) async {
+    do {
+        try await body()
+        Issue.record("expected \(code), call succeeded", sourceLocation: sourceLocation)
+    } catch let error as TTRPCError {
+        #expect(error.code == code, "\(error)", sourceLocation: sourceLocation)
+    } catch {
+        Issue.record("expected TTRPCError \(code), got \(error)", sourceLocation: sourceLocation)
+    }
 }

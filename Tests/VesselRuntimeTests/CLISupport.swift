@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VesselDevSupport
+import VesselTestSupport
 
 @testable import VesselCore
 
@@ -37,9 +38,9 @@ struct VesselCLI {
         var stderr: String
     }
 
-    /// Runs `vessel --root R --config C ARGS`. Output goes through files, not pipes: a detached
-    /// shim inherits them and would keep a pipe open long after `create` returns.
-    /// A call that outlives `timeout` is killed and fails the test instead of stalling the suite.
+    /// Runs `vessel --root R --config C ARGS` (VesselTestSupport's runner: output through files, so
+    /// a detached shim that inherits them cannot hold `create` open). A call that outlives `timeout`
+    /// gets SIGINT, then SIGKILL, and fails the test instead of stalling the suite.
     @discardableResult
     func run(
         _ arguments: [String], stdin: String? = nil, global: [String] = [], timeout: Double = 300,
@@ -47,32 +48,18 @@ struct VesselCLI {
     ) throws
         -> Result
     {
-        let token = UUID().uuidString.prefix(8)
-        let out = stdoutFile ?? directory + "/out-\(token)", err = directory + "/err-\(token)", input = directory + "/in-\(token)"
-        FileManager.default.createFile(atPath: out, contents: nil)
-        FileManager.default.createFile(atPath: err, contents: nil)
-        FileManager.default.createFile(atPath: input, contents: Data((stdin ?? "").utf8))
-        defer { for file in [err, input] + (stdoutFile == nil ? [out] : []) { try? FileManager.default.removeItem(atPath: file) } }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        if let workingDirectory { process.currentDirectoryURL = URL(fileURLWithPath: workingDirectory) }
-        process.arguments = ["--root", root, "--config", config] + global + arguments
-        process.standardInput = FileHandle(forReadingAtPath: stdinFile ?? input)
-        process.standardOutput = FileHandle(forWritingAtPath: out)
-        process.standardError = FileHandle(forWritingAtPath: err)
-        try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(20_000) }
-        if process.isRunning {
-            process.interrupt()
-            _ = process.exited(within: 0.5)
+        let result: CommandResult
+        do {
+            result = try runCommand(
+                [binary, "--root", root, "--config", config] + global + arguments, directory: workingDirectory,
+                input: stdinFile.map { .file($0) } ?? .text(stdin ?? ""), stdoutFile: stdoutFile, timeout: timeout,
+                timeoutSignal: SIGINT)
+        } catch let timedOut as CommandTimedOut {
             Issue.record("vessel \(arguments.joined(separator: " ")) still running after \(Int(timeout)) s: killed")
-            if process.isRunning { throw CLIError("vessel \(arguments.joined(separator: " ")) survived SIGKILL") }
+            if timedOut.survivedKill { throw TestSupportError("vessel \(arguments.joined(separator: " ")) survived SIGKILL") }
+            result = timedOut.result
         }
-        return Result(
-            status: process.terminationStatus,
-            stdout: stdoutFile == nil ? (try? String(contentsOfFile: out, encoding: .utf8)) ?? "" : "",
-            stderr: (try? String(contentsOfFile: err, encoding: .utf8)) ?? "")
+        return Result(status: result.status, stdout: result.output, stderr: result.errors)
     }
 
     func bundle(_ args: [String], terminal: Bool = false, extraMounts: [[String: Any]] = []) throws -> String {
@@ -84,7 +71,7 @@ struct VesselCLI {
     func state(_ id: String) throws -> [String: Any] {
         let result = try run(["state", id])
         guard result.status == 0, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any] else {
-            throw CLIError("state \(id) failed: \(result.stderr)")
+            throw TestSupportError("state \(id) failed: \(result.stderr)")
         }
         return object
     }
@@ -102,16 +89,12 @@ struct VesselCLI {
         #expect(
             !FileManager.default.fileExists(atPath: sandboxDirectory), "sandbox dir \(sandboxDirectory) left",
             sourceLocation: sourceLocation)
-        let mountinfo = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
-        let mounts = mountinfo.split(separator: "\n").filter { $0.contains(root) || $0.contains(sandboxDirectory) }
+        let mounts = MountTable.lines().filter { $0.contains(root) || $0.contains(sandboxDirectory) }
         #expect(mounts.isEmpty, "mounts left: \(mounts)", sourceLocation: sourceLocation)
         // The owner and the monitors name the root and end with the id, QEMU names the sandbox directory.
-        let processes = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        let ours = processes.filter { pid in
-            guard Int(pid) != nil, let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8) else { return false }
-            let args = cmdline.split(separator: "\0").map(String.init)
-            return (args.contains(root) && args.last == id) || cmdline.contains(sandboxDirectory)
-        }
+        let ours = HostProcesses.all().filter { process in
+            (process.arguments.contains(root) && process.arguments.last == id) || process.commandLine.contains(sandboxDirectory)
+        }.map(\.pid)
         #expect(ours.isEmpty, "processes left: \(ours)", sourceLocation: sourceLocation)
         // Every mounted hierarchy as the owner finds them: /sys/fs/cgroup itself on a v2-only host.
         let hierarchies = HostCgroup.hierarchies()
@@ -127,9 +110,4 @@ struct VesselCLI {
         }
         try? FileManager.default.removeItem(atPath: directory)
     }
-}
-
-struct CLIError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }

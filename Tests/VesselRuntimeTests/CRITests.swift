@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import VesselCore
+import VesselTestSupport
 
 /// Kubernetes' way in: containerd's CRI plugin with the `vessel` runtime handler, driven by our
 /// own CRI client (Tests/Callers/cri/cri.py on grpcio, in a virtualenv of its own).
@@ -25,22 +26,22 @@ struct CRIClient {
             try ensureInstalled(["/usr/lib/python3.11/ensurepip/__init__.py": "python3-venv"])
             result = try command(["/usr/bin/python3", "-m", "venv", venv])
         }
-        guard result.status == 0 else { throw CLIError("python3 -m venv \(venv): \(result.output)") }
+        guard result.status == 0 else { throw TestSupportError("python3 -m venv \(venv): \(result.output)") }
         result = try command([venv + "/bin/pip", "install", "--quiet", "grpcio", "grpcio-tools"], timeout: 600)
-        guard result.status == 0 else { throw CLIError("pip install grpcio grpcio-tools: \(result.output.suffix(2000))") }
+        guard result.status == 0 else { throw TestSupportError("pip install grpcio grpcio-tools: \(result.output.suffix(2000))") }
         return python
     }
 
-    /// One cri.py call; its JSON answer (or the error line in `CLIError`).
+    /// One cri.py call; its JSON answer (or the error line in `TestSupportError`).
     @discardableResult
     func call(_ arguments: [String], timeout: Double = 300) throws -> [String: Any] {
         let result = try command(
             [python, Self.script, "--socket", socket] + arguments, environment: ["VESSEL_CRI_STUBS": stubs],
             timeout: timeout)
-        guard result.status == 0 else { throw CLIError("cri.py \(arguments.joined(separator: " ")): \(result.output)") }
+        guard result.status == 0 else { throw TestSupportError("cri.py \(arguments.joined(separator: " ")): \(result.output)") }
         let json = result.output.firstIndex(of: "{").map { result.output[$0...] } ?? ""
         guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
-            throw CLIError("cri.py \(arguments.joined(separator: " ")): no JSON in \(result.output)")
+            throw TestSupportError("cri.py \(arguments.joined(separator: " ")): no JSON in \(result.output)")
         }
         return object
     }
@@ -105,9 +106,9 @@ struct CRITests {
         #expect((stats?["memory"] as? [String: Any])?["working_set_bytes"] != nil, "\(stats ?? [:])")
 
         var log = ""
-        for _ in 0..<50 where !log.contains("c1-err") {
-            usleep(100_000)
+        waitUntil(timeout: 5, every: 0.1) {
             log = (try? String(contentsOfFile: logs + "/c1.log", encoding: .utf8)) ?? ""
+            return log.contains("c1-err")
         }
         #expect(log.contains(" stdout F c1-out") && log.contains(" stderr F c1-err"), "CRI log format: \(log)")
 
@@ -188,11 +189,6 @@ struct CRITests {
     }
 
     func qemuProcesses() -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { pid in
-            guard Int(pid) != nil, let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8),
-                cmdline.hasPrefix("/usr/bin/qemu-system")
-            else { return nil }
-            return cmdline
-        }
+        HostProcesses.all().map(\.commandLine).filter { $0.hasPrefix("/usr/bin/qemu-system") }
     }
 }

@@ -3,6 +3,7 @@ import Synchronization
 import Testing
 import VesselCore
 import VesselDevSupport
+import VesselTestSupport
 
 /// Real callers of an OCI runtime, installed from Debian when missing, with all their state in a
 /// temporary directory: podman (conmon) and dockerd 20.10 (containerd + containerd-shim-runc-v2).
@@ -87,7 +88,7 @@ final class DockerDaemon: @unchecked Sendable {
     // @unchecked: set up once, then only read.
     let cli: VesselCLI
     let socket: String
-    private let daemon: Process
+    private let daemon: ChildProcess
     /// The --root directories docker gave vessel, as found by `stateDirectory(of:)`.
     private let roots = Mutex<Set<String>>([])
 
@@ -110,25 +111,16 @@ final class DockerDaemon: @unchecked Sendable {
                 "--pidfile", dir + "/docker.pid", "-H", "unix://" + socket, "--storage-driver", "vfs",
                 "--exec-opt", "native.cgroupdriver=cgroupfs", "--userland-proxy=false",
             ] + networking
-        daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: network == nil ? "/usr/sbin/dockerd" : "/usr/bin/nsenter")
-        daemon.arguments = network.map { ["--net=" + $0.path] + arguments } ?? Array(arguments.dropFirst())
-        daemon.environment = ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"]
-        FileManager.default.createFile(atPath: dir + "/dockerd.log", contents: nil)
-        daemon.standardOutput = FileHandle(forWritingAtPath: dir + "/dockerd.log")
-        daemon.standardError = daemon.standardOutput
-        try daemon.run()
-        var up = false
-        for _ in 0..<300 where !up {
-            up = (try? docker(["version"]))?.status == 0
-            if !up { usleep(100_000) }
-        }
+        daemon = try ChildProcess(
+            network.map { ["/usr/bin/nsenter", "--net=" + $0.path] + arguments } ?? arguments,
+            environment: ["PATH": "/usr/sbin:/usr/bin:/sbin:/bin"], stdout: .file(dir + "/dockerd.log"), stderr: .stdout)
+        let up = waitUntil(timeout: 120, every: 0.1) { (try? docker(["version"]))?.status == 0 }
         guard up else {
-            throw CLIError(
+            throw TestSupportError(
                 "dockerd did not come up: \((try? String(contentsOfFile: dir + "/dockerd.log", encoding: .utf8))?.suffix(2000) ?? "")")
         }
         let load = try docker(["load", "-i", dir + "/busybox.tar"])
-        guard load.status == 0 else { throw CLIError("docker load: \(load.output)") }
+        guard load.status == 0 else { throw TestSupportError("docker load: \(load.output)") }
     }
 
     @discardableResult
@@ -165,8 +157,7 @@ final class DockerDaemon: @unchecked Sendable {
     }
 
     func stop() {
-        daemon.terminate()
-        if !daemon.exited(within: 60) { Issue.record("dockerd still running 60 s after SIGTERM: killed") }
+        if !daemon.stop(grace: 60) { Issue.record("dockerd still running 60 s after SIGTERM: killed") }
         _ = try? command(["/bin/umount", "--recursive", "--lazy", cli.directory + "/exec"])
         _ = try? command(["/bin/umount", "--recursive", "--lazy", cli.directory + "/data"])
         cli.cleanUp()

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VesselCore
 import VesselDevSupport
+import VesselTestSupport
 
 /// A private containerd 1.6 (Debian's) with all its state in a temporary directory, Vessel's shim
 /// on its PATH (the test build's `vessel` under the shim's name), the CRI plugin with a `vessel`
@@ -15,7 +16,7 @@ final class Containerd: @unchecked Sendable {
     let directory: String
     let socket: String
     let namespace: String
-    private let daemon: Process
+    private let daemon: ChildProcess
 
     /// `namespace`: containerd's for ctr ("k8s.io" is CRI's). With `network`, containerd runs in
     /// that network namespace (so does everything CNI makes: the bridge, the pods' veths) and CRI
@@ -69,29 +70,19 @@ final class Containerd: @unchecked Sendable {
             ]}
             """.write(toFile: directory + "/cni/net.d/10-vessel.conflist", atomically: true, encoding: .utf8)
         }
-        daemon = Process()
-        if let network {
-            daemon.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-            daemon.arguments = ["--net=" + network.path, "/usr/bin/containerd", "--config", directory + "/config.toml"]
-        } else {
-            daemon.executableURL = URL(fileURLWithPath: "/usr/bin/containerd")
-            daemon.arguments = ["--config", directory + "/config.toml"]
-        }
+        let containerd = ["/usr/bin/containerd", "--config", directory + "/config.toml"]
         // The shim gets containerd's environment: its PATH finds Vessel's shim, VESSEL_CONFIG our configuration.
-        daemon.environment = ["PATH": directory + "/bin:/usr/sbin:/usr/bin:/sbin:/bin", "VESSEL_CONFIG": cli.config]
-        FileManager.default.createFile(atPath: directory + "/containerd.log", contents: nil)
-        daemon.standardOutput = FileHandle(forWritingAtPath: directory + "/containerd.log")
-        daemon.standardError = daemon.standardOutput
-        try daemon.run()
-        var up = false
-        for _ in 0..<300 where !up {
-            up = (try? command(["/usr/bin/ctr", "-a", socket, "version"], timeout: 10))?.status == 0
-            if !up { usleep(100_000) }
+        daemon = try ChildProcess(
+            network.map { ["/usr/bin/nsenter", "--net=" + $0.path] + containerd } ?? containerd,
+            environment: ["PATH": directory + "/bin:/usr/sbin:/usr/bin:/sbin:/bin", "VESSEL_CONFIG": cli.config],
+            stdout: .file(directory + "/containerd.log"), stderr: .stdout)
+        let up = waitUntil(timeout: 60, every: 0.1) {
+            (try? command(["/usr/bin/ctr", "-a", socket, "version"], timeout: 10))?.status == 0
         }
-        guard up else { throw CLIError("containerd did not come up: \(log.suffix(2000))") }
+        guard up else { throw TestSupportError("containerd did not come up: \(log.suffix(2000))") }
         try BusyboxImage.archive(at: directory + "/busybox.tar", name: Self.image, in: directory, cmd: ["sleep", "1000000"])
         let load = try ctr(["images", "import", directory + "/busybox.tar"])
-        guard load.status == 0 else { throw CLIError("ctr images import: \(load.output)") }
+        guard load.status == 0 else { throw TestSupportError("ctr images import: \(load.output)") }
     }
 
     var log: String { (try? String(contentsOfFile: directory + "/containerd.log", encoding: .utf8)) ?? "" }
@@ -115,30 +106,24 @@ final class Containerd: @unchecked Sendable {
     }
 
     func waitForStatus(_ id: String, _ status: String, timeout: Double = 60) throws -> Bool {
-        let deadline = Date().addingTimeInterval(timeout)
-        while Date() < deadline {
-            if try taskStatus(id) == status { return true }
-            usleep(200_000)
-        }
-        return false
+        try waitUntil(timeout: timeout, every: 0.2) { try taskStatus(id) == status }
     }
 
     /// The shim's records for this namespace (one state root per containerd namespace).
     var store: StateStore { StateStore(root: "/run/vessel-containerd/" + namespace) }
 
     func sandbox(_ id: String) throws -> SandboxRecord {
-        guard let record = store.loadSandbox(id) else { throw CLIError("no sandbox record for \(id)") }
+        guard let record = store.loadSandbox(id) else { throw TestSupportError("no sandbox record for \(id)") }
         return record
     }
 
     /// No owner, no QEMU, no mounts, no records of these sandboxes are left.
     func expectNothingLeft(_ sandboxes: [String], sourceLocation: SourceLocation = #_sourceLocation) {
-        let deadline = Date().addingTimeInterval(30)
         var left: [String] = []
-        repeat {
+        waitUntil(timeout: 30, every: 0.2) {
             left = leftovers(sandboxes)
-            if !left.isEmpty { usleep(200_000) }
-        } while !left.isEmpty && Date() < deadline
+            return left.isEmpty
+        }
         #expect(left.isEmpty, "left behind: \(left)", sourceLocation: sourceLocation)
     }
 
@@ -146,12 +131,11 @@ final class Containerd: @unchecked Sendable {
         var left: [String] = []
         let directories = sandboxes.map { store.sandboxPaths($0).directory }
         for directory in directories where FileManager.default.fileExists(atPath: directory) { left.append(directory) }
-        let mountinfo = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
-        left += mountinfo.split(separator: "\n").map(String.init).filter { line in directories.contains { line.contains($0) } }
-        for pid in ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []) where Int(pid) != nil {
-            guard let cmdline = try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8) else { continue }
+        left += MountTable.lines().filter { line in directories.contains { line.contains($0) } }
+        for process in HostProcesses.all() {
+            let cmdline = process.commandLine
             if directories.contains(where: { cmdline.contains($0) }) || cmdline.contains("-namespace\0\(namespace)\0") {
-                left.append("process \(pid): \(cmdline.replacingOccurrences(of: "\0", with: " ").prefix(120))")
+                left.append("process \(process.pid): \(cmdline.replacingOccurrences(of: "\0", with: " ").prefix(120))")
             }
         }
         let records = (try? FileManager.default.contentsOfDirectory(atPath: store.root)) ?? []
@@ -160,8 +144,7 @@ final class Containerd: @unchecked Sendable {
     }
 
     func stop() {
-        daemon.terminate()
-        if !daemon.exited(within: 60) { Issue.record("containerd still running 60 s after SIGTERM: killed") }
+        if !daemon.stop(grace: 60) { Issue.record("containerd still running 60 s after SIGTERM: killed") }
         _ = try? command(["/bin/umount", "--recursive", "--lazy", directory + "/root"])
         _ = try? command(["/bin/umount", "--recursive", "--lazy", directory + "/state"])
         try? FileManager.default.removeItem(atPath: "/run/vessel-containerd/" + namespace)

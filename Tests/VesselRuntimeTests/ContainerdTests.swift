@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VesselCore
 import VesselDevSupport
+import VesselTestSupport
 
 /// `containerd-shim-vessel-v2` driven by a real containerd 1.6 through `ctr`, as users run it.
 @Suite(
@@ -84,16 +85,10 @@ struct ContainerdTests {
     @Test func killedQEMUMeansTaskExitWithAReason() throws {
         let containerd = try Containerd()
         defer { containerd.stop() }
-        let events = Process()
-        events.executableURL = URL(fileURLWithPath: "/usr/bin/ctr")
-        events.arguments = ["-a", containerd.socket, "events"]
         let eventsLog = containerd.directory + "/events.log"
-        FileManager.default.createFile(atPath: eventsLog, contents: nil)
-        events.standardOutput = FileHandle(forWritingAtPath: eventsLog)
-        try events.run()
+        let events = try ChildProcess(["/usr/bin/ctr", "-a", containerd.socket, "events"], stdout: .file(eventsLog))
         defer {
-            events.terminate()
-            if !events.exited(within: 30) { Issue.record("ctr events still running 30 s after SIGTERM: killed") }
+            if !events.stop(grace: 30) { Issue.record("ctr events still running 30 s after SIGTERM: killed") }
         }
         #expect(try containerd.run("q1", ["sleep", "1000"], flags: ["-d"]).status == 0)
         let sandbox = try containerd.sandbox("q1")
@@ -103,9 +98,9 @@ struct ContainerdTests {
         #expect(record.failure?.contains("QEMU exited") == true, "\(record)")
         #expect(record.lifecycle.exitStatus == 255)
         var seen = ""
-        for _ in 0..<50 where !seen.contains("/tasks/exit") {
-            usleep(100_000)
+        waitUntil(timeout: 5, every: 0.1) {
             seen = (try? String(contentsOfFile: eventsLog, encoding: .utf8)) ?? ""
+            return seen.contains("/tasks/exit")
         }
         #expect(seen.contains("/tasks/create") && seen.contains("/tasks/start") && seen.contains("/tasks/exit"), "\(seen)")
         #expect(try containerd.ctr(["task", "delete", "q1"]).status == 0)
@@ -118,21 +113,22 @@ struct ContainerdTests {
         let containerd = try Containerd()
         defer { containerd.stop() }
         #expect(try containerd.run("b1", ["sleep", "1000"], flags: ["-d"]).status == 0)
-        let exec = Process()
-        exec.executableURL = URL(fileURLWithPath: "/usr/bin/ctr")
-        exec.arguments = ["-a", containerd.socket, "-n", containerd.namespace, "task", "exec", "--exec-id", "e1", "b1", "sleep", "1000"]
-        exec.standardOutput = FileHandle.nullDevice
-        try exec.run()
+        let exec = try ChildProcess(
+            [
+                "/usr/bin/ctr", "-a", containerd.socket, "-n", containerd.namespace, "task", "exec", "--exec-id", "e1", "b1", "sleep",
+                "1000",
+            ],
+            stdout: .discard)
         defer {
-            exec.terminate()
-            if !exec.exited(within: 30) { Issue.record("ctr task exec still running 30 s after SIGTERM: killed") }
+            if !exec.stop(grace: 30) { Issue.record("ctr task exec still running 30 s after SIGTERM: killed") }
         }
         // Until the first e1 runs (the agent forgets an exec once it was waited for and read, so
         // a second e1 that wins the race would simply run).
-        for probe in 0..<100 {
+        var probe = 0
+        try waitUntil(timeout: 120, every: 0.1) {
+            probe += 1
             let ps = try containerd.ctr(["task", "exec", "--exec-id", "probe\(probe)", "b1", "sh", "-c", "ps | grep -c '[s]leep 1000'"])
-            if ps.output.trimmingCharacters(in: .whitespacesAndNewlines) == "2" { break }
-            usleep(100_000)
+            return ps.output.trimmingCharacters(in: .whitespacesAndNewlines) == "2"
         }
         var result = try containerd.ctr(["task", "exec", "--exec-id", "e1", "b1", "true"])
         #expect(result.status != 0 && result.output.contains("exec id e1 already exists in container b1"), "\(result.output)")

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import VesselCore
 import VesselDevSupport
+import VesselTestSupport
 
 @testable import VesselSandbox
 
@@ -56,8 +57,7 @@ struct FailurePathTests {
         #expect(result.status == 0, "\(result.stderr)")
         let exec = Background { try cli.run(["exec", "hc1", "sh", "-c", "echo started; exec sleep 2000"], timeout: 120) }
         let running = { try cli.run(["exec", "hc1", "sh", "-c", "ps | grep -c '[s]leep 2000'"]).stdout == "1\n" }
-        let deadline = Date().addingTimeInterval(60)
-        while try !running() && Date() < deadline { usleep(200_000) }
+        try waitUntil(timeout: 60, every: 0.2) { try running() }
         let qemu = try cli.sandbox("hc1").qemuPid
         #expect(qemu > 0 && kill(qemu, SIGSTOP) == 0)
 
@@ -175,8 +175,7 @@ extension FailurePathTests {
         #expect(try cli.state("ka1")["status"] as? String == "running")
 
         #expect(try cli.run(["kill", "--all", "ka1", "KILL"]).status == 0)
-        let deadline = Date().addingTimeInterval(30)
-        while try cli.state("ka1")["status"] as? String != "stopped" && Date() < deadline { usleep(100_000) }
+        try waitUntil(timeout: 30, every: 0.1) { try cli.state("ka1")["status"] as? String == "stopped" }
         result = try cli.run(["delete", "ka1"])
         #expect(result.status == 0, "\(result.stderr)")
         try cli.expectNothingLeft("ka1")
@@ -232,7 +231,7 @@ func silentInitrd(in directory: String) throws -> String {
         ["/bin/sh", "-c", "cd \(root) && find . | cpio --quiet -o -H newc > \(image)"],
     ] {
         let result = try command(step, timeout: 120)
-        guard result.status == 0 else { throw CLIError("\(step.joined(separator: " ")): \(result.output)") }
+        guard result.status == 0 else { throw TestSupportError("\(step.joined(separator: " ")): \(result.output)") }
     }
     return image
 }

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 import VesselCore
-import VesselDevSupport
+import VesselTestSupport
 
 /// What `make` built (out/): the files `make install` installs.
 let builtOut = ProcessInfo.processInfo.environment["VESSEL_OUT"]
@@ -16,19 +16,10 @@ struct InstallTests {
         .deletingLastPathComponent().path
 
     func make(_ target: String, destdir: String) throws -> VesselCLI.Result {
-        let process = Process()
-        let log = destdir + ".make.log"
-        FileManager.default.createFile(atPath: log, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: log) }
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/make")
-        process.arguments = ["-C", Self.repository, "--no-print-directory", target, "DESTDIR=\(destdir)", "OUT=\(Self.out!)"]
-        process.standardOutput = FileHandle(forWritingAtPath: log)
-        process.standardError = process.standardOutput
-        try process.run()
-        guard process.exited(within: 120) else { throw CLIError("make \(target) still running after 120 s: killed") }
-        return VesselCLI.Result(
-            status: process.terminationStatus, stdout: (try? String(contentsOfFile: log, encoding: .utf8)) ?? "",
-            stderr: "")
+        let make = try runCommand(
+            ["/usr/bin/make", "-C", Self.repository, "--no-print-directory", target, "DESTDIR=\(destdir)", "OUT=\(Self.out!)"],
+            mergingErrors: true, timeout: 120)
+        return VesselCLI.Result(status: make.status, stdout: make.output, stderr: "")
     }
 
     @Test func installedVesselRunsAContainerWithItsOwnGuestFiles() throws {

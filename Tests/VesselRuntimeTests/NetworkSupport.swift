@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-import VesselDevSupport
+import VesselTestSupport
 
 /// A network namespace of the test's own (`ip netns add`), removed with everything in it.
 final class TestNamespace: @unchecked Sendable {
@@ -11,12 +11,12 @@ final class TestNamespace: @unchecked Sendable {
     init(_ prefix: String) throws {
         name = "\(prefix)-\(UUID().uuidString.prefix(6).lowercased())"
         let result = try command(["/bin/ip", "netns", "add", name])
-        guard result.status == 0 else { throw CLIError("ip netns add \(name): \(result.output)") }
+        guard result.status == 0 else { throw TestSupportError("ip netns add \(name): \(result.output)") }
         // Without loopback even the namespace's own addresses are unreachable from inside it.
         let up = try sh("ip link set lo up")
         guard up.status == 0 else {
             delete()
-            throw CLIError("ip link set lo up in \(name): \(up.output)")
+            throw TestSupportError("ip link set lo up in \(name): \(up.output)")
         }
     }
 
@@ -40,10 +40,10 @@ final class TestNamespace: @unchecked Sendable {
         ]
         for step in steps {
             let result = try sh(step)
-            guard result.status == 0 else { throw CLIError("\(step): \(result.output)") }
+            guard result.status == 0 else { throw TestSupportError("\(step): \(result.output)") }
         }
         let result = try peer.sh("ip addr add \(peerAddress) dev \(outside) && ip link set \(outside) up && ip link set lo up")
-        guard result.status == 0 else { throw CLIError("peer setup: \(result.output)") }
+        guard result.status == 0 else { throw TestSupportError("peer setup: \(result.output)") }
     }
 
     /// A page at http://ADDRESS:PORT/ from a server in this namespace, serving `text`; it stops
@@ -51,44 +51,39 @@ final class TestNamespace: @unchecked Sendable {
     func serveHTTP(_ text: String, address: String, port: Int, directory: String) throws -> HTTPServer {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try text.write(toFile: directory + "/index.html", atomically: true, encoding: .utf8)
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
-        server.arguments = [
-            "--net=" + path, "/usr/bin/python3", "-m", "http.server", "--bind", address, String(port),
-            "--directory", directory,
-        ]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
+        let server = try ChildProcess(
+            [
+                "/usr/bin/nsenter", "--net=" + path, "/usr/bin/python3", "-m", "http.server", "--bind", address, String(port),
+                "--directory", directory,
+            ], stdout: .discard, stderr: .discard)
         let handle = HTTPServer(server)
         let page = try fetch("http://\(address):\(port)/", until: text)
         guard page.contains(text) else {
             handle.stop()
-            throw CLIError("the test's HTTP server on \(address):\(port) does not answer: \(page)")
+            throw TestSupportError("the test's HTTP server on \(address):\(port) does not answer: \(page)")
         }
         return handle
     }
 
     /// curl from this namespace until the page contains `text` (servers in VMs take a while), or
-    /// the last answer after `attempts`.
-    func fetch(_ url: String, until text: String, attempts: Int = 50) throws -> String {
+    /// the last answer after `timeout` seconds.
+    func fetch(_ url: String, until text: String, timeout: Double = 120) throws -> String {
         var page = ""
-        for _ in 0..<attempts where !page.contains(text) {
+        try waitUntil(timeout: timeout, every: 0.2) {
             page = try sh("curl -s -m 3 \(url) 2>&1").output
-            if !page.contains(text) { usleep(200_000) }
+            return page.contains(text)
         }
         return page
     }
 }
 
 final class HTTPServer {
-    private let process: Process
+    private let process: ChildProcess
 
-    init(_ process: Process) { self.process = process }
+    init(_ process: ChildProcess) { self.process = process }
 
     func stop() {
-        // SIGKILL: a child of the test runner may start with SIGTERM blocked.
-        kill(process.processIdentifier, SIGKILL)
-        if !process.exited(within: 10) { Issue.record("HTTP server \(process.processIdentifier) survived SIGKILL") }
+        // SIGKILL: it has nothing to clean up.
+        if !process.stop(signal: SIGKILL, grace: 10) { Issue.record("HTTP server \(process.pid) survived SIGKILL") }
     }
 }

@@ -2,16 +2,11 @@ import Foundation
 import Testing
 import VesselDevSupport
 import VesselLinux
+import VesselTestSupport
 
 @testable import VesselContainerd
 @testable import VesselCore
 @testable import VesselOCI
-
-func temporaryDirectory(_ name: String = "vessel-rt") throws -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8))").path
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    return dir
-}
 
 func expectError(_ fragment: String, sourceLocation: SourceLocation = #_sourceLocation, _ body: () throws -> Void) {
     do {
@@ -283,13 +278,6 @@ struct SharedMountTests {
     }
 }
 
-/// The per-mount options (field 6 of mountinfo) of the mount at `path`, the newest if stacked.
-func mountOptions(_ path: String) -> Set<String>? {
-    let text = (try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) ?? ""
-    let line = text.split(separator: "\n").last { $0.split(separator: " ")[4] == path }
-    return line.map { Set($0.split(separator: " ")[5].split(separator: ",").map(String.init)) }
-}
-
 @Suite(.timeLimit(.minutes(2)))
 struct InertShareTests {
     /// A source with a tmpfs mounted below it, as a docker volume holding another mount.
@@ -316,7 +304,7 @@ struct InertShareTests {
             defer { SharedMounts.release(made) }
             for (name, readOnly) in [("ro", true), ("rw", false)] {
                 for path in [dir + "/shared/" + name, dir + "/shared/" + name + "/sub"] {
-                    let options = try #require(mountOptions(path), "\(path) is not a mount point")
+                    let options = try #require(MountTable.options(at: path), "\(path) is not a mount point")
                     #expect(options.isSuperset(of: ["nosuid", "nodev", "noexec"]), "\(path): \(options)")
                     #expect(options.contains(readOnly ? "ro" : "rw"), "\(path): \(options)")
                 }
@@ -366,7 +354,7 @@ struct InertShareTests {
         #expect(Linux.isDirectory(rootfs + "/proc"))
         #expect(FileManager.default.fileExists(atPath: rootfs + outside + "/hosts"), "the mount point was not made inside the rootfs")
         #expect(!FileManager.default.fileExists(atPath: outside + "/hosts"), "a mount point was made outside the rootfs")
-        #expect(mountOptions(bundle + "/shared/c/rootfs")?.contains("ro") == true)
+        #expect(MountTable.options(at: bundle + "/shared/c/rootfs")?.contains("ro") == true)
     }
 
     @Test func theShareRootIsASmallInertTmpfs() throws {
@@ -376,7 +364,7 @@ struct InertShareTests {
             try? FileManager.default.removeItem(atPath: dir)
         }
         try SharedMounts.makeRoot(dir + "/shared")
-        let options = try #require(mountOptions(dir + "/shared"))
+        let options = try #require(MountTable.options(at: dir + "/shared"))
         #expect(options.isSuperset(of: ["nosuid", "nodev", "noexec"]), "\(options)")
     }
 }

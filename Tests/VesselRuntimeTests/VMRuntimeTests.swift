@@ -3,6 +3,7 @@ import Testing
 import VesselCore
 import VesselDevSupport
 import VesselLinux
+import VesselTestSupport
 import VesselVM
 
 /// `vessel` driving real QEMU guests (TCG here): the built kernel and initrd, a busybox bundle.
@@ -34,7 +35,7 @@ struct VMRuntimeTests {
         let pidFile = cli.directory + "/pid"
         var result = try cli.run(["create", "--bundle", bundle, "--pid-file", pidFile, "c1"])
         #expect(result.status == 0, "\(result.stderr)")
-        var state = try cli.state("c1")
+        let state = try cli.state("c1")
         #expect(state["status"] as? String == "created")
         let pid = Int32(try String(contentsOfFile: pidFile, encoding: .utf8)) ?? 0
         #expect(state["pid"] as? Int == Int(pid) && pid > 0)
@@ -101,10 +102,10 @@ struct VMRuntimeTests {
             ["sh", "-c", "test -t 0 && echo stdin-is-a-terminal; tty; stty size; read answer; echo answer=$answer"],
             terminal: true)
         let socketPath = cli.directory + "/console.sock"
-        let listener = try unixListener(socketPath)
-        defer { close(listener) }
+        let listener = try UnixListener(path: socketPath, backlog: 1)
+        defer { listener.close() }
         let received = Background { () -> Int32 in
-            let connection = accept(listener, nil, nil)
+            guard let connection = try? listener.accept(timeout: 30) else { return -1 }
             defer { close(connection) }
             return (try? Linux.receiveFD(connection, nameLength: 255)) ?? -1
         }
@@ -120,9 +121,10 @@ struct VMRuntimeTests {
         try Linux.setWindowSize(master, rows: 33, columns: 101)
         result = try cli.run(["start", "t1"])
         #expect(result.status == 0, "\(result.stderr)")
-        var seen = try readUntil(master, "33 101", timeout: 60)
+        var seen = readUntil(master, "33 101", timeout: 60)
+        try #require(seen.contains("33 101"), "no \"33 101\" within 60 s; got: \(seen)")
         _ = "yes\n".withCString { write(master, $0, 4) }
-        seen += try readUntil(master, "answer=yes", timeout: 60)
+        seen += readUntil(master, "answer=yes", timeout: 60)
         #expect(seen.contains("stdin-is-a-terminal"), "\(seen)")
         // As under runc: the terminal is a pty of the container's own devpts.
         #expect(seen.contains("/dev/pts/"), "\(seen)")
@@ -229,9 +231,9 @@ extension VMRuntimeTests {
         #expect(monitor > 0)
         kill(monitor, SIGKILL)
         var status = ""
-        for _ in 0..<300 where status != "stopped" {
+        try waitUntil(timeout: 60, every: 0.1) {
             status = try cli.state("s1")["status"] as? String ?? ""
-            if status != "stopped" { usleep(100_000) }
+            return status == "stopped"
         }
         #expect(status == "stopped")
         let result = try cli.run(["exec", "s1", "true"])
@@ -324,7 +326,7 @@ extension VMRuntimeTests {
         #expect(UInt64(field("CapBnd"), radix: 16) == VMConfig.keptCapabilities, "CapBnd \(field("CapBnd"))")
         let shared = SandboxPaths(root: cli.root, id: "inert").shared
         for path in [shared, shared + "/inert/rootfs"] {
-            let options = mountOptions(path) ?? []
+            let options = MountTable.options(at: path) ?? []
             #expect(options.isSuperset(of: ["nosuid", "nodev", "noexec"]), "\(path): \(options)")
         }
         // The guest made a setuid-root binary; through the share the host cannot even execute it.
@@ -370,8 +372,7 @@ extension VMRuntimeTests {
         let create = try cli.run(["create", "--bundle", allowed, "con1"])
         #expect(create.status == 0, "\(create.stderr)")
         #expect(try cli.run(["start", "con1"]).status == 0)
-        let deadline = Date().addingTimeInterval(180)
-        while try cli.state("con1")["status"] as? String == "running" && Date() < deadline { usleep(200_000) }
+        try waitUntil(timeout: 180, every: 0.2) { try cli.state("con1")["status"] as? String != "running" }
         let sizes = [paths.consoleLog, paths.consoleLog + ".1"].map {
             (try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int) ?? 0
         }
@@ -420,35 +421,6 @@ extension VMRuntimeTests {
     }
 }
 
-func unixListener(_ path: String) throws -> Int32 {
-    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
-    let rc = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-    }
-    guard fd >= 0, rc == 0, listen(fd, 1) == 0 else { throw CLIError("cannot listen on \(path)") }
-    return fd
-}
-
-func readUntil(_ fd: Int32, _ text: String, timeout: Double) throws -> String {
-    var seen = ""
-    let deadline = Date().addingTimeInterval(timeout)
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while !seen.contains(text) {
-        guard Date() < deadline else { throw CLIError("no \"\(text)\" within \(timeout) s; got: \(seen)") }
-        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&p, 1, 500) >= 0 else { break }
-        if p.revents & Int16(POLLIN) != 0 {
-            let n = read(fd, &buffer, buffer.count)
-            if n <= 0 { break }
-            seen += String(decoding: buffer[0..<n], as: UTF8.self)
-        }
-    }
-    return seen
-}
-
 extension VMRuntimeTests {
     /// Pods through the OCI CLI, as Kata 1.x did for CRI-O: a container whose spec names a
     /// sandbox in CRI-O's annotations joins that sandbox's VM.
@@ -466,11 +438,8 @@ extension VMRuntimeTests {
         #expect(result.status == 0, "\(result.stderr)")
         let pod = try cli.sandbox("pod1")
         #expect(!FileManager.default.fileExists(atPath: SandboxPaths(root: cli.root, id: "app1").directory), "no sandbox of its own")
-        let qemus = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { pid in
-            ((try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? "").contains(
-                SandboxPaths(root: cli.root, id: "pod1").directory + "/vhost")
-        }
-        #expect(qemus == ["\(pod.qemuPid)"], "one QEMU for the pod: \(qemus)")
+        let qemus = HostProcesses.all().filter { $0.commandLine.contains(SandboxPaths(root: cli.root, id: "pod1").directory + "/vhost") }
+        #expect(qemus.map(\.pid) == [pod.qemuPid], "one QEMU for the pod: \(qemus.map(\.pid))")
         result = try cli.run(["exec", "app1", "sh", "-c", "readlink /proc/self/ns/uts"])
         let inApp = result.stdout
         result = try cli.run(["exec", "pod1", "sh", "-c", "readlink /proc/self/ns/uts"])
@@ -540,9 +509,9 @@ func runDetached(_ cli: VesselCLI, _ bundle: String, _ id: String, until marker:
     let status = try cli.run(["run", "--detach", "--bundle", bundle, id], stdoutFile: output).status
     guard status == 0 else { return "run --detach \(id) exited \(status)" }
     var seen = ""
-    for _ in 0..<150 where !seen.contains(marker) {
-        usleep(200_000)
+    waitUntil(timeout: 30, every: 0.2) {
         seen = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        return seen.contains(marker)
     }
     return seen
 }
@@ -550,11 +519,12 @@ func runDetached(_ cli: VesselCLI, _ bundle: String, _ id: String, until marker:
 func createUntilQEMUStarts(_ cli: VesselCLI, _ id: String) throws -> (Background<VesselCLI.Result>, SandboxRecord) {
     let bundle = try cli.bundle(["sleep", "1000"])
     let create = Background { try cli.run(["create", "--bundle", bundle, id]) }
-    let deadline = Date().addingTimeInterval(60)
-    while Date() < deadline {
-        if let found = try? cli.sandbox(id), found.qemuPid > 0 { return (create, found) }
-        usleep(20_000)
+    var found: SandboxRecord?
+    waitUntil(timeout: 60, every: 0.02) {
+        found = (try? cli.sandbox(id)).flatMap { $0.qemuPid > 0 ? $0 : nil }
+        return found != nil
     }
+    if let found { return (create, found) }
     _ = try? create.value()
-    throw CLIError("QEMU of \(id) never started")
+    throw TestSupportError("QEMU of \(id) never started")
 }

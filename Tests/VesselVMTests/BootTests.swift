@@ -2,8 +2,8 @@ import Foundation
 import NIOPosix
 import Testing
 import VesselAgentClient
-import VesselDevSupport
 import VesselProtocol
+import VesselTestSupport
 import VesselVM
 import VesselVsock
 
@@ -56,8 +56,7 @@ func withVsockGuest<T>(
     initrd: String, parameters: [String] = [], shares: [SharedDirectory] = [],
     _ body: (GuestVM, VsockBackend) async throws -> T
 ) async throws -> T {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-vm-\(UUID().uuidString.prefix(8))").path
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    let dir = try temporaryDirectory("vessel-vm")
     defer { try? FileManager.default.removeItem(atPath: dir) }
     let backend = try VsockBackend(vhostUserSocketPath: dir + "/vhost.sock", hybridSocketPath: dir + "/vsock.sock", guestCID: 3)
     let thread = backend.start()

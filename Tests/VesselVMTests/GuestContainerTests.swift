@@ -3,7 +3,9 @@ import NIOPosix
 import Testing
 import VesselAgentClient
 import VesselDevSupport
+import VesselLinux
 import VesselProtocol
+import VesselTestSupport
 import VesselVM
 import VesselVsock
 
@@ -16,7 +18,7 @@ struct GuestContainerTests {
     static let sharedMount = "/run/vessel/shared"
 
     @Test func busyboxFromA9pShareRunsExecsAndPowersOff() async throws {
-        let share = FileManager.default.temporaryDirectory.appendingPathComponent("vessel-share-\(UUID().uuidString.prefix(8))").path
+        let share = try temporaryDirectory("vessel-share")
         try BusyboxRootfs.make(at: share + "/c1/rootfs")
         defer { try? FileManager.default.removeItem(atPath: share) }
         try await withVsockGuest(initrd: initrd, shares: [SharedDirectory(tag: "vessel", path: share)]) { vm, backend in
@@ -65,12 +67,12 @@ struct GuestContainerTests {
             let output = String(decoding: try await client.readAll("c1", "e1"), as: UTF8.self)
             #expect(try await client.wait("c1", "e1") == 0, "\(output)")
             let mountinfo = output.components(separatedBy: "---")[0]
-            let points = Set(mountinfo.split(separator: "\n").compactMap { $0.split(separator: " ").dropFirst(4).first.map(String.init) })
+            let points = Set(MountTable.mountPoints(mountinfo))
             #expect(
                 points == ["/", "/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/tmp", "/proc/cmdline", "/proc/sys"],
                 "\(mountinfo)")
             #expect(
-                mountinfo.split(separator: "\n").first { $0.split(separator: " ").dropFirst(4).first == "/" }?.contains(" - 9p vessel ")
+                mountinfo.split(separator: "\n").first { MountTable.mountPoint($0) == "/" }?.contains(" - 9p vessel ")
                     == true,
                 "the root is the 9p share: \(mountinfo)")
             #expect(output.contains("ls: /init: No such file or directory"), "\(output)")
@@ -97,72 +99,22 @@ struct GuestContainerTests {
             let listener = try UnixListener(path: "\(backend.hybridSocketPath)_\(port)")
             defer { listener.close() }
             let first = try listener.accept(timeout: 60)
-            let early = try first.read(until: "vessel-agent ready in", timeout: 60)
+            let early = readUntil(first, "vessel-agent ready in", timeout: 60)
             #expect(early.contains("vessel-agent ready in"), "\(early)\nconsole:\n\(vm.consoleTail())")
-            first.close()
+            Linux.close(first)
 
             let second = try listener.accept(timeout: 60)
-            defer { second.close() }
+            defer { Linux.close(second) }
             let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
             let fd = try HybridDialer.connect(socketPath: backend.hybridSocketPath, port: 1024)
             let client = AgentClient(try await TTRPCClient.connect(connectedSocket: fd, group: group), timeout: .seconds(60))
             try await client.call(AgentAPI.destroySandbox, Grpc_DestroySandboxRequest())
             await client.close()
             try? await group.shutdownGracefully()
-            let late = try second.read(until: "vessel-agent stopping", timeout: 60)
+            let late = readUntil(second, "vessel-agent stopping", timeout: 60)
             #expect(late.contains("vessel-agent stopping"), "\(late)")
             #expect(try vm.waitForExit(timeout: 60) == 0, "\(vm.consoleTail())")
             #expect(vm.output.contains("vessel-agent ready in"), "the console keeps its lines")
         }
-    }
-}
-
-/// A Unix stream listener for the guest's connections to host ports (the hybrid backend connects to it).
-struct UnixListener {
-    let fd: Int32
-
-    init(path: String) throws {
-        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
-            for (index, byte) in path.utf8.prefix(buffer.count - 1).enumerated() { buffer[index] = byte }
-        }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard fd >= 0, bound == 0, listen(fd, 4) == 0 else { throw VMError("listen on \(path): errno \(errno)") }
-    }
-
-    func accept(timeout: TimeInterval) throws -> Connection {
-        var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        guard poll(&p, 1, Int32(timeout * 1000)) == 1 else { throw VMError("nobody connected within \(Int(timeout)) s") }
-        let connection = Glibc.accept(fd, nil, nil)
-        guard connection >= 0 else { throw VMError("accept: errno \(errno)") }
-        return Connection(fd: connection)
-    }
-
-    func close() { _ = Glibc.close(fd) }
-
-    struct Connection {
-        let fd: Int32
-
-        /// What arrived until `needle` showed up, the peer closed, or the time ran out.
-        func read(until needle: String, timeout: TimeInterval) throws -> String {
-            var text = ""
-            let deadline = Date().addingTimeInterval(timeout)
-            var buffer = [UInt8](repeating: 0, count: 4096)
-            while !text.contains(needle) && Date() < deadline {
-                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-                guard poll(&p, 1, 200) >= 0 else { break }
-                guard p.revents != 0 else { continue }
-                let n = Glibc.read(fd, &buffer, buffer.count)
-                if n <= 0 { break }
-                text += String(decoding: buffer[0..<n], as: UTF8.self)
-            }
-            return text
-        }
-
-        func close() { _ = Glibc.close(fd) }
     }
 }

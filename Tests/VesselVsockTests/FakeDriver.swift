@@ -1,6 +1,7 @@
 import Synchronization
 import Testing
 import VesselLinux
+import VesselTestSupport
 
 @testable import VesselVsock
 
@@ -239,17 +240,10 @@ final class Flag: Sendable {
     var isSet: Bool { value.load(ordering: .acquiring) }
 }
 
-/// A temporary directory for sockets (short paths: sun_path is 108 bytes).
+/// A temporary directory for sockets (a short prefix: sun_path is 108 bytes), removed with its value.
 final class TempDir {
-    let path: String
-    init() {
-        var template = Array("/tmp/vvs-XXXXXX".utf8CString)
-        let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        path = String(cString: p!)
-    }
-    deinit {
-        if path.hasPrefix("/tmp/vvs-") { runProgram(["rm", "-rf", path]) }
-    }
+    let path = try! temporaryDirectory("vvs")
+    deinit { Linux.removeTree(path) }
 }
 
 func writeAll(_ fd: Int32, _ bytes: [UInt8]) {

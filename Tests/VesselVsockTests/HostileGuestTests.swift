@@ -1,8 +1,8 @@
 import Logging
 import Synchronization
 import Testing
-import VesselDevSupport
 import VesselLinux
+import VesselTestSupport
 
 @testable import VesselVsock
 
@@ -160,8 +160,7 @@ final class BackendGuest {
     let backend: VsockBackend
     let thread: BackendThread
     let console: String
-    private(set) var qemu: pid_t = 0
-    private var running = false
+    private(set) var qemu: ChildProcess?
 
     init(cid: UInt64, logger: Logger) throws {
         var options = VsockBackend.Options()
@@ -174,41 +173,25 @@ final class BackendGuest {
     }
 
     func boot(initrd: String, kernel: String) throws {
-        qemu = try #require(
-            spawnProgram(
-                [
-                    "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
-                    "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-m", "256M", "-smp", "1", "-nographic",
-                    "-no-reboot", "-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
-                    "-chardev", "socket,id=vu0,path=\(backend.vhostUserSocketPath)",
-                    "-device", "vhost-user-vsock-pci,chardev=vu0",
-                ], output: console))
-        running = true
+        qemu = try startProgram(
+            [
+                "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
+                "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-m", "256M", "-smp", "1", "-nographic",
+                "-no-reboot", "-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
+                "-chardev", "socket,id=vu0,path=\(backend.vhostUserSocketPath)",
+                "-device", "vhost-user-vsock-pci,chardev=vu0",
+            ], output: console)
     }
 
     var output: String { readFile(console) }
 
-    /// True once QEMU is gone (reaped).
-    func exited(waitMs: Int) -> Bool {
-        guard running else { return true }
-        for _ in 0..<max(1, waitMs / 100) {
-            var st: Int32 = 0
-            if waitpid(qemu, &st, WNOHANG) == qemu {
-                running = false
-                return true
-            }
-            usleep(100_000)
-        }
-        return false
+    /// True once QEMU is gone (reaped), waiting at most `seconds`.
+    func exited(within seconds: Double) -> Bool {
+        guard let qemu else { return true }
+        return qemu.wait(timeout: seconds) != nil
     }
 
-    func kill() {
-        guard running else { return }
-        Glibc.kill(qemu, SIGKILL)
-        var st: Int32 = 0
-        waitpid(qemu, &st, 0)
-        running = false
-    }
+    func kill() { qemu?.kill() }
 
     /// Stops the backend and waits at most `timeoutMs` for its thread; nil when it did not return (a hang).
     func stopBackend(timeoutMs: Int) -> Result<VsockBackend.Exit, LinuxError>? {
@@ -334,13 +317,10 @@ struct GuestPair {
         try guest.boot(initrd: testInitrd, kernel: kernel)
 
         func waitFor(_ g: BackendGuest, _ needles: [String], seconds: Int) -> Bool {
-            for _ in 0..<(seconds * 10) {
-                let o = g.output
-                if needles.contains(where: { o.contains($0) }) { return true }
-                if g.exited(waitMs: 0) { return needles.contains { g.output.contains($0) } }
-                usleep(100_000)
-            }
-            return false
+            let seen = { needles.contains { g.output.contains($0) } }
+            // Until a needle shows up or QEMU is gone (then its last output decides).
+            waitUntil(timeout: Double(seconds), every: 0.1) { seen() || g.exited(within: 0) }
+            return seen()
         }
         try #require(waitFor(neighbour, ["GUEST: READY"], seconds: 300), "neighbour: \(neighbour.output.suffix(2000))")
         let ready = hostile ? ["HOSTILE: READY", "HOSTILE: DONE"] : ["GUEST: READY"]
@@ -408,7 +388,7 @@ struct GuestPair {
         out.hostConnects = counters.connects.load(ordering: .relaxed)
         out.slowestConnectMs = counters.slowestConnectMs.load(ordering: .relaxed)
 
-        if !guest.exited(waitMs: 30_000) { guest.kill() }
+        if !guest.exited(within: 30) { guest.kill() }
         out.console = guest.output
         switch guest.stopBackend(timeoutMs: 10_000) {
         case .none:

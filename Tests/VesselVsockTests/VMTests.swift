@@ -1,7 +1,7 @@
 import Synchronization
 import Testing
-import VesselDevSupport
 import VesselLinux
+import VesselTestSupport
 
 @testable import VesselVsock
 
@@ -9,55 +9,27 @@ import VesselLinux
     import Glibc
 #endif
 
-/// Runs a program and waits; stdout/stderr go to `output` when given. Returns the exit status (-1: spawn failed).
-/// One still running after `timeoutMs` is killed and fails the test instead of stalling it.
+/// Runs a program to its end; stdout and stderr go to `output` when given. Returns the exit
+/// status (-1: it could not start). One still running after `timeout` s is killed and fails the
+/// test instead of stalling it.
 @discardableResult
-func runProgram(_ argv: [String], output: String? = nil, timeoutMs: UInt64 = 300_000) -> Int32 {
-    guard let pid = spawnProgram(argv, output: output) else { return -1 }
-    var status: Int32 = 0
-    let deadline = nowMilliseconds() + timeoutMs
-    var reaped = waitpid(pid, &status, WNOHANG)
-    while reaped == 0 && nowMilliseconds() < deadline {
-        usleep(10_000)
-        reaped = waitpid(pid, &status, WNOHANG)
+func runProgram(_ argv: [String], output: String? = nil, timeout: Double = 300) -> Int32 {
+    do {
+        return try runCommand(argv, stdoutFile: output, mergingErrors: true, timeout: timeout).status
+    } catch let timedOut as CommandTimedOut {
+        Issue.record("\(timedOut)")
+        return timedOut.result.status
+    } catch {
+        return -1
     }
-    if reaped == 0 {
-        kill(pid, SIGKILL)
-        waitpid(pid, &status, 0)
-        Issue.record("\(argv.joined(separator: " ")) still running after \(timeoutMs / 1000) s: killed")
-    }
-    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
 }
 
-func spawnProgram(_ argv: [String], output: String? = nil) -> pid_t? {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    if let output {
-        posix_spawn_file_actions_addopen(&actions, 1, output, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    }
-    var cargs = argv.map { strdup($0) } + [nil]
-    defer { for p in cargs { free(p) } }
-    var pid: pid_t = 0
-    let rc = posix_spawnp(&pid, argv[0], &actions, nil, &cargs, environ)
-    return rc == 0 ? pid : nil
+/// QEMU (or any long-running program) with its console, stdout and stderr, in `output`; it dies with the test run.
+func startProgram(_ argv: [String], output: String) throws -> ChildProcess {
+    try ChildProcess(argv, stdout: .file(output), stderr: .stdout)
 }
 
-func readFile(_ path: String) -> String {
-    let fd = open(path, O_RDONLY)
-    guard fd >= 0 else { return "" }
-    defer { close(fd) }
-    var out: [UInt8] = []
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = buf.withUnsafeMutableBytes { read(fd, $0.baseAddress, 65536) }
-        if n <= 0 { break }
-        out += buf.prefix(n)
-    }
-    return String(decoding: out, as: UTF8.self)
-}
+func readFile(_ path: String) -> String { (try? Linux.readFile(path)) ?? "" }
 
 final class ThreadRunner: @unchecked Sendable {
     private var tid = pthread_t()
@@ -85,15 +57,9 @@ func join(_ thread: BackendThread, timeoutMs: UInt64) -> Result<VsockBackend.Exi
         let r = thread.join()
         box.withLock { $0 = r }
     }
-    let deadline = nowMilliseconds() + timeoutMs
-    while nowMilliseconds() < deadline {
-        if let r = box.withLock({ $0 }) {
-            waiter.join()
-            return r
-        }
-        usleep(20_000)
-    }
-    return nil
+    guard waitUntil(timeout: Double(timeoutMs) / 1000, every: 0.02, { box.withLock { $0 } != nil }) else { return nil }
+    waiter.join()
+    return box.withLock { $0 }
 }
 
 /// Connects through the hybrid socket; returns the fd after `OK`, or nil.
@@ -174,29 +140,19 @@ struct GuestVM {
             guestCID: 3, options: options)
         let thread = backend.start()
         let console = dir.path + "/console.log"
-        let qemu = try #require(
-            spawnProgram(
-                [
-                    "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
-                    "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-m", "256M", "-smp", "1", "-nographic",
-                    "-no-reboot", "-kernel", kernel, "-initrd", dir.path + "/initrd", "-append", "console=ttyS0 panic=-1 quiet",
-                    "-chardev", "socket,id=vu0,path=\(backend.vhostUserSocketPath)", "-device", "vhost-user-vsock-pci,chardev=vu0",
-                ], output: console))
-        var qemuAlive = true
+        let qemu = try startProgram(
+            [
+                "qemu-system-x86_64", "-accel", "tcg", "-machine", "q35,memory-backend=mem",
+                "-object", "memory-backend-memfd,id=mem,size=256M,share=on", "-m", "256M", "-smp", "1", "-nographic",
+                "-no-reboot", "-kernel", kernel, "-initrd", dir.path + "/initrd", "-append", "console=ttyS0 panic=-1 quiet",
+                "-chardev", "socket,id=vu0,path=\(backend.vhostUserSocketPath)", "-device", "vhost-user-vsock-pci,chardev=vu0",
+            ], output: console)
         defer {
-            if qemuAlive {
-                kill(qemu, SIGKILL)
-                var st: Int32 = 0
-                waitpid(qemu, &st, 0)
-            }
+            qemu.kill()
             backend.stop()
             thread.join()
         }
-        var ready = false
-        for _ in 0..<1200 where !ready {
-            ready = readFile(console).contains("GUEST: READY")
-            if !ready { usleep(100_000) }
-        }
+        let ready = waitUntil(timeout: 120, every: 0.1) { readFile(console).contains("GUEST: READY") }
         try #require(ready, "guest did not come up: \(readFile(console).suffix(2000))")
         #expect(readFile(console).contains("GUEST: READY cid=3"))
         let hp = backend.hybridSocketPath
@@ -211,11 +167,7 @@ struct GuestVM {
         #expect(readLine(g) == "hello from guest")
         #expect(echoCheck(g, pattern(100_000, seed: 99)))
         close(g)
-        var rstSeen = false
-        for _ in 0..<100 where !rstSeen {
-            rstSeen = readFile(console).contains("GUEST: connect 2001: Connection reset by peer")
-            if !rstSeen { usleep(100_000) }
-        }
+        let rstSeen = waitUntil(timeout: 10, every: 0.1) { readFile(console).contains("GUEST: connect 2001: Connection reset by peer") }
         #expect(rstSeen, "no RST for a port without host listener: \(readFile(console).suffix(500))")
 
         // Host-initiated to a closed guest port: closed promptly, no OK.
@@ -314,26 +266,19 @@ struct GuestVM {
         let r = try #require(hybridConnect(hp, port: 1026))
         #expect(readLine(r) == "R")
         close(r)
-        var reloaded = false
-        for _ in 0..<100 where !reloaded {
-            reloaded = readFile(console).contains("GUEST: reloaded virtio")
-            if !reloaded { usleep(100_000) }
-        }
+        let reloaded = waitUntil(timeout: 10, every: 0.1) { readFile(console).contains("GUEST: reloaded virtio") }
         #expect(reloaded, "\(readFile(console).suffix(500))")
         var again: Int32?
-        for _ in 0..<50 where again == nil {
+        waitUntil(timeout: 30, every: 0.1) {
             again = hybridConnect(hp, port: 1024)
-            if again == nil { usleep(100_000) }
+            return again != nil
         }
         let e2 = try #require(again, "no connection after driver reload: \(readFile(console).suffix(800))")
         #expect(echoCheck(e2, pattern(300_000, seed: 42)))
         close(e2)
 
         // Backend survives; QEMU exits -> run() returns.
-        kill(qemu, SIGKILL)
-        var st: Int32 = 0
-        waitpid(qemu, &st, 0)
-        qemuAlive = false
+        qemu.kill()
         let ended = join(thread, timeoutMs: 30_000)
         #expect(ended != nil, "the backend still ran 30 s after QEMU was gone")
         #expect(try ended?.get() == .frontEndGone(error: nil))

@@ -1,6 +1,7 @@
 import Logging
 import Testing
 import VesselLinux
+import VesselTestSupport
 
 @testable import VesselVsock
 
@@ -184,11 +185,12 @@ final class FrontEnd {
         // away, so connect again until one is served.
         var fe = FrontEnd(path: path)
         var features = fe.u64(1)
-        let deadline = nowMilliseconds() + 10_000
-        while features == nil && nowMilliseconds() < deadline {
-            usleep(20_000)
-            fe = FrontEnd(path: path)
-            features = fe.u64(1)
+        waitUntil(timeout: 10, every: 0.02) {
+            if features == nil {
+                fe = FrontEnd(path: path)
+                features = fe.u64(1)
+            }
+            return features != nil
         }
         #expect(features == VhostFeature.offered)
         #expect(fe.u64(15) == 0x201)
