@@ -6,7 +6,7 @@ PROTOC_GEN   ?= .build/debug/protoc-gen-swift
 
 # What building and testing needs on a fresh Debian 12 (Swift itself comes from /opt/swift).
 APT_PACKAGES := busybox-static libseccomp-dev libmount-dev pkg-config protobuf-compiler runc crun util-linux \
-                cpio zstd qemu-system-x86 gcc libc6-dev
+                cpio zstd lz4 qemu-system-x86 gcc libc6-dev
 
 # make install: host executables into $(PREFIX)/bin, guest files into $(PREFIX)/share/vessel, a
 # default configuration into $(SYSCONFDIR)/vessel (never overwritten); DESTDIR stages it all.

@@ -89,7 +89,7 @@ public struct ImageBuilder: Sendable {
 
     /// Writes the compressed archive to `output` atomically: everything goes to temporary files
     /// next to it, renamed into place only once complete, so a failure leaves no partial initrd.
-    public func build(output: String, compression: Compression = .zstd) throws(ImageError) -> BuildResult {
+    public func build(output: String, compression: Compression = .lz4) throws(ImageError) -> BuildResult {
         let (bytes, count) = try archive()
         let url = URL(fileURLWithPath: output)
         let directory = url.deletingLastPathComponent().path
