@@ -22,28 +22,34 @@ public enum HybridDialer {
         let request = Array("CONNECT \(port)\n".utf8)
         var line: [UInt8] = []
         // MSG_NOSIGNAL: a backend that closes at once (its connection cap) must not SIGPIPE the caller.
-        let ok =
-            request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == request.count
-            && readLine(fd, into: &line, timeoutMilliseconds: timeoutMilliseconds)
+        let sent = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == request.count
+        let reply = sent ? readLine(fd, into: &line, timeoutMilliseconds: timeoutMilliseconds) : .closed
         let answer = String(decoding: line, as: UTF8.self)
-        guard ok, answer.hasPrefix("OK ") else {
+        guard reply == .line, answer.hasPrefix("OK ") else {
             close(fd)
-            throw Failure(
-                description: "hybrid vsock \(socketPath): guest port \(port) refused or unreachable\(answer.isEmpty ? "" : " (\(answer))")")
+            // A guest that is stopped or hung never answers; one that has no listener refuses.
+            let what =
+                reply == .timedOut
+                ? "did not answer within \(timeoutMilliseconds) ms" : "refused or unreachable\(answer.isEmpty ? "" : " (\(answer))")"
+            throw Failure(description: "hybrid vsock \(socketPath): guest port \(port) \(what)")
         }
         return fd
     }
 
+    private enum Reply { case line, timedOut, closed }
+
     /// Byte by byte: nothing after the newline may be consumed, it belongs to the stream.
-    private static func readLine(_ fd: Int32, into line: inout [UInt8], timeoutMilliseconds: Int32) -> Bool {
+    private static func readLine(_ fd: Int32, into line: inout [UInt8], timeoutMilliseconds: Int32) -> Reply {
         while line.count < 64 {
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            guard poll(&p, 1, timeoutMilliseconds) > 0 else { return false }
+            let ready = poll(&p, 1, timeoutMilliseconds)
+            if ready == 0 { return .timedOut }
+            guard ready > 0 else { return .closed }
             var byte: UInt8 = 0
-            guard read(fd, &byte, 1) == 1 else { return false }
-            if byte == UInt8(ascii: "\n") { return true }
+            guard read(fd, &byte, 1) == 1 else { return .closed }
+            if byte == UInt8(ascii: "\n") { return .line }
             line.append(byte)
         }
-        return false
+        return .closed
     }
 }

@@ -322,15 +322,34 @@ func runBench(vessel: String, _ guest: GuestFiles, count: Int) throws {
         let rate = Double(mib << 20) / 1e6 / ((ms - median(execs)) / 1000)
         print("\(what): \(mib) MiB in \(format(ms)), \(String(format: "%.0f", rate)) MB/s beyond an exec of true")
     }
-    let store = StateStore(root: dir + "/root")
-    let record = try store.load("idle")
-    guard let sandbox = store.loadSandbox(record.sandbox) else { throw DevSupportError("no sandbox record for idle") }
-    sleep(2)
-    let monitor = pssKiB(record.pid), owner = pssKiB(sandbox.ownerPid), qemu = pssKiB(sandbox.qemuPid)
     print("`vessel exec idle true`: \(format(median(execs))) (median of \(count))")
+    let store = StateStore(root: dir + "/root")
+    sleep(2)
+    let (monitor, owner, qemu) = try sandboxPSS(store, "idle")
     print(
         "host PSS of one idle sandbox: \(monitor + owner + qemu) KiB (owner with the vsock backend \(owner) KiB, QEMU \(qemu) KiB, "
             + "process monitor \(monitor) KiB)")
+    // With three pods the text of QEMU, vessel and the page cache of kernel and initrd are split
+    // three ways, as on a host that runs many.
+    for id in ["idle2", "idle3"] {
+        guard try timed(cli + ["run", "--detach", "--bundle", dir + "/sleep", id]).0 == 0 else {
+            throw DevSupportError("vessel run --detach failed")
+        }
+    }
+    defer { for id in ["idle2", "idle3"] { _ = try? timed(cli + ["delete", "--force", id]) } }
+    sleep(5)
+    let totals = try ["idle", "idle2", "idle3"].map { id in
+        let (monitor, owner, qemu) = try sandboxPSS(store, id)
+        return monitor + owner + qemu
+    }
+    print("host PSS per idle sandbox with three running: \(totals.map(String.init).joined(separator: ", ")) KiB")
+}
+
+/// PSS of a container's process monitor, its sandbox's owner and QEMU, in KiB.
+func sandboxPSS(_ store: StateStore, _ id: String) throws -> (monitor: Int, owner: Int, qemu: Int) {
+    let record = try store.load(id)
+    guard let sandbox = store.loadSandbox(record.sandbox) else { throw DevSupportError("no sandbox record for \(id)") }
+    return (pssKiB(record.pid), pssKiB(sandbox.ownerPid), pssKiB(sandbox.qemuPid))
 }
 
 /// The guest files a boot benchmark compares: the real initrd next to one that only powers off.
