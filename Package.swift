@@ -166,7 +166,8 @@ let package = Package(
             name: "vessel-dev",
             dependencies: [
                 "VesselDevSupport", "VesselAgentClient", "VesselProtocol", "VesselVM",
-                "VesselCore", "VesselSandbox", "VesselVsock", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "VesselCore", "VesselLinux", "VesselSandbox", "VesselVsock",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(
             name: "VesselProtocolTests",

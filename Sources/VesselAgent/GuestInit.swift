@@ -102,11 +102,7 @@ enum GuestInit {
         return Int(seconds * 1000)
     }
 
-    static var residentKiB: Int {
-        let status = (try? Linux.readFile("/proc/self/status")) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
-        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
-    }
+    static var residentKiB: Int { Linux.procKiB("VmRSS", in: "/proc/self/status") }
 
     /// Everything is stopped already: flush, detach the filesystems, power off. Never returns.
     static func powerOff(log: (String) -> Void) -> Never {

@@ -192,12 +192,7 @@ func writeJSON(_ value: some Encodable, to path: String, what: String) throws(Ru
 public enum ProcessIdentity {
     /// Field 22 of /proc/PID/stat (after the parenthesised command, which may contain spaces).
     public static func startTime(of pid: Int32) -> UInt64? {
-        guard pid > 0, let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        // fields[0] is the state (field 3), so field 22 is fields[19].
-        guard fields.count > 19, fields[0] != "Z" else { return nil }
+        guard let fields = Linux.statFields(pid), fields.count > 19, fields[0] != "Z" else { return nil }
         return UInt64(fields[19])
     }
 

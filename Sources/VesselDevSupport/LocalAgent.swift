@@ -1,6 +1,7 @@
 import Foundation
 import NIOPosix
 import VesselAgentClient
+import VesselLinux
 import VesselProtocol
 import VesselTestSupport
 
@@ -84,7 +85,7 @@ public final class LocalAgent: @unchecked Sendable {
     }
 
     /// VmRSS of the agent process in KiB.
-    public var residentKiB: Int { HostProcesses.statusKiB("VmRSS", pid: "\(process.pid)") }
+    public var residentKiB: Int { Linux.procKiB("VmRSS", in: "/proc/\(process.pid)/status") }
 
     /// The busybox container spec used everywhere: new pid/mount/uts/ipc namespaces, the usual mounts.
     public func spec(_ args: [String], terminal: Bool = false, hostname: String = "vessel-test") -> Grpc_Spec {

@@ -160,6 +160,21 @@ public enum Linux {
         }
     }
 
+    /// A "Key:  N kB" line of a /proc file (status, smaps_rollup) in KiB; 0 when there is none.
+    public static func procKiB(_ key: String, in path: String) -> Int {
+        let text = (try? readFile(path)) ?? ""
+        let line = text.split(separator: "\n").first { $0.hasPrefix(key + ":") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+
+    /// The fields of /proc/PID/stat after the parenthesised command name, which may hold spaces:
+    /// [0] is field 3 (the state), [1] field 4 (the parent), [19] field 22 (the start time).
+    /// nil when the process is gone.
+    public static func statFields(_ pid: Int32) -> [Substring]? {
+        guard pid > 0, let stat = try? readFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(after: close)...].split(separator: " ")
+    }
+
     /// Reads a whole small file (procfs, sysfs, cgroupfs).
     public static func readFile(_ path: String) throws(LinuxError) -> String {
         let fd = try open(path, O_RDONLY)

@@ -114,7 +114,7 @@ public actor SandboxOwner {
         Task {
             guard let status = try? await streams.wait(id, execID) else { return }  // the sandbox died: sandboxFailed reports it
             await process.session?.drain()
-            await self.exited(container, process, status: status)
+            self.exited(container, process, status: status)
         }
     }
 
@@ -127,12 +127,13 @@ public actor SandboxOwner {
         let seconds = config.agent.healthCheckTimeout
         guard seconds > 0, let agent else { return }
         let checks = AgentClient(agent.ttrpc, timeout: .seconds(seconds))
+        // On the owner's actor (a Task inherits it): reads of `agent` need no hop.
         Task {
             while true {
                 try? await Task.sleep(for: .seconds(min(5, seconds)))
-                guard await self.agent === agent else { return }
+                guard self.agent === agent else { return }
                 do { _ = try await checks.check() } catch {
-                    guard await self.agent === agent else { return }
+                    guard self.agent === agent else { return }
                     await self.sandboxFailed("the agent did not answer a health check within health_check_timeout (\(seconds) s)")
                     await Linux.blocking { vm.kill() }
                     return

@@ -1,4 +1,5 @@
 import Foundation
+import VesselLinux
 
 /// One process of the host, as /proc shows it.
 public struct HostProcess: Sendable {
@@ -28,33 +29,18 @@ public enum HostProcesses {
         all().filter { $0.arguments.contains(marker) }.map(\.pid)
     }
 
-    /// The fields of /proc/PID/stat after the command name (field 3, the state, is the first).
-    private static func stat(_ pid: Int32) -> [Substring]? {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else {
-            return nil
-        }
-        return stat[stat.index(after: close)...].split(separator: " ")
-    }
-
     /// Its start time (field 22, clock ticks since boot): with the pid, one process for good.
     public static func startTime(_ pid: Int32) -> String? {
-        guard let fields = stat(pid), fields.count > 19 else { return nil }
+        guard let fields = Linux.statFields(pid), fields.count > 19 else { return nil }
         return String(fields[19])
     }
 
     /// The children of `parent`, each with its start time.
     public static func children(of parent: Int32) -> [(pid: Int32, startTime: String)] {
         pids.compactMap { pid in
-            guard let fields = stat(pid), fields.count > 19, Int32(fields[1]) == parent else { return nil }
+            guard let fields = Linux.statFields(pid), fields.count > 19, Int32(fields[1]) == parent else { return nil }
             return (pid, String(fields[19]))
         }
-    }
-
-    /// A "kB" line of /proc/PID/status (VmRSS, VmHWM, RssAnon...) in KiB; 0 when there is none.
-    public static func statusKiB(_ key: String, pid: String = "self") -> Int {
-        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
-        let line = status.split(separator: "\n").first { $0.hasPrefix(key + ":") } ?? ""
-        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
     }
 }
 

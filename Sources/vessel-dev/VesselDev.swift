@@ -3,6 +3,7 @@ import Foundation
 import VesselAgentClient
 import VesselCore
 import VesselDevSupport
+import VesselLinux
 import VesselProtocol
 import VesselSandbox
 import VesselVM
@@ -247,11 +248,7 @@ func timed(_ arguments: [String], stdin: String = "/dev/null") throws -> (Int32,
     return ((status >> 8) & 0xff, Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15)
 }
 
-func pssKiB(_ pid: Int32) -> Int {
-    let text = (try? String(contentsOfFile: "/proc/\(pid)/smaps_rollup", encoding: .utf8)) ?? ""
-    let line = text.split(separator: "\n").first { $0.hasPrefix("Pss:") } ?? ""
-    return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
-}
+func pssKiB(_ pid: Int32) -> Int { Linux.procKiB("Pss", in: "/proc/\(pid)/smaps_rollup") }
 
 /// Cold `vessel run BUNDLE` of /bin/true next to the same QEMU command booting a power-off init;
 /// then `vessel exec true` latency and the host PSS of one idle sandbox.

@@ -206,12 +206,7 @@ final class RSSSampler: Sendable {
     private let done = Atomic<Bool>(false)
     private let runner = Mutex<ThreadRunner?>(nil)
 
-    static func status(_ key: String) -> Int {
-        for line in readFile("/proc/self/status").split(separator: "\n") where line.hasPrefix(key + ":") {
-            return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "0") ?? 0
-        }
-        return 0
-    }
+    static func status(_ key: String) -> Int { Linux.procKiB(key, in: "/proc/self/status") }
 
     func start() {
         let r = ThreadRunner { [self] in
