@@ -95,7 +95,7 @@ public enum Agent {
             logger.info("vessel-agent listening on \(options.serverAddress)")
         } else {
             // The one line the host (and the boot test) waits for on the console.
-            printError("vessel-agent ready in \(GuestInit.uptimeMilliseconds) ms (rss \(GuestInit.residentKiB) KiB)")
+            printError("vessel-agent ready in \(GuestInit.uptimeMilliseconds) ms (\(GuestInit.residentSummary))")
         }
         if let signals { watch(signals, termination: termination) }
         await SelfTest.run(options.selftest, exeFD: exeFD, termination: termination)
@@ -112,7 +112,7 @@ public enum Agent {
         Task {
             for await signal in signals {
                 if signal == SIGUSR1 {
-                    printError("vessel-agent rss \(GuestInit.residentKiB) KiB")
+                    printError("vessel-agent \(GuestInit.residentSummary)")
                     continue
                 }
                 termination.request()

@@ -104,6 +104,14 @@ enum GuestInit {
 
     static var residentKiB: Int { Linux.procKiB("VmRSS", in: "/proc/self/status") }
 
+    /// The RSS and what it is made of: the agent's text is file (or shmem) pages of the initramfs,
+    /// in guest memory whether mapped or not; only the anonymous part is the agent's own.
+    static var residentSummary: String {
+        let parts = ["RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"].sorted { $0.key < $1.key }
+            .map { "\($0.value) \(Linux.procKiB($0.key, in: "/proc/self/status"))" }
+        return "rss \(residentKiB) KiB: \(parts.joined(separator: ", "))"
+    }
+
     /// Everything is stopped already: flush, detach the filesystems, power off. Never returns.
     static func powerOff(log: (String) -> Void) -> Never {
         sync()

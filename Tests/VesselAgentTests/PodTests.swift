@@ -39,6 +39,15 @@ struct PodTests {
                 (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\($0)")) ?? ""
             }
             #expect(Array(a[0..<3]) != own, "the pod's namespaces are new ones")
+            // They were made on a thread that has ended: no thread of the agent is left in them.
+            let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(agent.process.pid)/task")) ?? []
+            #expect(!threads.isEmpty)
+            for thread in threads {
+                let namespaces = ["ipc", "uts", "net"].map {
+                    (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(agent.process.pid)/task/\(thread)/ns/\($0)")) ?? ""
+                }
+                #expect(namespaces == own, "agent thread \(thread) is in \(namespaces)")
+            }
             #expect(a[4] == "pod-host" && b[4] == "pod-host")
             #expect(a[5] == "0x9", "loopback is up in the pod's network namespace: flags \(a[5])")
             #expect(try await agent.client.wait("a") == 0)

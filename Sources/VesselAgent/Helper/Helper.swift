@@ -18,8 +18,6 @@ public enum Helper {
     public enum Mode: String {
         case initContainer = "init"
         case exec = "exec"
-        /// Holds new IPC, UTS and network namespaces for the agent to open: a pod's shared ones.
-        case sandboxNamespaces = "sandbox-ns"
     }
 
     /// Entry point when argv[1] == `argument`; never returns.
@@ -41,7 +39,6 @@ public enum Helper {
             switch Mode(rawValue: mode) {
             case .initContainer: try runInit(config)
             case .exec: try runExec(config)
-            case .sandboxNamespaces: try holdNamespaces(config)
             case nil: throw LinuxError(stage: "helper mode \(mode)", errno: EINVAL)
             }
         } catch let error as LinuxError {
@@ -143,14 +140,6 @@ public enum Helper {
     static let ptyName = "pty"
 
     /// The pod's shared namespaces exist as long as this helper does, and the agent's fds to them after.
-    private static func holdNamespaces(_ config: Vessel_HelperConfig) throws -> Never {
-        if !config.spec.hostname.isEmpty { try Linux.setHostname(config.spec.hostname) }
-        try Linux.loopbackUp()
-        report(.ready)
-        while (try? Linux.receiveMessage(syncFD)) != nil {}
-        exit(0)
-    }
-
     private static func launch(_ config: Vessel_HelperConfig) throws -> Never {
         let seccomp = config.spec.linux.hasSeccomp ? config.spec.linux.seccomp : nil
         try ProcessLaunch(process: config.process, seccomp: seccomp, log: log, limitsApplied: entersUserNamespace(config)).exec()
