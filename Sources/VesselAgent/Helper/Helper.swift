@@ -139,7 +139,6 @@ public enum Helper {
     /// What the agent reads after a PTY report: exactly this many bytes come with the fd.
     static let ptyName = "pty"
 
-    /// The pod's shared namespaces exist as long as this helper does, and the agent's fds to them after.
     private static func launch(_ config: Vessel_HelperConfig) throws -> Never {
         let seccomp = config.spec.linux.hasSeccomp ? config.spec.linux.seccomp : nil
         try ProcessLaunch(process: config.process, seccomp: seccomp, log: log, limitsApplied: entersUserNamespace(config)).exec()
