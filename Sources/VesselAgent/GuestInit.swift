@@ -107,8 +107,8 @@ enum GuestInit {
     /// The RSS and what it is made of: the agent's text is file (or shmem) pages of the initramfs,
     /// in guest memory whether mapped or not; only the anonymous part is the agent's own.
     static var residentSummary: String {
-        let parts = ["RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"].sorted { $0.key < $1.key }
-            .map { "\($0.value) \(Linux.procKiB($0.key, in: "/proc/self/status"))" }
+        let parts = [("RssAnon", "anon"), ("RssFile", "file"), ("RssShmem", "shmem")]
+            .map { key, name in "\(name) \(Linux.procKiB(key, in: "/proc/self/status"))" }
         return "rss \(residentKiB) KiB: \(parts.joined(separator: ", "))"
     }
 

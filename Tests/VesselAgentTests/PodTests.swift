@@ -35,17 +35,16 @@ struct PodTests {
             guard a.count == 6, b.count == 6 else { return }
             #expect(a[0..<3] == b[0..<3], "ipc, uts and net are the pod's: \(a) \(b)")
             #expect(a[3] != b[3], "each container has its own pid namespace")
-            let own = ["ipc", "uts", "net"].map {
-                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/\($0)")) ?? ""
+            let namespaceLinks = { (task: String) in
+                ["ipc", "uts", "net"].map { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(task)/ns/\($0)")) ?? "" }
             }
+            let own = namespaceLinks("/proc/self")
             #expect(Array(a[0..<3]) != own, "the pod's namespaces are new ones")
             // They were made on a thread that has ended: no thread of the agent is left in them.
             let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(agent.process.pid)/task")) ?? []
             #expect(!threads.isEmpty)
             for thread in threads {
-                let namespaces = ["ipc", "uts", "net"].map {
-                    (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(agent.process.pid)/task/\(thread)/ns/\($0)")) ?? ""
-                }
+                let namespaces = namespaceLinks("/proc/\(agent.process.pid)/task/\(thread)")
                 #expect(namespaces == own, "agent thread \(thread) is in \(namespaces)")
             }
             #expect(a[4] == "pod-host" && b[4] == "pod-host")
